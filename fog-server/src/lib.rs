@@ -1,1 +1,252 @@
-//! fog-server
+//! A regional fog server: keeps the region's stations in an R-tree, answers charge
+//! requests with the station that charges the vehicle soonest, and holds the
+//! reservations it promised.
+//!
+//! - [`config`]: command line / environment ([`Config`]).
+//! - [`clock`]: the server's notion of now (wall clock, or a simulation's scaled clock).
+//! - [`index`]: the station R-tree, in great-circle order.
+//! - [`planner`]: the cost model and the reservations.
+//! - [`region`]: what each incoming message does to the region's state (no I/O).
+//! - [`link`]: the MQTT connection (persistent session, reconnect, resubscribe).
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/api/*`.
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! [`start`] connects and returns a handle; [`run`] is what `main` calls.
+
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod index;
+pub mod link;
+pub mod logging;
+pub mod metrics;
+pub mod planner;
+pub mod region;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use protocol::{VehicleChannel, topics};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use clock::Clock;
+use config::Area;
+pub use config::Config;
+use link::{Link, LinkSettings};
+use metrics::Metrics;
+use region::Region;
+
+/// How long after subscribing the server waits for retained station statuses before it
+/// calls itself ready without any.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// State shared between the message loop, the sweeper and the HTTP handlers. The lock
+/// is only ever held for synchronous work (microseconds), never across an `.await`.
+pub struct Shared {
+    region: Mutex<Region>,
+    pub clock: Clock,
+    pub area: Option<Area>,
+    pub registry: prometheus_client::registry::Registry,
+    connected: Arc<AtomicBool>,
+    subscribed_at: Instant,
+}
+
+impl Shared {
+    /// Locks the region's state (recovering it if a panic poisoned the lock).
+    pub fn lock(&self) -> MutexGuard<'_, Region> {
+        self.region.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ready when connected and subscribed, and either stations are known or the
+    /// retained statuses had time to arrive.
+    pub fn readiness(&self) -> (bool, &'static str) {
+        if !self.connected.load(Ordering::Acquire) {
+            return (false, "not connected to the broker");
+        }
+        if self.lock().planner.stations.is_empty() && self.subscribed_at.elapsed() < SETTLE {
+            return (false, "loading stations");
+        }
+        (true, "ready")
+    }
+}
+
+/// A running fog server.
+pub struct FogServer {
+    pub shared: Arc<Shared>,
+    /// Where the HTTP server listens, if it was asked for.
+    pub http_addr: Option<SocketAddr>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl FogServer {
+    /// Waits until the server has stopped (after `shutdown` is cancelled).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("fog server task panicked")?
+    }
+}
+
+/// Connects to the broker, subscribes, binds HTTP (if configured) and starts serving.
+/// Returns once the server is subscribed; it runs until `shutdown` is cancelled.
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<FogServer> {
+    config.check()?;
+    let area = config.area()?;
+    let clock = match config.clock_epoch_ms {
+        Some(epoch) => Clock::scaled(epoch, config.clock_speed),
+        None => Clock::scaled(clock::wall_ms(), config.clock_speed),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let region_name = config.region.clone();
+    let subscriptions = vec![
+        (topics::filters::station_status(&region_name), 1),
+        (
+            topics::filters::vehicles(&region_name, VehicleChannel::Request),
+            1,
+        ),
+        (
+            topics::filters::vehicles(&region_name, VehicleChannel::Reservation),
+            1,
+        ),
+        (
+            topics::filters::vehicles(&region_name, VehicleChannel::Telemetry),
+            0,
+        ),
+    ];
+    let http_listener = match config.http {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding HTTP on {addr}"))?,
+        ),
+        None => None,
+    };
+    let settings = LinkSettings {
+        url: config.broker.clone(),
+        client_id: config.client_id(),
+        persistent: true,
+        username: config.mqtt_username.clone(),
+        password: config.mqtt_password.clone(),
+    };
+    let mut link = Link::connect(&settings, subscriptions, &shutdown).await?;
+    let reconnects = metrics.mqtt_reconnects.clone();
+    link.on_reconnect = Some(Box::new(move || {
+        reconnects.inc();
+    }));
+    let shared = Arc::new(Shared {
+        region: Mutex::new(Region::new(
+            &region_name,
+            config.planner.clone(),
+            metrics.clone(),
+        )),
+        clock,
+        area,
+        registry: metrics.registry(),
+        connected: link.connected_flag(),
+        subscribed_at: Instant::now(),
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let http_addr = match http_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let app = http::router(shared.clone());
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                    .context("HTTP server")
+            });
+            info!(%addr, "HTTP listening");
+            Some(addr)
+        }
+        None => None,
+    };
+    tasks.spawn(sweep(
+        shared.clone(),
+        Duration::from_millis(config.sweep_ms.max(1)),
+        shutdown.clone(),
+    ));
+    let loop_shared = shared.clone();
+    let task = tokio::spawn(async move {
+        serve(&mut link, &loop_shared, &shutdown).await;
+        link.disconnect().await;
+        shutdown.cancel();
+        while let Some(res) = tasks.join_next().await {
+            res.context("fog server task panicked")??;
+        }
+        info!("fog server stopped");
+        Ok(())
+    });
+    info!(region = %region_name, broker = %config.broker, "fog server serving");
+    Ok(FogServer {
+        shared,
+        http_addr,
+        task,
+    })
+}
+
+/// Runs a fog server until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(config, shutdown).await?.wait().await
+}
+
+/// The message loop: one message at a time, answered before the next is read.
+async fn serve(link: &mut Link, shared: &Shared, shutdown: &CancellationToken) {
+    while let Some(msg) = link.next(shutdown).await {
+        let now = shared.clock.now_ms();
+        let out = shared.lock().handle(msg.topic(), msg.payload(), now);
+        if let Some(out) = out {
+            link.publish(&out.topic, &out.payload, 1, out.retain);
+        }
+    }
+}
+
+/// Ends expired reservations and forgets idle vehicles, periodically.
+async fn sweep(
+    shared: Arc<Shared>,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = interval.tick() => {
+                let now = shared.clock.now_ms();
+                shared.lock().tick(now);
+            }
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => info!("Ctrl-C: shutting down"),
+            _ = term => info!("SIGTERM: shutting down"),
+        }
+        token.cancel();
+    });
+}

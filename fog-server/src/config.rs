@@ -1,0 +1,209 @@
+//! Command line and environment: `fog-server --help` is the reference.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use geo::{Contains, Coord, LineString, Point, Polygon};
+use serde::Serialize;
+
+use crate::planner::PlannerParams;
+
+/// A regional fog server: answers charge requests from the region's vehicles with the
+/// station that charges them soonest, and reserves a slot there.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "fog-server", version, about)]
+pub struct Config {
+    /// Region id (1-64 of A-Z a-z 0-9 _ -): the `{region}` of the device topics.
+    #[arg(long, env = "FOG_REGION")]
+    pub region: String,
+
+    /// The regional MQTT broker, e.g. tcp://127.0.0.1:1883.
+    #[arg(long, env = "FOG_BROKER", default_value = "tcp://127.0.0.1:1883")]
+    pub broker: String,
+
+    /// MQTT client id (default: fog-{region}). Keep it stable: the session is persistent.
+    #[arg(long, env = "FOG_CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// MQTT username.
+    #[arg(long, env = "FOG_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+
+    /// MQTT password (prefer the environment variable to the flag).
+    #[arg(long, env = "FOG_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
+
+    /// The region's bounding box: min_lat,min_lon,max_lat,max_lon.
+    #[arg(long, env = "FOG_BOUNDS", value_parser = parse_bounds, conflicts_with = "polygon")]
+    pub bounds: Option<Bounds>,
+
+    /// The region's outline: a JSON file holding an array of [lat, lon] points.
+    #[arg(long, env = "FOG_POLYGON")]
+    pub polygon: Option<PathBuf>,
+
+    /// Serve /healthz, /readyz, /metrics and /api/* on this address (port 0: any free port).
+    #[arg(long, env = "FOG_HTTP")]
+    pub http: Option<SocketAddr>,
+
+    /// Log format.
+    #[arg(long, env = "FOG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// How often expired reservations are swept, real milliseconds.
+    #[arg(long, env = "FOG_SWEEP_MS", default_value_t = 250)]
+    pub sweep_ms: u64,
+
+    /// Clock speed: simulated milliseconds per real millisecond (1 = wall clock). A
+    /// simulation running N times faster than real time starts its servers with N.
+    #[arg(long, env = "FOG_CLOCK_SPEED", default_value_t = 1.0)]
+    pub clock_speed: f64,
+
+    /// Clock reading at start, ms since the Unix epoch (default: the wall clock).
+    #[arg(long, env = "FOG_CLOCK_EPOCH_MS")]
+    pub clock_epoch_ms: Option<u64>,
+
+    #[command(flatten)]
+    pub planner: PlannerParams,
+}
+
+impl Config {
+    /// A configuration with every default, for `region` on `broker`.
+    pub fn new(region: &str, broker: &str) -> Self {
+        Self::parse_from(["fog-server", "--region", region, "--broker", broker])
+    }
+
+    /// Checks what clap cannot; the message names the flag.
+    pub fn check(&self) -> anyhow::Result<()> {
+        protocol::validate_id("region", &self.region)
+            .map_err(|e| anyhow::anyhow!("--region: {e}"))?;
+        if !(self.broker.starts_with("tcp://")
+            || self.broker.starts_with("ssl://")
+            || self.broker.starts_with("mqtt://")
+            || self.broker.starts_with("mqtts://"))
+        {
+            bail!(
+                "--broker must look like tcp://host:port, got {:?}",
+                self.broker
+            );
+        }
+        if !(self.clock_speed.is_finite() && self.clock_speed > 0.0) {
+            bail!("--clock-speed must be a positive number");
+        }
+        self.planner.check().map_err(anyhow::Error::msg)
+    }
+
+    pub fn client_id(&self) -> String {
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| format!("fog-{}", self.region))
+    }
+
+    /// The region's area from `--bounds` or `--polygon`, if given.
+    pub fn area(&self) -> anyhow::Result<Option<Area>> {
+        if let Some(b) = self.bounds {
+            return Ok(Some(Area::Bounds(b)));
+        }
+        match &self.polygon {
+            Some(path) => Ok(Some(Area::from_file(path)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A latitude/longitude box (not crossing the antimeridian).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bounds {
+    pub min_lat: f64,
+    pub min_lon: f64,
+    pub max_lat: f64,
+    pub max_lon: f64,
+}
+
+/// Parses `min_lat,min_lon,max_lat,max_lon`.
+pub fn parse_bounds(s: &str) -> Result<Bounds, String> {
+    let parts: Vec<f64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("expected min_lat,min_lon,max_lat,max_lon: {e}"))?;
+    let [min_lat, min_lon, max_lat, max_lon] = parts[..] else {
+        return Err(format!(
+            "expected 4 numbers min_lat,min_lon,max_lat,max_lon, got {}",
+            parts.len()
+        ));
+    };
+    let lat_ok = |v: f64| (-90.0..=90.0).contains(&v);
+    let lon_ok = |v: f64| (-180.0..=180.0).contains(&v);
+    if !(lat_ok(min_lat) && lat_ok(max_lat) && lon_ok(min_lon) && lon_ok(max_lon)) {
+        return Err("latitudes must be in [-90, 90] and longitudes in [-180, 180]".into());
+    }
+    if min_lat >= max_lat || min_lon >= max_lon {
+        return Err("min_lat < max_lat and min_lon < max_lon are required".into());
+    }
+    Ok(Bounds {
+        min_lat,
+        min_lon,
+        max_lat,
+        max_lon,
+    })
+}
+
+/// The region's area.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Area {
+    Bounds(Bounds),
+    Polygon(Polygon<f64>),
+}
+
+impl Area {
+    /// Reads a JSON array of `[lat, lon]` points (at least 3).
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading polygon file {}", path.display()))?;
+        let points: Vec<[f64; 2]> = serde_json::from_str(&text)
+            .with_context(|| format!("{}: expected a JSON array of [lat, lon]", path.display()))?;
+        if points.len() < 3 {
+            bail!("{}: a polygon needs at least 3 points", path.display());
+        }
+        for [lat, lon] in &points {
+            if !((-90.0..=90.0).contains(lat) && (-180.0..=180.0).contains(lon)) {
+                bail!("{}: point [{lat}, {lon}] is out of range", path.display());
+            }
+        }
+        let ring: Vec<Coord<f64>> = points
+            .iter()
+            .map(|[lat, lon]| Coord { x: *lon, y: *lat })
+            .collect();
+        Ok(Self::Polygon(Polygon::new(LineString::new(ring), vec![])))
+    }
+
+    pub fn contains(&self, lat: f64, lon: f64) -> bool {
+        match self {
+            Self::Bounds(b) => {
+                (b.min_lat..=b.max_lat).contains(&lat) && (b.min_lon..=b.max_lon).contains(&lon)
+            }
+            Self::Polygon(poly) => poly.contains(&Point::new(lon, lat)),
+        }
+    }
+
+    /// The outline as `[lat, lon]` points.
+    pub fn outline(&self) -> Vec<[f64; 2]> {
+        match self {
+            Self::Bounds(b) => vec![
+                [b.min_lat, b.min_lon],
+                [b.min_lat, b.max_lon],
+                [b.max_lat, b.max_lon],
+                [b.max_lat, b.min_lon],
+            ],
+            Self::Polygon(poly) => poly.exterior().coords().map(|c| [c.y, c.x]).collect(),
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The fog server's HTTP side: health, readiness, Prometheus metrics, and the
+//! region's state as JSON.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde::Serialize;
+
+use crate::Shared;
+use crate::planner::Reservation;
+use crate::region::StationView;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/stations", get(stations))
+        .route("/api/reservations", get(reservations))
+        .route("/api/region", get(region))
+        .with_state(shared)
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let (ready, why) = shared.readiness();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, format!("{why}\n")).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &shared.registry) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn stations(State(shared): State<Arc<Shared>>) -> Json<Vec<StationView>> {
+    let now = shared.clock.now_ms();
+    Json(shared.lock().station_views(now))
+}
+
+async fn reservations(State(shared): State<Arc<Shared>>) -> Json<Vec<Reservation>> {
+    let mut list: Vec<Reservation> = shared.lock().planner.reservations().cloned().collect();
+    list.sort_by(|a, b| a.reservation_id.cmp(&b.reservation_id));
+    Json(list)
+}
+
+#[derive(Serialize)]
+struct RegionView {
+    region: String,
+    outline: Option<Vec<[f64; 2]>>,
+    stations: usize,
+    stations_in_service: usize,
+    reservations_active: usize,
+    now_ms: u64,
+}
+
+async fn region(State(shared): State<Arc<Shared>>) -> Json<RegionView> {
+    let region = shared.lock();
+    Json(RegionView {
+        region: region.name.clone(),
+        outline: shared.area.as_ref().map(|a| a.outline()),
+        stations: region.planner.stations.len(),
+        stations_in_service: region.planner.stations.in_service(),
+        reservations_active: region.planner.active_reservations(),
+        now_ms: shared.clock.now_ms(),
+    })
+}

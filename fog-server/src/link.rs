@@ -1,0 +1,208 @@
+//! The MQTT connection: one task owns it (see [`Link::next`]); everyone else talks to
+//! that task. Persistent session, QoS 1, reconnect with back-off, and every
+//! subscription restored after each reconnect (the broker may have lost the session).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use paho_mqtt as mqtt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How to reach a broker.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// `tcp://host:port` (or `ssl://…`).
+    pub url: String,
+    pub client_id: String,
+    /// Keep the session (subscriptions, queued QoS 1 messages) across disconnects.
+    pub persistent: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// A connected client plus what it needs to come back after a connection loss.
+pub struct Link {
+    client: mqtt::AsyncClient,
+    stream: mqtt::AsyncReceiver<Option<mqtt::Message>>,
+    connect_opts: mqtt::ConnectOptions,
+    subscriptions: Vec<(String, i32)>,
+    connected: Arc<AtomicBool>,
+    /// Called after every reconnection (for metrics).
+    pub on_reconnect: Option<Box<dyn Fn() + Send + Sync>>,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+impl Link {
+    /// Connects (retrying until `shutdown`) and subscribes to every `(filter, qos)`.
+    pub async fn connect(
+        settings: &LinkSettings,
+        subscriptions: Vec<(String, i32)>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let mut client = mqtt::CreateOptionsBuilder::new_v3()
+            .server_uri(&settings.url)
+            .client_id(&settings.client_id)
+            .persistence(mqtt::PersistenceType::None)
+            .max_buffered_messages(100_000)
+            .send_while_disconnected(true)
+            .create_client()
+            .with_context(|| format!("invalid broker url {:?}", settings.url))?;
+        let stream = client.get_stream(100_000);
+        let mut builder = mqtt::ConnectOptionsBuilder::new_v3();
+        builder
+            .clean_session(!settings.persistent)
+            .keep_alive_interval(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .max_inflight(1_000);
+        if let Some(user) = &settings.username {
+            builder.user_name(user);
+        }
+        if let Some(password) = &settings.password {
+            builder.password(password.as_str());
+        }
+        let link = Self {
+            client,
+            stream,
+            connect_opts: builder.finalize(),
+            subscriptions,
+            connected: Arc::new(AtomicBool::new(false)),
+            on_reconnect: None,
+        };
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match link.client.connect(link.connect_opts.clone()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    warn!(url = %settings.url, error = %e, retry_in = ?backoff, "cannot reach the broker yet");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => anyhow::bail!("shut down before the broker at {} answered", settings.url),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        link.subscribe_all().await?;
+        link.connected.store(true, Ordering::Release);
+        info!(url = %settings.url, client_id = %settings.client_id, "connected to the broker");
+        Ok(link)
+    }
+
+    async fn subscribe_all(&self) -> anyhow::Result<()> {
+        if self.subscriptions.is_empty() {
+            return Ok(());
+        }
+        let (filters, qos): (Vec<&str>, Vec<i32>) = self
+            .subscriptions
+            .iter()
+            .map(|(f, q)| (f.as_str(), *q))
+            .unzip();
+        self.client
+            .subscribe_many(&filters, &qos)
+            .await
+            .context("subscribing")?;
+        Ok(())
+    }
+
+    /// A flag that is true while connected and subscribed.
+    pub fn connected_flag(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
+    }
+
+    /// The next message; reconnects and resubscribes transparently. `None` once
+    /// `shutdown` is cancelled.
+    pub async fn next(&mut self, shutdown: &CancellationToken) -> Option<mqtt::Message> {
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                m = self.stream.recv() => m,
+            };
+            match received {
+                Ok(Some(msg)) => return Some(msg),
+                Ok(None) | Err(_) => {
+                    self.connected.store(false, Ordering::Release);
+                    warn!("connection to the broker lost; reconnecting");
+                    if !self.reconnect(shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reconnect(&mut self, shutdown: &CancellationToken) -> bool {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            if !self.client.is_connected() {
+                if let Err(e) = self.client.reconnect().await {
+                    warn!(error = %e, retry_in = ?backoff, "reconnect failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            }
+            match self.subscribe_all().await {
+                Ok(()) => {
+                    self.connected.store(true, Ordering::Release);
+                    info!("reconnected and resubscribed");
+                    if let Some(cb) = &self.on_reconnect {
+                        cb();
+                    }
+                    return true;
+                }
+                Err(e) => warn!(error = %e, "resubscribe failed"),
+            }
+        }
+    }
+
+    /// Queues a message for sending without waiting for the broker's acknowledgement
+    /// (QoS 1 delivery continues in the client library, also across reconnects).
+    pub fn publish(&self, topic: &str, payload: &[u8], qos: i32, retain: bool) {
+        let msg = if retain {
+            mqtt::Message::new_retained(topic, payload, qos)
+        } else {
+            mqtt::Message::new(topic, payload, qos)
+        };
+        if let Err(e) = self.client.try_publish(msg) {
+            warn!(topic, error = %e, "publish failed");
+        }
+    }
+
+    /// Publishes and waits for the broker's acknowledgement.
+    pub async fn publish_confirmed(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos: i32,
+        retain: bool,
+    ) -> anyhow::Result<()> {
+        let msg = if retain {
+            mqtt::Message::new_retained(topic, payload, qos)
+        } else {
+            mqtt::Message::new(topic, payload, qos)
+        };
+        self.client
+            .publish(msg)
+            .await
+            .with_context(|| format!("publishing to {topic}"))
+    }
+
+    /// Disconnects cleanly (waiting briefly for in-flight messages).
+    pub async fn disconnect(&self) {
+        self.connected.store(false, Ordering::Release);
+        let opts = mqtt::DisconnectOptionsBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .finalize();
+        if let Err(e) = self.client.disconnect(opts).await {
+            warn!(error = %e, "disconnect failed");
+        }
+    }
+}

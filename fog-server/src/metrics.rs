@@ -1,0 +1,121 @@
+//! Prometheus metrics of a fog server (served at `/metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+/// Every metric the fog server keeps. Cheap to update from the message loop.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Answers sent, by recommendation status.
+    pub requests: Family<StatusLabel, Counter>,
+    /// Time to plan one request, seconds.
+    pub planning_seconds: Histogram,
+    pub reservations_active: Gauge,
+    /// Reservations ended, by how (`arrived`, `cancel`, `expired`, `replaced`, `station_removed`).
+    pub reservations_ended: Family<KindLabel, Counter>,
+    pub stations: Family<StateLabel, Gauge>,
+    /// Messages refused, by what they were (`request`, `status`, `reservation`, `telemetry`, `topic`).
+    pub invalid_messages: Family<KindLabel, Counter>,
+    pub duplicate_requests: Counter,
+    pub telemetry: Counter,
+    pub mqtt_reconnects: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self {
+            requests: Family::default(),
+            planning_seconds: Histogram::new(
+                [
+                    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2,
+                ]
+                .into_iter(),
+            ),
+            reservations_active: Gauge::default(),
+            reservations_ended: Family::default(),
+            stations: Family::default(),
+            invalid_messages: Family::default(),
+            duplicate_requests: Counter::default(),
+            telemetry: Counter::default(),
+            mqtt_reconnects: Counter::default(),
+        }
+    }
+
+    /// A registry exposing these metrics under the `fog_` prefix.
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("fog");
+        r.register(
+            "requests",
+            "Charge requests answered, by status",
+            self.requests.clone(),
+        );
+        r.register(
+            "planning_seconds",
+            "Time to plan one charge request",
+            self.planning_seconds.clone(),
+        );
+        r.register(
+            "reservations_active",
+            "Reservations currently held",
+            self.reservations_active.clone(),
+        );
+        r.register(
+            "reservations_ended",
+            "Reservations ended, by how",
+            self.reservations_ended.clone(),
+        );
+        r.register("stations", "Known stations by state", self.stations.clone());
+        r.register(
+            "invalid_messages",
+            "Messages refused as invalid, by kind",
+            self.invalid_messages.clone(),
+        );
+        r.register(
+            "duplicate_requests",
+            "Repeated request ids answered from memory",
+            self.duplicate_requests.clone(),
+        );
+        r.register(
+            "telemetry",
+            "Telemetry messages received",
+            self.telemetry.clone(),
+        );
+        r.register(
+            "mqtt_reconnects",
+            "Reconnections to the regional broker",
+            self.mqtt_reconnects.clone(),
+        );
+        r
+    }
+
+    pub fn invalid(&self, kind: &'static str) {
+        self.invalid_messages
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,390 @@
+//! Choosing a station and holding reservations (the model is documented in
+//! `docs/planner.md`).
+//!
+//! For every reachable in-service station, nearest first:
+//!
+//! ```text
+//! total = drive time + expected wait at arrival + charge time
+//! ```
+//!
+//! The expected wait replays the station's near future: chargers in use free up after
+//! half a typical session on average, each queued vehicle takes a typical session, and
+//! each reservation already promised for arrival before this vehicle takes its own
+//! charge time. The vehicle gets the least total among stations whose wait is within
+//! `max_wait_s`, and a reservation there, so the next request sees it.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::index::{Slot, Station, StationIndex};
+use protocol::ChargeRequest;
+
+/// The model's parameters; every one is a CLI flag with an environment fallback.
+#[derive(Debug, Clone, Args)]
+pub struct PlannerParams {
+    /// Road distance = great-circle distance × this factor.
+    #[arg(long, env = "FOG_ROAD_FACTOR", default_value_t = 1.3)]
+    pub road_factor: f64,
+    /// Average driving speed, km/h.
+    #[arg(long, env = "FOG_AVG_SPEED_KMH", default_value_t = 40.0)]
+    pub avg_speed_kmh: f64,
+    /// Share of the vehicle's range kept in reserve: a station is reachable when its
+    /// road distance is at most range × (1 − margin).
+    #[arg(long, env = "FOG_SAFETY_MARGIN", default_value_t = 0.1)]
+    pub safety_margin: f64,
+    /// Seconds a reservation is held past the vehicle's ETA.
+    #[arg(long, env = "FOG_RESERVATION_GRACE_S", default_value_t = 600)]
+    pub reservation_grace_s: u32,
+    /// Longest acceptable predicted wait, seconds; a region whose every reachable
+    /// station waits longer is saturated for that request.
+    #[arg(long, env = "FOG_MAX_WAIT_S", default_value_t = 1800)]
+    pub max_wait_s: u32,
+    /// Typical charging session of a vehicle already at a station, seconds (a charging
+    /// vehicle is assumed to be half-way through one).
+    #[arg(long, env = "FOG_SESSION_S", default_value_t = 1800)]
+    pub session_s: u32,
+    /// Most candidates examined per request (nearest first).
+    #[arg(long, env = "FOG_MAX_CANDIDATES", default_value_t = 256)]
+    pub max_candidates: usize,
+}
+
+impl Default for PlannerParams {
+    fn default() -> Self {
+        Self {
+            road_factor: 1.3,
+            avg_speed_kmh: 40.0,
+            safety_margin: 0.1,
+            reservation_grace_s: 600,
+            max_wait_s: 1800,
+            session_s: 1800,
+            max_candidates: 256,
+        }
+    }
+}
+
+impl PlannerParams {
+    /// Refuses parameters that would make the model meaningless.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("road-factor", self.road_factor),
+            ("avg-speed-kmh", self.avg_speed_kmh),
+        ];
+        for (name, value) in positive {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!("--{name} must be a positive number, got {value}"));
+            }
+        }
+        if self.road_factor < 1.0 {
+            return Err(format!(
+                "--road-factor must be at least 1, got {}",
+                self.road_factor
+            ));
+        }
+        if !(0.0..1.0).contains(&self.safety_margin) {
+            return Err(format!(
+                "--safety-margin must be in [0, 1), got {}",
+                self.safety_margin
+            ));
+        }
+        if self.max_candidates == 0 {
+            return Err("--max-candidates must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A slot promised to a vehicle.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reservation {
+    pub reservation_id: String,
+    pub vehicle_id: String,
+    pub station_id: String,
+    #[serde(skip)]
+    pub slot: Slot,
+    /// Expected arrival (fog clock, ms).
+    pub arrival_ms: u64,
+    /// Expected charging time at the station, seconds.
+    pub charge_s: u32,
+    pub expires_ms: u64,
+}
+
+/// The best option for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    pub slot: Slot,
+    pub road_km: f64,
+    pub eta_s: f64,
+    pub wait_s: f64,
+    pub charge_s: f64,
+}
+
+impl Choice {
+    pub fn total_s(&self) -> f64 {
+        self.eta_s + self.wait_s + self.charge_s
+    }
+}
+
+/// Why no station was chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NoChoice {
+    /// No in-service station within the vehicle's safe range.
+    NothingReachable { range_km: f64 },
+    /// Stations are reachable, but every one waits longer than `max_wait_s`.
+    TooSlow { best: Choice },
+}
+
+/// Why a reservation could not be ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReservationError {
+    #[error("unknown or already ended reservation")]
+    Unknown,
+    #[error("reservation belongs to another vehicle")]
+    NotYours,
+}
+
+/// The planner: stations, promises, and the cost model.
+#[derive(Debug, Default)]
+pub struct Planner {
+    pub params: PlannerParams,
+    pub stations: StationIndex,
+    reservations: HashMap<String, Reservation>,
+    /// Per station slot: reservation ids promised there, sorted by arrival.
+    promised: HashMap<Slot, Vec<(u64, u32, String)>>,
+    /// Per vehicle: its one active reservation.
+    by_vehicle: HashMap<String, String>,
+}
+
+impl Planner {
+    pub fn new(params: PlannerParams) -> Self {
+        Self {
+            params,
+            ..Self::default()
+        }
+    }
+
+    fn drive_s(&self, road_km: f64) -> f64 {
+        road_km / self.params.avg_speed_kmh * 3600.0
+    }
+
+    /// Seconds to charge from the state of charge at arrival to the target.
+    fn charge_s(req: &ChargeRequest, road_km: f64, power_kw: f64) -> f64 {
+        let arrival_soc = req.soc - road_km * req.kwh_per_km / req.battery_kwh;
+        let kwh = (req.target_soc - arrival_soc).max(0.0) * req.battery_kwh;
+        kwh / power_kw * 3600.0
+    }
+
+    /// Predicted wait, seconds, for a vehicle arriving `eta_s` from `now_ms`.
+    pub fn expected_wait_s(&self, slot: Slot, station: &Station, now_ms: u64, eta_s: f64) -> f64 {
+        let session = f64::from(self.params.session_s);
+        // Times below are seconds from now at which each charger becomes free.
+        let mut free: BinaryHeap<Reverse<OrdF64>> = (0..station.chargers)
+            .map(|i| {
+                let busy = if i < station.occupied {
+                    session / 2.0
+                } else {
+                    0.0
+                };
+                Reverse(OrdF64(busy))
+            })
+            .collect();
+        let mut serve = |arrival: f64, duration: f64| {
+            if let Some(Reverse(OrdF64(at))) = free.pop() {
+                free.push(Reverse(OrdF64(at.max(arrival) + duration)));
+            }
+        };
+        for _ in 0..station.queue {
+            serve(0.0, session);
+        }
+        if let Some(promises) = self.promised.get(&slot) {
+            let arrival_ms = now_ms + (eta_s * 1000.0) as u64;
+            for (at_ms, charge_s, _) in promises.iter().take_while(|(at, _, _)| *at <= arrival_ms) {
+                let at = at_ms.saturating_sub(now_ms) as f64 / 1000.0;
+                serve(at, f64::from(*charge_s));
+            }
+        }
+        let earliest = free.peek().map_or(0.0, |Reverse(OrdF64(at))| *at);
+        (earliest - eta_s).max(0.0)
+    }
+
+    /// The best station for a request, without reserving it.
+    pub fn choose(&self, req: &ChargeRequest, now_ms: u64) -> Result<Choice, NoChoice> {
+        let p = &self.params;
+        let range_km = req.range_km() * (1.0 - p.safety_margin);
+        let max_power = self.stations.max_power_kw().max(f64::MIN_POSITIVE);
+        let mut best: Option<Choice> = None;
+        let mut best_too_slow: Option<Choice> = None;
+        for (slot, station, gc_km) in self
+            .stations
+            .nearest(req.lat, req.lon)
+            .take(p.max_candidates)
+        {
+            let road_km = gc_km * p.road_factor;
+            if road_km > range_km {
+                break;
+            }
+            let eta_s = self.drive_s(road_km);
+            // No farther station can beat the best: it drives longer and charges at
+            // best at the highest power in the region.
+            if let Some(b) = &best {
+                if eta_s + Self::charge_s(req, road_km, max_power) >= b.total_s() {
+                    break;
+                }
+            }
+            let choice = Choice {
+                slot,
+                road_km,
+                eta_s,
+                wait_s: self.expected_wait_s(slot, station, now_ms, eta_s),
+                charge_s: Self::charge_s(req, road_km, station.power_kw),
+            };
+            let target = if choice.wait_s <= f64::from(p.max_wait_s) {
+                &mut best
+            } else {
+                &mut best_too_slow
+            };
+            if target
+                .as_ref()
+                .is_none_or(|b| choice.total_s() < b.total_s())
+            {
+                *target = Some(choice);
+            }
+        }
+        match (best, best_too_slow) {
+            (Some(best), _) => Ok(best),
+            (None, Some(best)) => Err(NoChoice::TooSlow { best }),
+            (None, None) => Err(NoChoice::NothingReachable { range_km }),
+        }
+    }
+
+    /// Promises a slot to `vehicle_id` per `choice`, replacing the vehicle's earlier
+    /// reservation if it had one (a vehicle goes to one station at a time).
+    pub fn reserve(
+        &mut self,
+        reservation_id: String,
+        vehicle_id: &str,
+        choice: &Choice,
+        now_ms: u64,
+    ) -> Option<&Reservation> {
+        let station_id = self.stations.get(choice.slot)?.station_id.clone();
+        if let Some(previous) = self.by_vehicle.get(vehicle_id).cloned() {
+            self.release(&previous);
+        }
+        let arrival_ms = now_ms + (choice.eta_s * 1000.0) as u64;
+        let charge_s = choice.charge_s.ceil() as u32;
+        let expires_ms = arrival_ms + u64::from(self.params.reservation_grace_s) * 1000;
+        let list = self.promised.entry(choice.slot).or_default();
+        let at = list.partition_point(|(a, _, _)| *a <= arrival_ms);
+        list.insert(at, (arrival_ms, charge_s, reservation_id.clone()));
+        self.by_vehicle
+            .insert(vehicle_id.to_owned(), reservation_id.clone());
+        let reservation = Reservation {
+            reservation_id: reservation_id.clone(),
+            vehicle_id: vehicle_id.to_owned(),
+            station_id,
+            slot: choice.slot,
+            arrival_ms,
+            charge_s,
+            expires_ms,
+        };
+        self.reservations
+            .insert(reservation_id.clone(), reservation);
+        self.reservations.get(&reservation_id)
+    }
+
+    /// Ends a reservation on the vehicle's word (`arrived` or `cancel`).
+    pub fn end(
+        &mut self,
+        reservation_id: &str,
+        vehicle_id: &str,
+    ) -> Result<Reservation, ReservationError> {
+        match self.reservations.get(reservation_id) {
+            None => Err(ReservationError::Unknown),
+            Some(r) if r.vehicle_id != vehicle_id => Err(ReservationError::NotYours),
+            Some(_) => self
+                .release(reservation_id)
+                .ok_or(ReservationError::Unknown),
+        }
+    }
+
+    fn release(&mut self, reservation_id: &str) -> Option<Reservation> {
+        let r = self.reservations.remove(reservation_id)?;
+        if let Some(list) = self.promised.get_mut(&r.slot) {
+            list.retain(|(_, _, id)| id != reservation_id);
+            if list.is_empty() {
+                self.promised.remove(&r.slot);
+            }
+        }
+        if self
+            .by_vehicle
+            .get(&r.vehicle_id)
+            .is_some_and(|id| id == reservation_id)
+        {
+            self.by_vehicle.remove(&r.vehicle_id);
+        }
+        Some(r)
+    }
+
+    /// Ends every reservation whose time is up; returns them.
+    pub fn expire(&mut self, now_ms: u64) -> Vec<Reservation> {
+        let due: Vec<String> = self
+            .reservations
+            .values()
+            .filter(|r| r.expires_ms <= now_ms)
+            .map(|r| r.reservation_id.clone())
+            .collect();
+        due.iter().filter_map(|id| self.release(id)).collect()
+    }
+
+    /// Ends every reservation at a station (it was removed from the region).
+    pub fn release_station(&mut self, slot: Slot) -> usize {
+        let ids: Vec<String> = self
+            .promised
+            .get(&slot)
+            .map(|l| l.iter().map(|(_, _, id)| id.clone()).collect())
+            .unwrap_or_default();
+        ids.iter().filter_map(|id| self.release(id)).count()
+    }
+
+    pub fn reservation(&self, reservation_id: &str) -> Option<&Reservation> {
+        self.reservations.get(reservation_id)
+    }
+
+    /// The vehicle's active reservation, if it has one.
+    pub fn reservation_of(&self, vehicle_id: &str) -> Option<&Reservation> {
+        self.reservations.get(self.by_vehicle.get(vehicle_id)?)
+    }
+
+    pub fn reservations(&self) -> impl Iterator<Item = &Reservation> {
+        self.reservations.values()
+    }
+
+    /// Active reservations at a station.
+    pub fn promised_at(&self, slot: Slot) -> usize {
+        self.promised.get(&slot).map_or(0, Vec::len)
+    }
+
+    pub fn active_reservations(&self) -> usize {
+        self.reservations.len()
+    }
+}
+
+/// An `f64` ordered by `total_cmp`, for the charger heap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrdF64(f64);
+
+impl Eq for OrdF64 {}
+
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrdF64 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
