@@ -1,6 +1,8 @@
 //! The one error type of the protocol: each variant says what is wrong with a payload
 //! or a topic, in words fit to send back to the device in a `rejected` answer.
 
+use std::fmt;
+
 use thiserror::Error;
 
 /// Why a payload or topic was refused.
@@ -21,7 +23,7 @@ pub enum ProtocolError {
     #[error("{field} must be a finite number")]
     NotFinite { field: &'static str },
 
-    #[error("{field} = {value} is out of range [{min}, {max}]")]
+    #[error("{field} = {} is out of range {}", Num(*.value), Bounds(*.min, *.max))]
     OutOfRange {
         field: &'static str,
         value: f64,
@@ -47,4 +49,32 @@ pub enum ProtocolError {
 
     #[error("malformed topic {topic:?}: {reason}")]
     Topic { topic: String, reason: &'static str },
+}
+
+/// A number as an error message shows it: plainly for ordinary magnitudes, in exponent
+/// form for extreme ones (plain `Display` writes `1e300` with 301 digits).
+struct Num(f64);
+
+impl fmt::Display for Num {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let x = self.0;
+        if x == 0.0 || !x.is_finite() || (1e-4..1e16).contains(&x.abs()) {
+            write!(f, "{x}")
+        } else {
+            write!(f, "{x:e}")
+        }
+    }
+}
+
+/// `[min, max]`; a lower bound of `f64::MIN_POSITIVE` means "above zero": `(0, max]`.
+struct Bounds(f64, f64);
+
+impl fmt::Display for Bounds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == f64::MIN_POSITIVE {
+            write!(f, "(0, {}]", Num(self.1))
+        } else {
+            write!(f, "[{}, {}]", Num(self.0), Num(self.1))
+        }
+    }
 }

@@ -82,18 +82,18 @@ fn range(field: &'static str, value: f64, min: f64, max: f64) -> Result<(), Prot
     Ok(())
 }
 
-/// A finite number strictly above zero and at most `max`.
+/// A finite number strictly above zero and at most `max`; refused as out of `(0, max]`.
 fn positive(field: &'static str, value: f64, max: f64) -> Result<(), ProtocolError> {
-    range(field, value, 0.0, max)?;
-    if value == 0.0 {
-        return Err(ProtocolError::OutOfRange {
+    match range(field, value, 0.0, max) {
+        Ok(()) if value > 0.0 => Ok(()),
+        Err(e @ ProtocolError::NotFinite { .. }) => Err(e),
+        _ => Err(ProtocolError::OutOfRange {
             field,
             value,
             min: f64::MIN_POSITIVE,
             max,
-        });
+        }),
     }
-    Ok(())
 }
 
 fn position(lat: f64, lon: f64) -> Result<(), ProtocolError> {
