@@ -6,9 +6,12 @@
 //!   request, recommendation, reservation update, telemetry) as serde types.
 //! - [`validate`]: the rules every message obeys, and [`decode`], which turns a payload
 //!   into a checked message or a [`ProtocolError`] that says what is wrong.
+//! - [`fog`]: fog ↔ central messages and topics (aggregates, reroutes, handoffs),
+//!   carried over the Mosquitto bridges.
 //! - [`geo`]: great-circle distances and the 3-D unit vectors the station index stores.
 
 pub mod error;
+pub mod fog;
 pub mod geo;
 pub mod messages;
 pub mod topics;

@@ -96,7 +96,7 @@ fn positive(field: &'static str, value: f64, max: f64) -> Result<(), ProtocolErr
     }
 }
 
-fn position(lat: f64, lon: f64) -> Result<(), ProtocolError> {
+pub(crate) fn position(lat: f64, lon: f64) -> Result<(), ProtocolError> {
     range("lat", lat, -90.0, 90.0)?;
     range("lon", lon, -180.0, 180.0)
 }

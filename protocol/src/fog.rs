@@ -1,0 +1,335 @@
+//! Fog ↔ central messages, carried over the Mosquitto bridges.
+//!
+//! On a regional broker the fog server publishes under `fog/up/…` and subscribes to
+//! `fog/down/…`; the bridge maps these to `regions/{region}/up/…` and
+//! `regions/{region}/down/…` on the central broker (see `docs/fog-central.md`).
+//!
+//! | message | regional topic | central topic | QoS | retained |
+//! | --- | --- | --- | --- | --- |
+//! | [`Aggregate`] | `fog/up/aggregate` | `regions/{r}/up/aggregate` | 1 | yes |
+//! | [`RerouteRequest`] | `fog/up/reroute` | `regions/{r}/up/reroute` | 1 | no |
+//! | [`Handoff`] | `fog/down/handoff` | `regions/{r}/down/handoff` | 1 | no |
+//! | [`HandoffReply`] | `fog/up/handoff-reply` | `regions/{r}/up/handoff-reply` | 1 | no |
+//! | [`RerouteReply`] | `fog/down/reroute-reply` | `regions/{r}/down/reroute-reply` | 1 | no |
+
+use serde::{Deserialize, Serialize};
+
+use crate::messages::{ChargeRequest, Recommendation};
+use crate::validate::{Validate, validate_id};
+use crate::{PROTOCOL_VERSION, ProtocolError};
+
+/// The kinds of fog ↔ central message; the last level of their topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FogMessage {
+    Aggregate,
+    Reroute,
+    Handoff,
+    HandoffReply,
+    RerouteReply,
+}
+
+/// Which way a message crosses the bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// fog → central
+    Up,
+    /// central → fog
+    Down,
+}
+
+impl FogMessage {
+    pub const ALL: [Self; 5] = [
+        Self::Aggregate,
+        Self::Reroute,
+        Self::Handoff,
+        Self::HandoffReply,
+        Self::RerouteReply,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Aggregate => "aggregate",
+            Self::Reroute => "reroute",
+            Self::Handoff => "handoff",
+            Self::HandoffReply => "handoff-reply",
+            Self::RerouteReply => "reroute-reply",
+        }
+    }
+
+    pub fn direction(self) -> Direction {
+        match self {
+            Self::Aggregate | Self::Reroute | Self::HandoffReply => Direction::Up,
+            Self::Handoff | Self::RerouteReply => Direction::Down,
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// The topic on the regional broker: `fog/up/{name}` or `fog/down/{name}`.
+    pub fn regional_topic(self) -> String {
+        format!("fog/{}/{}", dir(self.direction()), self.name())
+    }
+
+    /// The topic on the central broker: `regions/{region}/up|down/{name}`.
+    pub fn central_topic(self, region: &str) -> String {
+        format!("regions/{region}/{}/{}", dir(self.direction()), self.name())
+    }
+
+    /// Parses a regional-broker topic (`fog/up/…`, `fog/down/…`).
+    pub fn parse_regional(topic: &str) -> Result<Self, ProtocolError> {
+        let bad = |reason| ProtocolError::Topic {
+            topic: topic.chars().take(200).collect(),
+            reason,
+        };
+        let mut it = topic.split('/');
+        let (Some("fog"), Some(d), Some(name), None) = (it.next(), it.next(), it.next(), it.next())
+        else {
+            return Err(bad("expected fog/up/{message} or fog/down/{message}"));
+        };
+        let m = Self::from_name(name).ok_or_else(|| bad("unknown fog message"))?;
+        if d != dir(m.direction()) {
+            return Err(bad("message sent in the wrong direction"));
+        }
+        Ok(m)
+    }
+
+    /// Parses a central-broker topic: `regions/{region}/up|down/{name}`.
+    pub fn parse_central(topic: &str) -> Result<(&str, Self), ProtocolError> {
+        let bad = |reason| ProtocolError::Topic {
+            topic: topic.chars().take(200).collect(),
+            reason,
+        };
+        let mut it = topic.split('/');
+        let (Some("regions"), Some(region), Some(d), Some(name), None) =
+            (it.next(), it.next(), it.next(), it.next(), it.next())
+        else {
+            return Err(bad("expected regions/{region}/up|down/{message}"));
+        };
+        validate_id("region", region).map_err(|_| bad("region is not a valid id"))?;
+        let m = Self::from_name(name).ok_or_else(|| bad("unknown fog message"))?;
+        if d != dir(m.direction()) {
+            return Err(bad("message sent in the wrong direction"));
+        }
+        Ok((region, m))
+    }
+}
+
+fn dir(d: Direction) -> &'static str {
+    match d {
+        Direction::Up => "up",
+        Direction::Down => "down",
+    }
+}
+
+/// Subscription filters for the fog ↔ central topics.
+pub mod filters {
+    /// What a fog server subscribes to on its regional broker: `fog/down/#`.
+    pub const FOG_DOWN: &str = "fog/down/#";
+
+    /// What central subscribes to on the central broker: `regions/+/up/#`.
+    pub const CENTRAL_UP: &str = "regions/+/up/#";
+}
+
+/// A region's latest state, published retained by its fog server every few seconds
+/// and on significant change. A latest-value message: losing one does no harm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    pub v: u32,
+    pub region: String,
+    /// Increases by one with every aggregate a fog server process publishes.
+    pub seq: u64,
+    /// When it was made (fog clock, ms since the epoch).
+    pub ts_ms: u64,
+    pub stations: u32,
+    pub stations_in_service: u32,
+    pub chargers: u32,
+    pub chargers_free: u32,
+    pub queued: u32,
+    pub reservations: u32,
+    /// Shortest predicted wait at any in-service station, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_wait_s: Option<u32>,
+    /// The region's outline as `[lat, lon]` points (a box has 4), if configured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outline: Vec<[f64; 2]>,
+    /// The stations with the shortest predicted wait, best first.
+    #[serde(default)]
+    pub best: Vec<AggregateStation>,
+    /// Requests this fog server found saturated since it started.
+    #[serde(default)]
+    pub saturated_requests: u64,
+}
+
+/// One of a region's best stations, as the aggregate lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AggregateStation {
+    pub station_id: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub chargers: u32,
+    pub power_kw: f64,
+    pub occupied: u32,
+    pub queue: u32,
+    pub reservations: u32,
+    pub predicted_wait_s: u32,
+}
+
+/// Origin fog → central: this vehicle cannot be served well here; find another region.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RerouteRequest {
+    pub v: u32,
+    pub reroute_id: String,
+    pub origin_region: String,
+    pub vehicle_id: String,
+    pub request: ChargeRequest,
+    /// The best total (drive + wait + charge, seconds) the origin could offer, if any:
+    /// a reroute is only worth it if it beats this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_best_total_s: Option<f64>,
+    /// The origin gives up waiting at this time (fog clock, ms).
+    pub deadline_ms: u64,
+}
+
+/// Central → target fog: reserve a slot for this foreign vehicle, if you can do better
+/// than `max_total_s`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub v: u32,
+    pub handoff_id: String,
+    pub reroute_id: String,
+    pub origin_region: String,
+    pub vehicle_id: String,
+    pub request: ChargeRequest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_total_s: Option<f64>,
+}
+
+/// Target fog → central: the handoff's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoffReply {
+    pub v: u32,
+    pub handoff_id: String,
+    pub region: String,
+    pub accepted: bool,
+    /// The `rerouted` recommendation, with the target's station and reservation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendation: Option<Recommendation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Central → origin fog: the reroute's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RerouteReply {
+    pub v: u32,
+    pub reroute_id: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendation: Option<Recommendation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Regions asked, in order.
+    #[serde(default)]
+    pub tried: Vec<String>,
+}
+
+fn version(v: u32) -> Result<(), ProtocolError> {
+    if v == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(ProtocolError::Version(u64::from(v)))
+    }
+}
+
+impl Validate for Aggregate {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        version(self.v)?;
+        validate_id("region", &self.region)?;
+        for s in &self.best {
+            validate_id("best.station_id", &s.station_id)?;
+            crate::validate::position(s.lat, s.lon)?;
+        }
+        for [lat, lon] in &self.outline {
+            crate::validate::position(*lat, *lon)?;
+        }
+        Ok(())
+    }
+}
+
+impl Validate for RerouteRequest {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        version(self.v)?;
+        validate_id("reroute_id", &self.reroute_id)?;
+        validate_id("origin_region", &self.origin_region)?;
+        validate_id("vehicle_id", &self.vehicle_id)?;
+        self.request.validate()
+    }
+}
+
+impl Validate for Handoff {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        version(self.v)?;
+        validate_id("handoff_id", &self.handoff_id)?;
+        validate_id("reroute_id", &self.reroute_id)?;
+        validate_id("origin_region", &self.origin_region)?;
+        validate_id("vehicle_id", &self.vehicle_id)?;
+        self.request.validate()
+    }
+}
+
+impl Validate for HandoffReply {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        version(self.v)?;
+        validate_id("handoff_id", &self.handoff_id)?;
+        validate_id("region", &self.region)?;
+        if let Some(r) = &self.recommendation {
+            r.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl Validate for RerouteReply {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        version(self.v)?;
+        validate_id("reroute_id", &self.reroute_id)?;
+        if let Some(r) = &self.recommendation {
+            r.validate()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regional_and_central_topics_follow_the_bridge_contract() {
+        for m in FogMessage::ALL {
+            let regional = m.regional_topic();
+            assert_eq!(FogMessage::parse_regional(&regional).unwrap(), m);
+            let central = m.central_topic("north");
+            assert_eq!(FogMessage::parse_central(&central).unwrap(), ("north", m));
+            // The bridge maps fog/{d}/X to regions/north/{d}/X.
+            let suffix = regional.strip_prefix("fog/").unwrap();
+            assert_eq!(central, format!("regions/north/{suffix}"));
+        }
+        for bad in [
+            "fog/down/aggregate",
+            "fog/up/handoff",
+            "fog/up/nope",
+            "fog/up/aggregate/x",
+            "regions/no rth/up/aggregate",
+            "regions/north/sideways/aggregate",
+            "regions/north/up",
+        ] {
+            assert!(
+                FogMessage::parse_regional(bad).is_err() && FogMessage::parse_central(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}
