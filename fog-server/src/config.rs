@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use geo::{Contains, Coord, LineString, Point, Polygon};
 use serde::Serialize;
+pub use service::LogFormat;
 
 use crate::planner::PlannerParams;
 
@@ -110,12 +111,6 @@ impl Config {
             None => Ok(None),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// A latitude/longitude box (not crossing the antimeridian).

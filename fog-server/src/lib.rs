@@ -3,22 +3,17 @@
 //! reservations it promised.
 //!
 //! - [`config`]: command line / environment ([`Config`]).
-//! - [`clock`]: the server's notion of now (wall clock, or a simulation's scaled clock).
 //! - [`index`]: the station R-tree, in great-circle order.
 //! - [`planner`]: the cost model and the reservations.
 //! - [`region`]: what each incoming message does to the region's state (no I/O).
-//! - [`link`]: the MQTT connection (persistent session, reconnect, resubscribe).
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/api/*`.
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! [`start`] connects and returns a handle; [`run`] is what `main` calls.
 
-pub mod clock;
 pub mod config;
 pub mod http;
 pub mod index;
-pub mod link;
-pub mod logging;
 pub mod metrics;
 pub mod planner;
 pub mod region;
@@ -32,14 +27,15 @@ use anyhow::Context as _;
 use protocol::{VehicleChannel, topics};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
-pub use clock::Clock;
 use config::Area;
 pub use config::Config;
-use link::{Link, LinkSettings};
 use metrics::Metrics;
 use region::Region;
+use service::clock;
+pub use service::{Clock, cancel_on_signal};
+use service::{Link, LinkSettings};
 
 /// How long after subscribing the server waits for retained station statuses before it
 /// calls itself ready without any.
@@ -223,30 +219,4 @@ async fn sweep(
             }
         }
     }
-}
-
-/// Cancels `token` on SIGTERM or Ctrl-C.
-pub fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot listen for SIGTERM");
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => info!("Ctrl-C: shutting down"),
-            _ = term => info!("SIGTERM: shutting down"),
-        }
-        token.cancel();
-    });
 }

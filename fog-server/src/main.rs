@@ -1,7 +1,8 @@
 //! `fog-server`: parse the configuration, start logging, run until SIGTERM/Ctrl-C.
 
 use clap::Parser;
-use fog_server::{Config, cancel_on_signal, logging};
+use fog_server::{Config, cancel_on_signal};
+use service::logging;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

@@ -2,7 +2,14 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use clap::ValueEnum;
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Installs the global subscriber; `default` is the filter when `RUST_LOG` is unset.
 pub fn init(format: LogFormat, default: &str) {

@@ -1,0 +1,44 @@
+//! What every fogcharge server shares.
+//!
+//! - [`link`]: the MQTT connection (persistent session, reconnect with back-off,
+//!   subscriptions restored after every reconnect).
+//! - [`logging`]: tracing set-up (`RUST_LOG`, text or JSON).
+//! - [`clock`]: the servers' notion of now (wall clock, or a simulation's scaled clock).
+//! - [`cancel_on_signal`]: SIGTERM / Ctrl-C cancel a shutdown token.
+
+pub mod clock;
+pub mod link;
+pub mod logging;
+
+pub use clock::Clock;
+pub use link::{Link, LinkSettings};
+pub use logging::LogFormat;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => info!("Ctrl-C: shutting down"),
+            _ = term => info!("SIGTERM: shutting down"),
+        }
+        token.cancel();
+    });
+}
