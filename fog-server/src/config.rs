@@ -65,6 +65,24 @@ pub struct Config {
     #[arg(long, env = "FOG_CLOCK_EPOCH_MS")]
     pub clock_epoch_ms: Option<u64>,
 
+    /// Publish the region's aggregate for central at least this often, real ms (and
+    /// sooner, at most every `--aggregate-min-ms`, when something changed).
+    #[arg(long, env = "FOG_AGGREGATE_MS", default_value_t = 2000)]
+    pub aggregate_ms: u64,
+
+    /// Shortest interval between two aggregates, real ms.
+    #[arg(long, env = "FOG_AGGREGATE_MIN_MS", default_value_t = 250)]
+    pub aggregate_min_ms: u64,
+
+    /// How long a saturated request waits for central's reroute before it is answered
+    /// locally, real ms.
+    #[arg(long, env = "FOG_REROUTE_TIMEOUT_MS", default_value_t = 1500)]
+    pub reroute_timeout_ms: u64,
+
+    /// Never ask central to reroute: saturated requests are answered `unavailable`.
+    #[arg(long, env = "FOG_NO_REROUTE")]
+    pub no_reroute: bool,
+
     #[command(flatten)]
     pub planner: PlannerParams,
 }

@@ -32,10 +32,10 @@ use tracing::info;
 use config::Area;
 pub use config::Config;
 use metrics::Metrics;
-use region::Region;
+use region::{Region, RerouteSettings};
 use service::clock;
 pub use service::{Clock, cancel_on_signal};
-use service::{Link, LinkSettings};
+use service::{Link, LinkSettings, Publisher};
 
 /// How long after subscribing the server waits for retained station statuses before it
 /// calls itself ready without any.
@@ -132,12 +132,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     link.on_reconnect = Some(Box::new(move || {
         reconnects.inc();
     }));
+    let mut region = Region::new(&region_name, config.planner.clone(), metrics.clone());
+    region.reroute = RerouteSettings {
+        enabled: !config.no_reroute,
+        timeout: Duration::from_millis(config.reroute_timeout_ms),
+    };
+    region.outline = area.as_ref().map(Area::outline).unwrap_or_default();
     let shared = Arc::new(Shared {
-        region: Mutex::new(Region::new(
-            &region_name,
-            config.planner.clone(),
-            metrics.clone(),
-        )),
+        region: Mutex::new(region),
         clock,
         area,
         registry: metrics.registry(),
@@ -164,7 +166,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     };
     tasks.spawn(sweep(
         shared.clone(),
+        link.publisher(),
         Duration::from_millis(config.sweep_ms.max(1)),
+        shutdown.clone(),
+    ));
+    tasks.spawn(publish_aggregates(
+        shared.clone(),
+        link.publisher(),
+        Duration::from_millis(config.aggregate_min_ms.max(10)),
+        Duration::from_millis(config.aggregate_ms.max(10)),
         shutdown.clone(),
     ));
     let loop_shared = shared.clone();
@@ -202,9 +212,11 @@ async fn serve(link: &mut Link, shared: &Shared, shutdown: &CancellationToken) {
     }
 }
 
-/// Ends expired reservations and forgets idle vehicles, periodically.
+/// Periodically: ends expired reservations, answers reroutes central left unanswered,
+/// forgets idle vehicles.
 async fn sweep(
     shared: Arc<Shared>,
+    publisher: Publisher,
     every: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -215,8 +227,43 @@ async fn sweep(
             _ = shutdown.cancelled() => return Ok(()),
             _ = interval.tick() => {
                 let now = shared.clock.now_ms();
-                shared.lock().tick(now);
+                let out = shared.lock().tick(now);
+                for o in out {
+                    publisher.publish(&o.topic, &o.payload, 1, o.retain);
+                }
             }
         }
+    }
+}
+
+/// Publishes the region's aggregate (retained) every `period`, and after a change as
+/// soon as `min_interval` allows.
+async fn publish_aggregates(
+    shared: Arc<Shared>,
+    publisher: Publisher,
+    min_interval: Duration,
+    period: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let topic = protocol::fog::FogMessage::Aggregate.regional_topic();
+    let mut interval = tokio::time::interval(min_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = interval.tick() => {}
+        }
+        let due = last.is_none_or(|t| t.elapsed() >= period);
+        let aggregate = {
+            let mut region = shared.lock();
+            if !(due || region.is_dirty()) {
+                continue;
+            }
+            region.aggregate(shared.clock.now_ms())
+        };
+        publisher.publish(&topic, &protocol::encode(&aggregate), 1, true);
+        shared.lock().metrics().aggregates_published.inc();
+        last = Some(Instant::now());
     }
 }

@@ -36,6 +36,11 @@ pub struct Metrics {
     /// Messages refused, by what they were (`request`, `status`, `reservation`, `telemetry`, `topic`).
     pub invalid_messages: Family<KindLabel, Counter>,
     pub duplicate_requests: Counter,
+    /// Reroutes through central, by outcome (`requested`, `succeeded`, `failed`, `timed_out`).
+    pub reroutes: Family<KindLabel, Counter>,
+    /// Handoffs from other regions, by outcome (`accepted`, `refused`).
+    pub handoffs: Family<KindLabel, Counter>,
+    pub aggregates_published: Counter,
     pub telemetry: Counter,
     pub mqtt_reconnects: Counter,
 }
@@ -55,6 +60,9 @@ impl Metrics {
             stations: Family::default(),
             invalid_messages: Family::default(),
             duplicate_requests: Counter::default(),
+            reroutes: Family::default(),
+            handoffs: Family::default(),
+            aggregates_published: Counter::default(),
             telemetry: Counter::default(),
             mqtt_reconnects: Counter::default(),
         }

@@ -5,6 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use protocol::fog::{
+    Aggregate, AggregateStation, FogMessage, Handoff, HandoffReply, RerouteReply, RerouteRequest,
+};
 use protocol::{
     ChargeRequest, ProtocolError, Recommendation, RecommendationStatus, ReservationAction,
     ReservationUpdate, StationRef, StationState, StationStatus, Telemetry, Topic, VehicleChannel,
@@ -15,12 +18,43 @@ use tracing::{debug, info, warn};
 
 use crate::index::Change;
 use crate::metrics::{KindLabel, Metrics, StateLabel, StatusLabel};
-use crate::planner::{NoChoice, Planner, PlannerParams};
+use crate::planner::{Choice, NoChoice, Planner, PlannerParams};
 
 /// Answers remembered per vehicle, so a redelivered request gets the same answer.
 const REMEMBERED_ANSWERS: usize = 8;
 /// How long a vehicle's remembered answers are kept after its last request.
 const ANSWER_MEMORY_MS: u64 = 3_600_000;
+
+/// How many of the region's best stations an aggregate lists.
+const AGGREGATE_BEST: usize = 8;
+/// How long handoff replies are remembered, for redelivered handoffs.
+const HANDOFF_MEMORY_MS: u64 = 600_000;
+
+/// Cross-region rerouting, as the fog server sees it.
+#[derive(Debug, Clone)]
+pub struct RerouteSettings {
+    /// Ask central when the region is saturated for a request.
+    pub enabled: bool,
+    /// How long to wait for central's answer before answering locally.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for RerouteSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            timeout: std::time::Duration::from_millis(1500),
+        }
+    }
+}
+
+/// A request waiting for central's reroute answer.
+#[derive(Debug)]
+struct PendingReroute {
+    vehicle_id: String,
+    request: ChargeRequest,
+    deadline: Instant,
+}
 
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +80,17 @@ pub struct Region {
     next_reservation: u64,
     /// Random per process start, so reservation ids differ across restarts.
     id_salt: u32,
+    pub reroute: RerouteSettings,
+    /// Reroutes waiting for central, by reroute id.
+    pending: HashMap<String, PendingReroute>,
+    /// Handoff replies already sent, by handoff id (with when), for redeliveries.
+    handoffs: HashMap<String, (HandoffReply, u64)>,
+    /// The region's outline, for aggregates.
+    pub outline: Vec<[f64; 2]>,
+    aggregate_seq: u64,
+    saturated_requests: u64,
+    /// Something an aggregate shows changed since the last one.
+    dirty: bool,
 }
 
 impl Region {
@@ -57,6 +102,13 @@ impl Region {
             metrics,
             next_reservation: 0,
             id_salt: rand::random(),
+            reroute: RerouteSettings::default(),
+            pending: HashMap::new(),
+            handoffs: HashMap::new(),
+            outline: Vec::new(),
+            aggregate_seq: 0,
+            saturated_requests: 0,
+            dirty: true,
         }
     }
 
@@ -66,6 +118,9 @@ impl Region {
 
     /// Handles one message received on the region's broker.
     pub fn handle(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Option<Outgoing> {
+        if topic.starts_with("fog/") {
+            return self.on_fog_message(topic, payload, now_ms);
+        }
         let parsed = match Topic::parse(topic) {
             Ok(t) if t.region() == self.name => t,
             Ok(_) => {
@@ -89,7 +144,7 @@ impl Region {
                 channel,
                 ..
             } => match channel {
-                VehicleChannel::Request => Some(self.on_request(vehicle_id, payload, now_ms)),
+                VehicleChannel::Request => self.on_request(vehicle_id, payload, now_ms),
                 VehicleChannel::Reservation => {
                     self.on_reservation(vehicle_id, payload);
                     None
@@ -110,6 +165,7 @@ impl Region {
                 self.count_ended("station_removed", released);
                 self.planner.stations.remove(station_id);
                 info!(station = station_id, released, "station removed");
+                self.dirty = true;
             }
             self.refresh_station_gauges();
             return;
@@ -133,6 +189,7 @@ impl Region {
             }
         };
         let change = self.planner.stations.apply(&status, now_ms);
+        self.dirty = true;
         debug!(
             station = station_id,
             state = status.state.as_str(),
@@ -151,11 +208,13 @@ impl Region {
         self.refresh_station_gauges();
     }
 
-    fn on_request(&mut self, vehicle_id: &str, payload: &[u8], now_ms: u64) -> Outgoing {
-        let topic = topics::recommendation(&self.name, vehicle_id);
+    fn on_request(&mut self, vehicle_id: &str, payload: &[u8], now_ms: u64) -> Option<Outgoing> {
         let started = Instant::now();
         let answer = match decode::<ChargeRequest>(payload) {
-            Ok(req) => self.answer(vehicle_id, &req, now_ms),
+            Ok(req) => match self.answer(vehicle_id, req, now_ms) {
+                Answer::Now(answer) => answer,
+                Answer::AskCentral(out) => return out,
+            },
             Err(e) => {
                 warn!(vehicle = vehicle_id, error = %e, "charge request rejected");
                 self.metrics.invalid("request");
@@ -170,6 +229,11 @@ impl Region {
         self.metrics
             .planning_seconds
             .observe(started.elapsed().as_secs_f64());
+        Some(self.reply(vehicle_id, &answer))
+    }
+
+    /// The recommendation message for a vehicle, counted.
+    fn reply(&self, vehicle_id: &str, answer: &Recommendation) -> Outgoing {
         self.metrics
             .requests
             .get_or_create(&StatusLabel {
@@ -180,14 +244,32 @@ impl Region {
             .reservations_active
             .set(self.planner.active_reservations() as i64);
         Outgoing {
-            topic,
-            payload: protocol::encode(&answer),
+            topic: topics::recommendation(&self.name, vehicle_id),
+            payload: protocol::encode(answer),
             retain: false,
         }
     }
 
-    /// The answer to a valid request: remembered if the request id was seen before.
-    fn answer(&mut self, vehicle_id: &str, req: &ChargeRequest, now_ms: u64) -> Recommendation {
+    fn remember(
+        &mut self,
+        vehicle_id: &str,
+        request_id: &str,
+        answer: &Recommendation,
+        now_ms: u64,
+    ) {
+        let memory = self.vehicles.entry(vehicle_id.to_owned()).or_default();
+        if memory.answers.len() == REMEMBERED_ANSWERS {
+            memory.answers.pop_front();
+        }
+        memory
+            .answers
+            .push_back((request_id.to_owned(), answer.clone()));
+        memory.last_ms = now_ms;
+    }
+
+    /// The answer to a valid request: remembered if the request id was seen before,
+    /// planned here, or (saturated) asked of central.
+    fn answer(&mut self, vehicle_id: &str, req: ChargeRequest, now_ms: u64) -> Answer {
         if let Some(previous) = self.vehicles.get(vehicle_id).and_then(|m| {
             m.answers
                 .iter()
@@ -196,43 +278,120 @@ impl Region {
         }) {
             debug!(vehicle = vehicle_id, request = %req.request_id, "repeated request answered from memory");
             self.metrics.duplicate_requests.inc();
-            return previous;
+            return Answer::Now(previous);
         }
-        let answer = self.plan(vehicle_id, req, now_ms);
-        let memory = self.vehicles.entry(vehicle_id.to_owned()).or_default();
-        if memory.answers.len() == REMEMBERED_ANSWERS {
-            memory.answers.pop_front();
+        if self
+            .pending
+            .values()
+            .any(|p| p.vehicle_id == vehicle_id && p.request.request_id == req.request_id)
+        {
+            debug!(vehicle = vehicle_id, request = %req.request_id, "repeated request already with central");
+            self.metrics.duplicate_requests.inc();
+            return Answer::AskCentral(None);
         }
-        memory
-            .answers
-            .push_back((req.request_id.clone(), answer.clone()));
-        memory.last_ms = now_ms;
-        answer
+        // A new request means the vehicle's plans changed: its old promise goes.
+        if let Some(old) = self
+            .planner
+            .reservation_of(vehicle_id)
+            .map(|r| r.reservation_id.clone())
+        {
+            if self.planner.end(&old, vehicle_id).is_ok() {
+                self.count_ended("replaced", 1);
+            }
+        }
+        let answer = match self.planner.choose(&req, now_ms) {
+            Ok(choice) => self.assign(
+                vehicle_id,
+                &req,
+                &choice,
+                now_ms,
+                RecommendationStatus::Assigned,
+                None,
+            ),
+            Err(no) => {
+                self.saturated_requests += 1;
+                self.dirty = true;
+                if self.reroute.enabled {
+                    return Answer::AskCentral(Some(
+                        self.ask_central(vehicle_id, req, &no, now_ms),
+                    ));
+                }
+                self.unavailable(&req, &no)
+            }
+        };
+        self.remember(vehicle_id, &req.request_id, &answer, now_ms);
+        Answer::Now(answer)
     }
 
-    fn plan(&mut self, vehicle_id: &str, req: &ChargeRequest, now_ms: u64) -> Recommendation {
-        let refusal = |reason: String| {
-            Recommendation::refusal(
-                req.request_id.clone(),
-                RecommendationStatus::Unavailable,
-                reason,
-                self.name.clone(),
-            )
+    /// An `unavailable` answer saying why.
+    fn unavailable(&self, req: &ChargeRequest, no: &NoChoice) -> Recommendation {
+        Recommendation::refusal(
+            req.request_id.clone(),
+            RecommendationStatus::Unavailable,
+            saturation_reason(no, self.planner.params.max_wait_s),
+            self.name.clone(),
+        )
+    }
+
+    /// Sends the request to central for a reroute; the vehicle is answered when
+    /// central replies or the timeout passes ([`Region::tick`]).
+    fn ask_central(
+        &mut self,
+        vehicle_id: &str,
+        req: ChargeRequest,
+        no: &NoChoice,
+        now_ms: u64,
+    ) -> Outgoing {
+        self.next_reservation += 1;
+        let reroute_id = format!(
+            "{}-rr-{:08x}{:x}",
+            truncate_id(&self.name, 36),
+            self.id_salt,
+            self.next_reservation
+        );
+        let local_best_total_s = match no {
+            NoChoice::TooSlow { best } => Some(best.total_s()),
+            NoChoice::NothingReachable { .. } => None,
         };
-        let choice = match self.planner.choose(req, now_ms) {
-            Ok(choice) => choice,
-            Err(NoChoice::NothingReachable { range_km }) => {
-                return refusal(format!(
-                    "no station in service within the vehicle's safe range of {range_km:.1} km"
-                ));
-            }
-            Err(NoChoice::TooSlow { best }) => {
-                return refusal(format!(
-                    "every reachable station is saturated: the shortest predicted wait is {:.0} s, over the limit of {} s",
-                    best.wait_s, self.planner.params.max_wait_s
-                ));
-            }
+        let message = RerouteRequest {
+            v: protocol::PROTOCOL_VERSION,
+            reroute_id: reroute_id.clone(),
+            origin_region: self.name.clone(),
+            vehicle_id: vehicle_id.to_owned(),
+            request: req.clone(),
+            local_best_total_s,
+            deadline_ms: now_ms + self.reroute.timeout.as_millis() as u64,
         };
+        info!(vehicle = vehicle_id, request = %req.request_id, reroute = %reroute_id, "region saturated: asking central");
+        self.metrics
+            .reroutes
+            .get_or_create(&KindLabel { kind: "requested" })
+            .inc();
+        self.pending.insert(
+            reroute_id,
+            PendingReroute {
+                vehicle_id: vehicle_id.to_owned(),
+                request: req,
+                deadline: Instant::now() + self.reroute.timeout,
+            },
+        );
+        Outgoing {
+            topic: FogMessage::Reroute.regional_topic(),
+            payload: protocol::encode(&message),
+            retain: false,
+        }
+    }
+
+    /// Reserves `choice` for the vehicle and builds the answer.
+    fn assign(
+        &mut self,
+        vehicle_id: &str,
+        req: &ChargeRequest,
+        choice: &Choice,
+        now_ms: u64,
+        status: RecommendationStatus,
+        reason: Option<String>,
+    ) -> Recommendation {
         self.next_reservation += 1;
         let reservation_id = format!(
             "{}-{:08x}{:x}",
@@ -240,23 +399,29 @@ impl Region {
             self.id_salt,
             self.next_reservation
         );
-        if self.planner.reservation_of(vehicle_id).is_some() {
-            self.count_ended("replaced", 1);
-        }
+        let refusal = |reason: &str| {
+            Recommendation::refusal(
+                req.request_id.clone(),
+                RecommendationStatus::Unavailable,
+                reason,
+                self.name.clone(),
+            )
+        };
         let Some(reservation) = self
             .planner
-            .reserve(reservation_id, vehicle_id, &choice, now_ms)
+            .reserve(reservation_id, vehicle_id, choice, now_ms)
             .cloned()
         else {
-            return refusal("internal error: chosen station vanished".into());
+            return refusal("internal error: chosen station vanished");
         };
+        self.dirty = true;
         let Some(station) = self.planner.stations.get(choice.slot) else {
-            return refusal("internal error: chosen station vanished".into());
+            return refusal("internal error: chosen station vanished");
         };
         Recommendation {
             v: protocol::PROTOCOL_VERSION,
             request_id: req.request_id.clone(),
-            status: RecommendationStatus::Assigned,
+            status,
             station: Some(StationRef {
                 station_id: station.station_id.clone(),
                 region: self.name.clone(),
@@ -269,10 +434,184 @@ impl Region {
             charge_s: Some(choice.charge_s.round() as u32),
             reservation_id: Some(reservation.reservation_id),
             expires_ms: Some(reservation.expires_ms),
-            reason: None,
+            reason,
             served_by: Some(self.name.clone()),
             data_age_ms: Some(now_ms.saturating_sub(station.updated_ms)),
         }
+    }
+
+    /// The local answer for a request central could not place (or did not answer in
+    /// time): the best local station despite its wait, or `unavailable`.
+    fn answer_locally(
+        &mut self,
+        pending: &PendingReroute,
+        why: &str,
+        now_ms: u64,
+    ) -> Recommendation {
+        let req = &pending.request;
+        match self.planner.choose(req, now_ms) {
+            Ok(choice) => self.assign(
+                &pending.vehicle_id,
+                req,
+                &choice,
+                now_ms,
+                RecommendationStatus::Assigned,
+                Some(format!("{why}; a local station has room again")),
+            ),
+            Err(NoChoice::TooSlow { best }) => {
+                let reason = format!(
+                    "{why}; best local station despite a predicted wait of {:.0} s",
+                    best.wait_s
+                );
+                self.assign(
+                    &pending.vehicle_id,
+                    req,
+                    &best,
+                    now_ms,
+                    RecommendationStatus::Assigned,
+                    Some(reason),
+                )
+            }
+            Err(no @ NoChoice::NothingReachable { .. }) => {
+                let mut answer = self.unavailable(req, &no);
+                answer.reason = Some(format!("{why}; {}", answer.reason.unwrap_or_default()));
+                answer
+            }
+        }
+    }
+
+    fn on_fog_message(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Option<Outgoing> {
+        match FogMessage::parse_regional(topic) {
+            Ok(FogMessage::Handoff) => self.on_handoff(payload, now_ms),
+            Ok(FogMessage::RerouteReply) => self.on_reroute_reply(payload, now_ms),
+            Ok(_) | Err(_) => {
+                warn!(topic, "unexpected message on a fog topic dropped");
+                self.metrics.invalid("fog");
+                None
+            }
+        }
+    }
+
+    /// Central asks this region to take a vehicle from another region.
+    fn on_handoff(&mut self, payload: &[u8], now_ms: u64) -> Option<Outgoing> {
+        let handoff = match decode::<Handoff>(payload) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %e, "handoff refused");
+                self.metrics.invalid("handoff");
+                return None;
+            }
+        };
+        let reply = match self.handoffs.get(&handoff.handoff_id) {
+            Some((reply, _)) => reply.clone(),
+            None => {
+                let reply = self.take_handoff(&handoff, now_ms);
+                self.handoffs
+                    .insert(handoff.handoff_id.clone(), (reply.clone(), now_ms));
+                reply
+            }
+        };
+        Some(Outgoing {
+            topic: FogMessage::HandoffReply.regional_topic(),
+            payload: protocol::encode(&reply),
+            retain: false,
+        })
+    }
+
+    fn take_handoff(&mut self, h: &Handoff, now_ms: u64) -> HandoffReply {
+        let refuse = |reason: String| HandoffReply {
+            v: protocol::PROTOCOL_VERSION,
+            handoff_id: h.handoff_id.clone(),
+            region: self.name.clone(),
+            accepted: false,
+            recommendation: None,
+            reason: Some(reason),
+        };
+        let choice = match self.planner.choose(&h.request, now_ms) {
+            Ok(choice) => choice,
+            Err(no) => return refuse(saturation_reason(&no, self.planner.params.max_wait_s)),
+        };
+        if let Some(max) = h.max_total_s {
+            if choice.total_s() >= max {
+                return refuse(format!(
+                    "best total here is {:.0} s, no better than {max:.0} s at the origin",
+                    choice.total_s()
+                ));
+            }
+        }
+        let reason = format!(
+            "region {} is saturated; rerouted to {}",
+            h.origin_region, self.name
+        );
+        let recommendation = self.assign(
+            &h.vehicle_id,
+            &h.request,
+            &choice,
+            now_ms,
+            RecommendationStatus::Rerouted,
+            Some(reason),
+        );
+        let accepted = recommendation.status == RecommendationStatus::Rerouted;
+        info!(vehicle = %h.vehicle_id, origin = %h.origin_region, accepted, "handoff");
+        self.metrics
+            .handoffs
+            .get_or_create(&KindLabel {
+                kind: if accepted { "accepted" } else { "refused" },
+            })
+            .inc();
+        HandoffReply {
+            v: protocol::PROTOCOL_VERSION,
+            handoff_id: h.handoff_id.clone(),
+            region: self.name.clone(),
+            accepted,
+            reason: recommendation.reason.clone(),
+            recommendation: accepted.then_some(recommendation),
+        }
+    }
+
+    /// Central's answer to a reroute: forward it to the vehicle, or answer locally.
+    fn on_reroute_reply(&mut self, payload: &[u8], now_ms: u64) -> Option<Outgoing> {
+        let reply = match decode::<RerouteReply>(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "reroute reply refused");
+                self.metrics.invalid("reroute-reply");
+                return None;
+            }
+        };
+        let Some(pending) = self.pending.remove(&reply.reroute_id) else {
+            debug!(reroute = %reply.reroute_id, "reroute reply for no pending request (late or repeated)");
+            return None;
+        };
+        let answer = match reply.recommendation {
+            Some(mut rec) if reply.ok && rec.station.is_some() => {
+                rec.request_id = pending.request.request_id.clone();
+                rec.status = RecommendationStatus::Rerouted;
+                self.metrics
+                    .reroutes
+                    .get_or_create(&KindLabel { kind: "succeeded" })
+                    .inc();
+                rec
+            }
+            _ => {
+                self.metrics
+                    .reroutes
+                    .get_or_create(&KindLabel { kind: "failed" })
+                    .inc();
+                let why = format!(
+                    "no other region could take the vehicle: {}",
+                    reply.reason.as_deref().unwrap_or("central gave no reason")
+                );
+                self.answer_locally(&pending, &why, now_ms)
+            }
+        };
+        self.remember(
+            &pending.vehicle_id,
+            &pending.request.request_id,
+            &answer,
+            now_ms,
+        );
+        Some(self.reply(&pending.vehicle_id, &answer))
     }
 
     fn on_reservation(&mut self, vehicle_id: &str, payload: &[u8]) {
@@ -315,18 +654,118 @@ impl Region {
         }
     }
 
-    /// Ends reservations whose time is up and forgets idle vehicles. Call periodically.
-    pub fn tick(&mut self, now_ms: u64) {
+    /// Ends reservations whose time is up, answers reroutes central did not answer in
+    /// time, and forgets idle vehicles. Call periodically; publish what it returns.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Outgoing> {
+        let now = Instant::now();
+        let late: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut out = Vec::new();
+        for id in late {
+            let Some(pending) = self.pending.remove(&id) else {
+                continue;
+            };
+            warn!(vehicle = %pending.vehicle_id, reroute = %id, "central did not answer in time");
+            self.metrics
+                .reroutes
+                .get_or_create(&KindLabel { kind: "timed_out" })
+                .inc();
+            let why = format!(
+                "central unreachable (no reroute answer within {} ms)",
+                self.reroute.timeout.as_millis()
+            );
+            let answer = self.answer_locally(&pending, &why, now_ms);
+            self.remember(
+                &pending.vehicle_id,
+                &pending.request.request_id,
+                &answer,
+                now_ms,
+            );
+            out.push(self.reply(&pending.vehicle_id, &answer));
+        }
+        self.handoffs
+            .retain(|_, (_, at)| now_ms.saturating_sub(*at) < HANDOFF_MEMORY_MS);
         let expired = self.planner.expire(now_ms);
         for r in &expired {
             info!(vehicle = %r.vehicle_id, reservation = %r.reservation_id, station = %r.station_id, "reservation expired");
         }
         self.count_ended("expired", expired.len());
+        if !expired.is_empty() {
+            self.dirty = true;
+        }
         self.vehicles
             .retain(|_, m| now_ms.saturating_sub(m.last_ms) < ANSWER_MEMORY_MS);
         self.metrics
             .reservations_active
             .set(self.planner.active_reservations() as i64);
+        out
+    }
+
+    /// Whether something an aggregate shows changed since the last aggregate.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// The region's aggregate for central (and marks the state as published).
+    pub fn aggregate(&mut self, now_ms: u64) -> Aggregate {
+        self.aggregate_seq += 1;
+        self.dirty = false;
+        let mut agg = Aggregate {
+            v: protocol::PROTOCOL_VERSION,
+            region: self.name.clone(),
+            seq: self.aggregate_seq,
+            ts_ms: now_ms,
+            stations: self.planner.stations.len() as u32,
+            stations_in_service: self.planner.stations.in_service() as u32,
+            chargers: 0,
+            chargers_free: 0,
+            queued: 0,
+            reservations: self.planner.active_reservations() as u32,
+            min_wait_s: None,
+            outline: self.outline.clone(),
+            best: Vec::new(),
+            saturated_requests: self.saturated_requests,
+        };
+        let mut best = Vec::new();
+        for (slot, s) in self.planner.stations.iter() {
+            if !s.state.is_in_service() {
+                continue;
+            }
+            agg.chargers += s.chargers;
+            agg.chargers_free += s.chargers - s.occupied.min(s.chargers);
+            agg.queued += s.queue;
+            let wait = self.planner.expected_wait_s(slot, s, now_ms, 0.0).round() as u32;
+            agg.min_wait_s = Some(agg.min_wait_s.map_or(wait, |m: u32| m.min(wait)));
+            best.push(AggregateStation {
+                station_id: s.station_id.clone(),
+                lat: s.lat,
+                lon: s.lon,
+                chargers: s.chargers,
+                power_kw: s.power_kw,
+                occupied: s.occupied,
+                queue: s.queue,
+                reservations: self.planner.promised_at(slot) as u32,
+                predicted_wait_s: wait,
+            });
+        }
+        best.sort_by(|a, b| {
+            a.predicted_wait_s
+                .cmp(&b.predicted_wait_s)
+                .then(b.chargers.cmp(&a.chargers))
+                .then_with(|| a.station_id.cmp(&b.station_id))
+        });
+        best.truncate(AGGREGATE_BEST);
+        agg.best = best;
+        agg
+    }
+
+    /// Reroutes waiting for central.
+    pub fn pending_reroutes(&self) -> usize {
+        self.pending.len()
     }
 
     fn count_ended(&self, kind: &'static str, n: usize) {
@@ -402,8 +841,33 @@ pub struct StationView {
     pub data_age_ms: u64,
 }
 
+/// What to do with a valid request.
+enum Answer {
+    /// Answer the vehicle now.
+    Now(Recommendation),
+    /// Central decides; publish this (nothing if the request is already with central).
+    AskCentral(Option<Outgoing>),
+}
+
+/// Why the region cannot serve a request well, in words for the vehicle.
+fn saturation_reason(no: &NoChoice, max_wait_s: u32) -> String {
+    match no {
+        NoChoice::NothingReachable { range_km } => {
+            format!("no station in service within the vehicle's safe range of {range_km:.1} km")
+        }
+        NoChoice::TooSlow { best } => format!(
+            "every reachable station is saturated: the shortest predicted wait is {:.0} s, over the limit of {max_wait_s} s",
+            best.wait_s
+        ),
+    }
+}
+
 /// The `request_id` of a request that failed to decode, if it has a usable one.
+/// Oversized payloads are not parsed at all.
 fn request_id_of(payload: &[u8]) -> String {
+    if payload.len() > protocol::MAX_PAYLOAD_BYTES {
+        return String::new();
+    }
     #[derive(serde::Deserialize)]
     struct Probe {
         request_id: String,

@@ -115,7 +115,10 @@ fn a_burst_next_to_one_station_is_spread() {
         ));
     }
     let mut p = planner(&stations);
-    let herd_charge_s = p.choose(&request("probe", 0.0, 0.0, 0.25), NOW).unwrap().charge_s;
+    let herd_charge_s = p
+        .choose(&request("probe", 0.0, 0.0, 0.25), NOW)
+        .unwrap()
+        .charge_s;
     let mut waits = Vec::new();
     let mut per_station = std::collections::HashMap::<String, usize>::new();
     for v in 0..20 {
@@ -131,10 +134,16 @@ fn a_burst_next_to_one_station_is_spread() {
     // Everyone's predicted wait respects the limit the model allows.
     let limit = f64::from(p.params.max_wait_s);
     let worst = waits.iter().copied().fold(0.0, f64::max);
-    assert!(worst <= limit, "worst wait {worst} s over the limit {limit} s");
+    assert!(
+        worst <= limit,
+        "worst wait {worst} s over the limit {limit} s"
+    );
     // The herd: all 20 at the hub's 2 chargers, so the last waits 9 whole sessions.
     let herd_worst = 9.0 * herd_charge_s;
-    assert!(worst < herd_worst / 4.0, "worst {worst} s vs herd {herd_worst} s");
+    assert!(
+        worst < herd_worst / 4.0,
+        "worst {worst} s vs herd {herd_worst} s"
+    );
     // Demand spread over all six stations, none promised more than its chargers
     // can take without a wait over the limit (2 at the hub, 4 elsewhere, plus the
     // few that are worth a short wait).
@@ -164,9 +173,15 @@ fn reservations_expire_and_end_on_arrival_or_cancel() {
     assert_eq!(r1.expires_ms, r1.arrival_ms + 600_000);
 
     // Only the holder can end it.
-    assert_eq!(p.end("res-1", "car-2").unwrap_err(), ReservationError::NotYours);
+    assert_eq!(
+        p.end("res-1", "car-2").unwrap_err(),
+        ReservationError::NotYours
+    );
     assert_eq!(p.end("res-1", "car-1").unwrap().reservation_id, "res-1");
-    assert_eq!(p.end("res-1", "car-1").unwrap_err(), ReservationError::Unknown);
+    assert_eq!(
+        p.end("res-1", "car-1").unwrap_err(),
+        ReservationError::Unknown
+    );
     // a is free again.
     let r3 = reserve(&mut p, "res-3", "car-3");
     assert_eq!(r3.station_id, "a");

@@ -23,6 +23,45 @@ pub struct LinkSettings {
     pub password: Option<String>,
 }
 
+/// Publishes through a [`Link`]'s connection from any task.
+#[derive(Clone)]
+pub struct Publisher {
+    client: mqtt::AsyncClient,
+}
+
+impl Publisher {
+    /// Queues a message without waiting for the broker's acknowledgement.
+    pub fn publish(&self, topic: &str, payload: &[u8], qos: i32, retain: bool) {
+        let msg = if retain {
+            mqtt::Message::new_retained(topic, payload, qos)
+        } else {
+            mqtt::Message::new(topic, payload, qos)
+        };
+        if let Err(e) = self.client.try_publish(msg) {
+            warn!(topic, error = %e, "publish failed");
+        }
+    }
+
+    /// Publishes and waits for the broker's acknowledgement.
+    pub async fn publish_confirmed(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos: i32,
+        retain: bool,
+    ) -> anyhow::Result<()> {
+        let msg = if retain {
+            mqtt::Message::new_retained(topic, payload, qos)
+        } else {
+            mqtt::Message::new(topic, payload, qos)
+        };
+        self.client
+            .publish(msg)
+            .await
+            .with_context(|| format!("publishing to {topic}"))
+    }
+}
+
 /// A connected client plus what it needs to come back after a connection loss.
 pub struct Link {
     client: mqtt::AsyncClient,
@@ -166,33 +205,14 @@ impl Link {
     /// Queues a message for sending without waiting for the broker's acknowledgement
     /// (QoS 1 delivery continues in the client library, also across reconnects).
     pub fn publish(&self, topic: &str, payload: &[u8], qos: i32, retain: bool) {
-        let msg = if retain {
-            mqtt::Message::new_retained(topic, payload, qos)
-        } else {
-            mqtt::Message::new(topic, payload, qos)
-        };
-        if let Err(e) = self.client.try_publish(msg) {
-            warn!(topic, error = %e, "publish failed");
-        }
+        self.publisher().publish(topic, payload, qos, retain);
     }
 
-    /// Publishes and waits for the broker's acknowledgement.
-    pub async fn publish_confirmed(
-        &self,
-        topic: &str,
-        payload: &[u8],
-        qos: i32,
-        retain: bool,
-    ) -> anyhow::Result<()> {
-        let msg = if retain {
-            mqtt::Message::new_retained(topic, payload, qos)
-        } else {
-            mqtt::Message::new(topic, payload, qos)
-        };
-        self.client
-            .publish(msg)
-            .await
-            .with_context(|| format!("publishing to {topic}"))
+    /// A handle other tasks can publish through.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            client: self.client.clone(),
+        }
     }
 
     /// Disconnects cleanly (waiting briefly for in-flight messages).
