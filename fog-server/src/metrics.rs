@@ -49,12 +49,9 @@ impl Metrics {
     pub fn new() -> Self {
         Self {
             requests: Family::default(),
-            planning_seconds: Histogram::new(
-                [
-                    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2,
-                ]
-                .into_iter(),
-            ),
+            planning_seconds: Histogram::new([
+                1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2,
+            ]),
             reservations_active: Gauge::default(),
             reservations_ended: Family::default(),
             stations: Family::default(),

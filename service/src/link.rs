@@ -114,7 +114,14 @@ impl Link {
         };
         let mut backoff = MIN_BACKOFF;
         loop {
-            match link.client.connect(link.connect_opts.clone()).await {
+            let result = link.client.connect(link.connect_opts.clone()).await;
+            // paho-mqtt 0.14: the token's callback drops a clone of the client while
+            // holding the C library's global lock; dropping the last clone before that
+            // callback is over deadlocks every client in the process
+            // (eclipse-paho/paho.mqtt.rust#239). This call takes the same lock, so it
+            // returns only once the callback is done.
+            let _ = link.client.is_connected();
+            match result {
                 Ok(_) => break,
                 Err(e) => {
                     warn!(url = %settings.url, error = %e, retry_in = ?backoff, "cannot reach the broker yet");
@@ -178,7 +185,9 @@ impl Link {
         let mut backoff = MIN_BACKOFF;
         loop {
             if !self.client.is_connected() {
-                if let Err(e) = self.client.reconnect().await {
+                let result = self.client.reconnect().await;
+                let _ = self.client.is_connected(); // see `connect`: let the callback finish
+                if let Err(e) = result {
                     warn!(error = %e, retry_in = ?backoff, "reconnect failed");
                     tokio::select! {
                         _ = shutdown.cancelled() => return false,
@@ -224,5 +233,6 @@ impl Link {
         if let Err(e) = self.client.disconnect(opts).await {
             warn!(error = %e, "disconnect failed");
         }
+        let _ = self.client.is_connected(); // see `connect`: let the callback finish
     }
 }

@@ -104,8 +104,9 @@ impl TestClient {
         // paho-mqtt 0.14 hazard: the connect token holds a clone of the client, and the C
         // library runs the token's callback (which drops it) while holding its global
         // mutex. If that clone is the last one, `MQTTAsync_destroy` locks the same mutex
-        // and every paho client in the process deadlocks. So the callback must be over
-        // before our clone may be dropped.
+        // and every paho client in the process deadlocks (eclipse-paho/paho.mqtt.rust#239,
+        // reproduced here with 0.14.0; see tests/paho_connect_failure.rs). So the callback
+        // must be over before our clone may be dropped.
         let Ok(result) = connected else {
             // The callback may still come: never let it own the last clone (leak it; tests
             // only, and only when a broker hangs for 10 s).
