@@ -1,0 +1,222 @@
+//! Command line and environment: `central --help` is the reference.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Parser};
+pub use service::LogFormat;
+
+/// The fogcharge central server: keeps the latest aggregate of every region, moves
+/// vehicles from saturated regions to neighbours that can serve them sooner, and serves
+/// an HTTP API with Prometheus metrics.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "central", version, about)]
+pub struct Config {
+    /// The central MQTT broker (the regional brokers bridge to it), e.g. tcp://127.0.0.1:1884.
+    #[arg(long, env = "CENTRAL_BROKER", default_value = "tcp://127.0.0.1:1884")]
+    pub broker: String,
+
+    /// MQTT client id. Keep it stable: the session is persistent, so reroute requests
+    /// published while central is down are delivered when it comes back.
+    #[arg(long, env = "CENTRAL_CLIENT_ID", default_value = "central")]
+    pub client_id: String,
+
+    /// MQTT username.
+    #[arg(long, env = "CENTRAL_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+
+    /// MQTT password (prefer the environment variable to the flag).
+    #[arg(long, env = "CENTRAL_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
+
+    /// Serve /healthz, /readyz, /metrics and /api/* on this address (port 0: any free port).
+    #[arg(long, env = "CENTRAL_HTTP")]
+    pub http: Option<SocketAddr>,
+
+    /// Log format.
+    #[arg(long, env = "CENTRAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// A region is stale when its latest aggregate arrived longer ago than this (real
+    /// milliseconds; about three aggregate periods). Stale regions get no reroutes.
+    #[arg(long, env = "CENTRAL_STALE_AFTER_MS", default_value_t = 6000)]
+    pub stale_after_ms: u64,
+
+    /// Longest acceptable predicted wait, seconds: a region whose shortest predicted
+    /// wait is longer (or that has no station in service) is saturated.
+    #[arg(long, env = "CENTRAL_MAX_WAIT_S", default_value_t = 1800)]
+    pub max_wait_s: u32,
+
+    /// How long to wait for a target region's handoff reply before trying the next
+    /// candidate, real milliseconds.
+    #[arg(long, env = "CENTRAL_HANDOFF_TIMEOUT_MS", default_value_t = 1000)]
+    pub handoff_timeout_ms: u64,
+
+    /// Clock speed: clock milliseconds per real millisecond (1 = wall clock). Must
+    /// match the fog servers' `--clock-speed`: reroute deadlines are on their clock.
+    #[arg(long, env = "CENTRAL_CLOCK_SPEED", default_value_t = 1.0)]
+    pub clock_speed: f64,
+
+    /// Clock reading at start, ms since the Unix epoch (default: the wall clock).
+    #[arg(long, env = "CENTRAL_CLOCK_EPOCH_MS")]
+    pub clock_epoch_ms: Option<u64>,
+
+    #[command(flatten)]
+    pub model: ModelParams,
+}
+
+/// The travel model central uses to compare regions (the same as the fog servers'
+/// planner, see `docs/planner.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Args)]
+pub struct ModelParams {
+    /// Road distance = great-circle distance × this factor.
+    #[arg(long, env = "CENTRAL_ROAD_FACTOR", default_value_t = 1.3)]
+    pub road_factor: f64,
+
+    /// Average driving speed, km/h.
+    #[arg(long, env = "CENTRAL_AVG_SPEED_KMH", default_value_t = 40.0)]
+    pub avg_speed_kmh: f64,
+
+    /// Share of the vehicle's range kept in reserve: a station is reachable when its
+    /// road distance is at most range × (1 − margin).
+    #[arg(long, env = "CENTRAL_SAFETY_MARGIN", default_value_t = 0.1)]
+    pub safety_margin: f64,
+}
+
+impl Default for ModelParams {
+    fn default() -> Self {
+        Self {
+            road_factor: 1.3,
+            avg_speed_kmh: 40.0,
+            safety_margin: 0.1,
+        }
+    }
+}
+
+impl ModelParams {
+    /// Refuses parameters that would make the model meaningless.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !(self.road_factor.is_finite() && self.road_factor >= 1.0) {
+            bail!(
+                "--road-factor must be a number of at least 1, got {}",
+                self.road_factor
+            );
+        }
+        if !(self.avg_speed_kmh.is_finite() && self.avg_speed_kmh > 0.0) {
+            bail!(
+                "--avg-speed-kmh must be a positive number, got {}",
+                self.avg_speed_kmh
+            );
+        }
+        if !(0.0..1.0).contains(&self.safety_margin) {
+            bail!(
+                "--safety-margin must be in [0, 1), got {}",
+                self.safety_margin
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// A configuration with every default, on `broker`.
+    pub fn new(broker: &str) -> Self {
+        Self::parse_from(["central", "--broker", broker])
+    }
+
+    /// Checks what clap cannot; the message names the flag.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !["tcp://", "ssl://", "mqtt://", "mqtts://"]
+            .iter()
+            .any(|scheme| self.broker.starts_with(scheme))
+        {
+            bail!(
+                "--broker must look like tcp://host:port, got {:?}",
+                self.broker
+            );
+        }
+        if self.client_id.is_empty() {
+            bail!("--client-id must not be empty");
+        }
+        if self.stale_after_ms == 0 {
+            bail!("--stale-after-ms must be positive");
+        }
+        if self.handoff_timeout_ms == 0 {
+            bail!("--handoff-timeout-ms must be positive");
+        }
+        if !(self.clock_speed.is_finite() && self.clock_speed > 0.0) {
+            bail!("--clock-speed must be a positive number");
+        }
+        self.model.check()
+    }
+
+    pub fn stale_after(&self) -> Duration {
+        Duration::from_millis(self.stale_after_ms)
+    }
+
+    pub fn handoff_timeout(&self) -> Duration {
+        Duration::from_millis(self.handoff_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_env_names_are_documented() {
+        let c = Config::new("tcp://127.0.0.1:1884");
+        c.check().unwrap();
+        assert_eq!(c.client_id, "central");
+        assert_eq!(c.stale_after_ms, 6000);
+        assert_eq!(c.max_wait_s, 1800);
+        assert_eq!(c.handoff_timeout_ms, 1000);
+        assert_eq!(c.model, ModelParams::default());
+        assert!(c.http.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let mut c = Config::new("localhost:1884");
+        assert!(c.check().unwrap_err().to_string().contains("--broker"));
+        c.broker = "tcp://h:1".into();
+        c.model.road_factor = 0.5;
+        assert!(c.check().unwrap_err().to_string().contains("--road-factor"));
+        c.model.road_factor = 1.3;
+        c.model.safety_margin = 1.0;
+        assert!(
+            c.check()
+                .unwrap_err()
+                .to_string()
+                .contains("--safety-margin")
+        );
+        c.model.safety_margin = 0.1;
+        c.handoff_timeout_ms = 0;
+        assert!(
+            c.check()
+                .unwrap_err()
+                .to_string()
+                .contains("--handoff-timeout-ms")
+        );
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = Config::try_parse_from([
+            "central",
+            "--broker",
+            "tcp://127.0.0.1:1884",
+            "--http",
+            "127.0.0.1:8080",
+            "--log-format",
+            "json",
+            "--road-factor",
+            "1.5",
+        ])
+        .unwrap();
+        assert_eq!(c.http, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.model.road_factor, 1.5);
+    }
+}

@@ -1,0 +1,435 @@
+//! The latest aggregate of every region, and what those aggregates predict for a
+//! vehicle. No I/O: the message loop feeds [`Regions::ingest`], the HTTP handlers and
+//! the reroute tasks read.
+//!
+//! **Ordering.** Aggregates are latest-value messages (retained, QoS 1) and may arrive
+//! twice or out of order (a retained copy after a reconnect, a bridge replaying its
+//! queue). One replaces the held one when its `seq` is higher, or when its `ts_ms` is
+//! newer — a lower (or equal) `seq` with a newer timestamp means the fog server
+//! restarted and counts from 1 again. Anything else is old news and is ignored.
+//!
+//! **Data age** is measured on central's monotonic clock from the moment the aggregate
+//! was *received* (real time, so a fog clock that is off or scaled does not matter);
+//! the fog's `ts_ms` is only shown. A region is **stale** when its data age exceeds
+//! `--stale-after-ms`.
+//!
+//! **Saturation** (one rule, the fog planner's own): a region is saturated when its
+//! shortest predicted wait (`min_wait_s`) is missing — no station in service — or
+//! longer than `--max-wait-s`. Free chargers and queues are already inside the
+//! predicted waits, so they are not counted a second time.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use protocol::ChargeRequest;
+use protocol::fog::{Aggregate, AggregateStation};
+use serde::Serialize;
+
+use crate::config::ModelParams;
+
+/// What central holds for one region.
+#[derive(Debug, Clone)]
+pub struct RegionState {
+    pub aggregate: Aggregate,
+    /// When it was received (monotonic): data age is measured from here.
+    pub received: Instant,
+    /// When it was received, on central's clock (ms since the epoch), for display.
+    pub received_ms: u64,
+}
+
+impl RegionState {
+    pub fn data_age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.received)
+    }
+}
+
+/// What [`Regions::ingest`] did with an aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingest {
+    /// The first aggregate of a region.
+    New,
+    /// A newer aggregate replaced the held one.
+    Updated,
+    /// A lower (or equal) sequence number with a newer timestamp: the fog restarted.
+    Restarted,
+    /// Old news (a duplicate or an out-of-order copy): ignored.
+    Ignored { held_seq: u64 },
+}
+
+/// The latest aggregate of every region, by region id.
+#[derive(Debug, Clone)]
+pub struct Regions {
+    map: BTreeMap<String, RegionState>,
+    stale_after: Duration,
+    max_wait_s: u32,
+}
+
+/// A region as `GET /api/regions` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionView {
+    pub id: String,
+    pub aggregate: Aggregate,
+    pub received_ms: u64,
+    pub data_age_ms: u64,
+    pub stale: bool,
+    pub saturated: bool,
+}
+
+impl Regions {
+    pub fn new(stale_after: Duration, max_wait_s: u32) -> Self {
+        Self {
+            map: BTreeMap::new(),
+            stale_after,
+            max_wait_s,
+        }
+    }
+
+    /// Takes an aggregate (already decoded and validated, its region matching its
+    /// topic) received at `now` / `now_ms`.
+    pub fn ingest(&mut self, aggregate: Aggregate, now: Instant, now_ms: u64) -> Ingest {
+        let outcome = match self.map.get(&aggregate.region) {
+            None => Ingest::New,
+            Some(held) => {
+                let h = &held.aggregate;
+                if aggregate.seq > h.seq {
+                    Ingest::Updated
+                } else if aggregate.ts_ms > h.ts_ms {
+                    Ingest::Restarted
+                } else {
+                    return Ingest::Ignored { held_seq: h.seq };
+                }
+            }
+        };
+        self.map.insert(
+            aggregate.region.clone(),
+            RegionState {
+                aggregate,
+                received: now,
+                received_ms: now_ms,
+            },
+        );
+        outcome
+    }
+
+    /// Forgets a region (its retained aggregate was cleared). True if it was known.
+    pub fn remove(&mut self, region: &str) -> bool {
+        self.map.remove(region).is_some()
+    }
+
+    pub fn get(&self, region: &str) -> Option<&RegionState> {
+        self.map.get(region)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every region, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &RegionState)> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn is_stale(&self, state: &RegionState, now: Instant) -> bool {
+        state.data_age(now) > self.stale_after
+    }
+
+    /// The saturation rule (see the module docs).
+    pub fn is_saturated(&self, aggregate: &Aggregate) -> bool {
+        aggregate.min_wait_s.is_none_or(|w| w > self.max_wait_s)
+    }
+
+    /// Every region as the API shows it, by id.
+    pub fn views(&self, now: Instant) -> Vec<RegionView> {
+        self.iter()
+            .map(|(id, s)| RegionView {
+                id: id.to_owned(),
+                aggregate: s.aggregate.clone(),
+                received_ms: s.received_ms,
+                data_age_ms: millis(s.data_age(now)),
+                stale: self.is_stale(s, now),
+                saturated: self.is_saturated(&s.aggregate),
+            })
+            .collect()
+    }
+
+    /// How many regions are stale now.
+    pub fn stale_count(&self, now: Instant) -> usize {
+        self.map.values().filter(|s| self.is_stale(s, now)).count()
+    }
+
+    /// How many regions are saturated now.
+    pub fn saturated_count(&self) -> usize {
+        self.map
+            .values()
+            .filter(|s| self.is_saturated(&s.aggregate))
+            .count()
+    }
+
+    /// Every reachable station that the aggregates list (each region's `best`), with
+    /// its estimate for `vehicle`, least total first (ties: region, then station id).
+    pub fn rank_stations(
+        &self,
+        vehicle: &Vehicle,
+        model: &ModelParams,
+        now: Instant,
+    ) -> Vec<StationEstimate> {
+        let mut out: Vec<StationEstimate> = self
+            .iter()
+            .flat_map(|(id, s)| {
+                let stale = self.is_stale(s, now);
+                let age = millis(s.data_age(now));
+                s.aggregate.best.iter().filter_map(move |st| {
+                    estimate(vehicle, st, model).map(|e| StationEstimate {
+                        region: id.to_owned(),
+                        station_id: st.station_id.clone(),
+                        lat: st.lat,
+                        lon: st.lon,
+                        power_kw: st.power_kw,
+                        predicted_wait_s: st.predicted_wait_s,
+                        estimate: e,
+                        stale,
+                        data_age_ms: age,
+                    })
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            a.estimate
+                .total_s
+                .total_cmp(&b.estimate.total_s)
+                .then_with(|| a.region.cmp(&b.region))
+                .then_with(|| a.station_id.cmp(&b.station_id))
+        });
+        out
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A vehicle as the model sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Vehicle {
+    pub lat: f64,
+    pub lon: f64,
+    /// State of charge now, in [0, 1].
+    pub soc: f64,
+    pub battery_kwh: f64,
+    pub kwh_per_km: f64,
+    /// State of charge to charge up to, in [0, 1].
+    pub target_soc: f64,
+}
+
+impl From<&ChargeRequest> for Vehicle {
+    fn from(r: &ChargeRequest) -> Self {
+        Self {
+            lat: r.lat,
+            lon: r.lon,
+            soc: r.soc,
+            battery_kwh: r.battery_kwh,
+            kwh_per_km: r.kwh_per_km,
+            target_soc: r.target_soc,
+        }
+    }
+}
+
+impl Vehicle {
+    /// Kilometres the vehicle may drive to a station: its range less the safety margin.
+    pub fn usable_range_km(&self, model: &ModelParams) -> f64 {
+        self.soc * self.battery_kwh / self.kwh_per_km * (1.0 - model.safety_margin)
+    }
+}
+
+/// The predicted cost of sending a vehicle to one station, seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Estimate {
+    pub road_km: f64,
+    pub drive_s: f64,
+    pub wait_s: f64,
+    pub charge_s: f64,
+    /// drive + wait + charge.
+    pub total_s: f64,
+}
+
+/// A station from some region's aggregate, with its estimate for one vehicle.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StationEstimate {
+    pub region: String,
+    pub station_id: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub power_kw: f64,
+    pub predicted_wait_s: u32,
+    #[serde(flatten)]
+    pub estimate: Estimate,
+    /// Whether the region's data is stale.
+    pub stale: bool,
+    pub data_age_ms: u64,
+}
+
+/// The estimate for `vehicle` at `station`, or `None` when it is out of reach.
+///
+/// road km = great-circle km × road factor; reachable when road km ≤ usable range;
+/// drive = road km / average speed; wait = the station's predicted wait (as its fog
+/// published it); charge = (target soc − soc at arrival) × battery / power (0 when
+/// already above the target; the charging curve taken as flat).
+pub fn estimate(
+    vehicle: &Vehicle,
+    station: &AggregateStation,
+    model: &ModelParams,
+) -> Option<Estimate> {
+    let km = protocol::geo::haversine_km(vehicle.lat, vehicle.lon, station.lat, station.lon);
+    let road_km = km * model.road_factor;
+    // Written so that NaN (bad data) counts as unreachable / unpowered.
+    let reachable = road_km <= vehicle.usable_range_km(model);
+    let powered = station.power_kw.is_finite() && station.power_kw > 0.0;
+    if !(reachable && powered) {
+        return None;
+    }
+    let drive_s = road_km / model.avg_speed_kmh * 3600.0;
+    let arrival_soc = vehicle.soc - road_km * vehicle.kwh_per_km / vehicle.battery_kwh;
+    let charge_s = ((vehicle.target_soc - arrival_soc).max(0.0) * vehicle.battery_kwh
+        / station.power_kw)
+        * 3600.0;
+    let wait_s = f64::from(station.predicted_wait_s);
+    Some(Estimate {
+        road_km,
+        drive_s,
+        wait_s,
+        charge_s,
+        total_s: drive_s + wait_s + charge_s,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn aggregate(region: &str, seq: u64, ts_ms: u64) -> Aggregate {
+        Aggregate {
+            v: 1,
+            region: region.into(),
+            seq,
+            ts_ms,
+            stations: 1,
+            stations_in_service: 1,
+            chargers: 2,
+            chargers_free: 1,
+            queued: 0,
+            reservations: 0,
+            min_wait_s: Some(0),
+            outline: vec![],
+            best: vec![],
+            saturated_requests: 0,
+        }
+    }
+
+    fn station(id: &str, lat: f64, lon: f64, wait: u32) -> AggregateStation {
+        AggregateStation {
+            station_id: id.into(),
+            lat,
+            lon,
+            chargers: 2,
+            power_kw: 50.0,
+            occupied: 0,
+            queue: 0,
+            reservations: 0,
+            predicted_wait_s: wait,
+        }
+    }
+
+    const CAR: Vehicle = Vehicle {
+        lat: 0.0,
+        lon: 0.0,
+        soc: 0.3,
+        battery_kwh: 60.0,
+        kwh_per_km: 0.18,
+        target_soc: 0.8,
+    };
+
+    #[test]
+    fn newer_seq_replaces_old_and_duplicate_are_ignored_and_restart_is_detected() {
+        let mut r = Regions::new(Duration::from_secs(6), 1800);
+        let t0 = Instant::now();
+        assert_eq!(r.ingest(aggregate("a", 5, 1000), t0, 0), Ingest::New);
+        assert_eq!(r.ingest(aggregate("a", 6, 2000), t0, 0), Ingest::Updated);
+        // Redelivered retained copy, or an out-of-order old one.
+        assert_eq!(
+            r.ingest(aggregate("a", 6, 2000), t0, 0),
+            Ingest::Ignored { held_seq: 6 }
+        );
+        assert_eq!(
+            r.ingest(aggregate("a", 4, 900), t0, 0),
+            Ingest::Ignored { held_seq: 6 }
+        );
+        // The fog restarted: counts from 1 again, with a newer timestamp.
+        assert_eq!(r.ingest(aggregate("a", 1, 3000), t0, 0), Ingest::Restarted);
+        assert_eq!(r.get("a").unwrap().aggregate.seq, 1);
+        assert_eq!(r.ingest(aggregate("a", 2, 3100), t0, 0), Ingest::Updated);
+    }
+
+    #[test]
+    fn staleness_is_measured_from_reception() {
+        let mut r = Regions::new(Duration::from_millis(100), 1800);
+        let t0 = Instant::now();
+        r.ingest(aggregate("a", 1, 0), t0, 0);
+        let s = r.get("a").unwrap();
+        assert!(!r.is_stale(s, t0 + Duration::from_millis(100)));
+        assert!(r.is_stale(s, t0 + Duration::from_millis(101)));
+        assert_eq!(r.stale_count(t0 + Duration::from_secs(1)), 1);
+        let v = &r.views(t0 + Duration::from_millis(42))[0];
+        assert_eq!(v.data_age_ms, 42);
+    }
+
+    #[test]
+    fn saturation_rule() {
+        let r = Regions::new(Duration::from_secs(6), 1800);
+        let mut a = aggregate("a", 1, 0);
+        a.min_wait_s = Some(1800);
+        assert!(!r.is_saturated(&a));
+        a.min_wait_s = Some(1801);
+        assert!(r.is_saturated(&a));
+        a.min_wait_s = None;
+        assert!(r.is_saturated(&a));
+    }
+
+    #[test]
+    fn estimate_adds_drive_wait_and_charge_and_respects_range() {
+        let model = ModelParams::default();
+        // 10 km north (great circle) => 13 road km.
+        let s = station("s", 10.0 / 111.195, 0.0, 300);
+        let e = estimate(&CAR, &s, &model).unwrap();
+        assert!((e.road_km - 13.0).abs() < 0.01, "{e:?}");
+        assert!((e.drive_s - 13.0 / 40.0 * 3600.0).abs() < 2.0);
+        assert_eq!(e.wait_s, 300.0);
+        // arrival soc = 0.3 - 13*0.18/60 = 0.261; (0.8-0.261)*60/50 h.
+        assert!((e.charge_s - (0.8 - 0.261) * 60.0 / 50.0 * 3600.0).abs() < 3.0);
+        assert!((e.total_s - (e.drive_s + e.wait_s + e.charge_s)).abs() < 1e-9);
+        // Range: 0.3*60/0.18 = 100 km, 90 usable => 69.2 great-circle km.
+        assert!(estimate(&CAR, &station("near", 69.0 / 111.195, 0.0, 0), &model).is_some());
+        assert!(estimate(&CAR, &station("far", 69.5 / 111.195, 0.0, 0), &model).is_none());
+    }
+
+    #[test]
+    fn stations_are_ranked_by_total_across_regions() {
+        let mut r = Regions::new(Duration::from_secs(6), 1800);
+        let t0 = Instant::now();
+        let mut a = aggregate("a", 1, 0);
+        a.best = vec![
+            station("a-busy", 0.01, 0.0, 3000),
+            station("a-far", 5.0, 0.0, 0),
+        ];
+        let mut b = aggregate("b", 1, 0);
+        b.best = vec![station("b-ok", 0.05, 0.0, 60)];
+        r.ingest(a, t0, 0);
+        r.ingest(b, t0, 0);
+        let ranked = r.rank_stations(&CAR, &ModelParams::default(), t0);
+        let ids: Vec<&str> = ranked.iter().map(|s| s.station_id.as_str()).collect();
+        assert_eq!(ids, ["b-ok", "a-busy"], "a-far is out of range");
+    }
+}
