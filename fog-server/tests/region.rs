@@ -1,0 +1,298 @@
+//! The region's message handling without a broker: rerouting through central, the
+//! local fallback, handoffs from other regions, aggregates.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fog_server::metrics::Metrics;
+use fog_server::planner::PlannerParams;
+use fog_server::region::{Outgoing, Region, RerouteSettings};
+use protocol::fog::{Aggregate, FogMessage, Handoff, HandoffReply, RerouteReply, RerouteRequest};
+use protocol::{
+    ChargeRequest, Recommendation, RecommendationStatus, StationRef, StationState, StationStatus,
+    decode, encode, topics,
+};
+
+const NOW: u64 = 1_700_000_000_000;
+const KM_PER_DEG: f64 = 111.19;
+
+fn region(name: &str, reroute_timeout: Duration) -> Region {
+    let mut r = Region::new(name, PlannerParams::default(), Arc::new(Metrics::new()));
+    r.reroute = RerouteSettings {
+        enabled: true,
+        timeout: reroute_timeout,
+    };
+    r
+}
+
+fn add_station(r: &mut Region, id: &str, km_north: f64, chargers: u32, occupied: u32, queue: u32) {
+    let s = StationStatus {
+        v: 1,
+        station_id: id.into(),
+        lat: Some(km_north / KM_PER_DEG),
+        lon: Some(0.0),
+        chargers: Some(chargers),
+        power_kw: Some(50.0),
+        occupied,
+        queue,
+        state: StationState::Available,
+        ts_ms: None,
+    };
+    let topic = topics::station_status(&r.name, id);
+    assert!(r.handle(&topic, &encode(&s), NOW).is_none());
+}
+
+fn request(id: &str) -> ChargeRequest {
+    ChargeRequest {
+        v: 1,
+        request_id: id.into(),
+        lat: 0.0,
+        lon: 0.0,
+        soc: 0.4,
+        battery_kwh: 60.0,
+        kwh_per_km: 0.18,
+        target_soc: 0.8,
+        ts_ms: None,
+    }
+}
+
+fn ask(r: &mut Region, vehicle: &str, req: &ChargeRequest) -> Option<Outgoing> {
+    let topic = topics::request(&r.name.clone(), vehicle);
+    r.handle(&topic, &encode(req), NOW)
+}
+
+fn recommendation(out: &Outgoing) -> Recommendation {
+    assert!(out.topic.ends_with("/recommendation"), "{}", out.topic);
+    decode(&out.payload).unwrap()
+}
+
+/// A region whose only station has a long queue: every request is saturated.
+fn saturated(name: &str, timeout: Duration) -> Region {
+    let mut r = region(name, timeout);
+    add_station(&mut r, &format!("{name}-busy"), 1.0, 1, 1, 6);
+    r
+}
+
+#[test]
+fn a_saturated_request_goes_to_central_and_a_reroute_is_forwarded() {
+    let mut a = saturated("a", Duration::from_secs(5));
+    let out = ask(&mut a, "car-1", &request("r-1")).expect("a reroute request");
+    assert_eq!(out.topic, FogMessage::Reroute.regional_topic());
+    let rr: RerouteRequest = decode(&out.payload).unwrap();
+    assert_eq!(
+        (rr.origin_region.as_str(), rr.vehicle_id.as_str()),
+        ("a", "car-1")
+    );
+    assert_eq!(rr.request, request("r-1"));
+    assert!(
+        rr.local_best_total_s.is_some(),
+        "a slow local option exists"
+    );
+    assert_eq!(a.pending_reroutes(), 1);
+    // A redelivered request while central works on it: nothing new is sent.
+    assert!(ask(&mut a, "car-1", &request("r-1")).is_none());
+
+    let target = Recommendation {
+        v: 1,
+        request_id: "r-1".into(),
+        status: RecommendationStatus::Rerouted,
+        station: Some(StationRef {
+            station_id: "b-1".into(),
+            region: "b".into(),
+            lat: 0.05,
+            lon: 0.0,
+        }),
+        distance_km: Some(7.2),
+        eta_s: Some(650),
+        wait_s: Some(0),
+        charge_s: Some(1700),
+        reservation_id: Some("b-77".into()),
+        expires_ms: Some(NOW + 1_250_000),
+        reason: Some("region a is saturated; rerouted to b".into()),
+        served_by: Some("b".into()),
+        data_age_ms: Some(10),
+    };
+    let reply = RerouteReply {
+        v: 1,
+        reroute_id: rr.reroute_id.clone(),
+        ok: true,
+        recommendation: Some(target.clone()),
+        reason: None,
+        tried: vec!["b".into()],
+    };
+    let out = a
+        .handle(
+            &FogMessage::RerouteReply.regional_topic(),
+            &encode(&reply),
+            NOW,
+        )
+        .expect("the vehicle's answer");
+    assert_eq!(out.topic, topics::recommendation("a", "car-1"));
+    assert_eq!(recommendation(&out), target);
+    assert_eq!(a.pending_reroutes(), 0);
+    // The same reply again (redelivery) answers nobody twice.
+    assert!(
+        a.handle(
+            &FogMessage::RerouteReply.regional_topic(),
+            &encode(&reply),
+            NOW
+        )
+        .is_none()
+    );
+    // And the request id is remembered: a later redelivery gets the rerouted answer.
+    let again = ask(&mut a, "car-1", &request("r-1")).unwrap();
+    assert_eq!(recommendation(&again), target);
+    // Origin holds no reservation for the vehicle.
+    assert_eq!(a.planner.active_reservations(), 0);
+}
+
+#[test]
+fn without_an_answer_from_central_the_fog_answers_locally_with_a_reason() {
+    let mut a = saturated("a", Duration::ZERO);
+    assert!(ask(&mut a, "car-1", &request("r-1")).is_some());
+    let out = a.tick(NOW);
+    assert_eq!(out.len(), 1);
+    let answer = recommendation(&out[0]);
+    assert_eq!(answer.status, RecommendationStatus::Assigned);
+    assert_eq!(answer.station.unwrap().station_id, "a-busy");
+    let reason = answer.reason.unwrap();
+    assert!(reason.contains("central unreachable"), "{reason}");
+    assert!(reason.contains("despite a predicted wait"), "{reason}");
+    assert_eq!(a.planner.active_reservations(), 1);
+    assert!(a.tick(NOW).is_empty(), "answered once");
+
+    // Nothing reachable at all: unavailable, with both reasons.
+    let mut empty = region("e", Duration::ZERO);
+    assert!(ask(&mut empty, "car-2", &request("r-2")).is_some());
+    let answer = recommendation(&empty.tick(NOW)[0]);
+    assert_eq!(answer.status, RecommendationStatus::Unavailable);
+    let reason = answer.reason.unwrap();
+    assert!(
+        reason.contains("central unreachable") && reason.contains("no station in service"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_failed_reroute_is_answered_locally_with_centrals_reason() {
+    let mut a = saturated("a", Duration::from_secs(5));
+    let rr: RerouteRequest =
+        decode(&ask(&mut a, "car-1", &request("r-1")).unwrap().payload).unwrap();
+    let reply = RerouteReply {
+        v: 1,
+        reroute_id: rr.reroute_id,
+        ok: false,
+        recommendation: None,
+        reason: Some("every region in range refused".into()),
+        tried: vec!["b".into(), "c".into()],
+    };
+    let out = a
+        .handle(
+            &FogMessage::RerouteReply.regional_topic(),
+            &encode(&reply),
+            NOW,
+        )
+        .unwrap();
+    let answer = recommendation(&out);
+    assert_eq!(answer.status, RecommendationStatus::Assigned);
+    assert!(
+        answer
+            .reason
+            .unwrap()
+            .contains("every region in range refused")
+    );
+}
+
+#[test]
+fn with_rerouting_off_a_saturated_request_is_unavailable_at_once() {
+    let mut a = saturated("a", Duration::from_secs(5));
+    a.reroute.enabled = false;
+    let answer = recommendation(&ask(&mut a, "car-1", &request("r-1")).unwrap());
+    assert_eq!(answer.status, RecommendationStatus::Unavailable);
+    assert!(answer.reason.unwrap().contains("saturated"));
+}
+
+fn handoff(id: &str, max_total_s: Option<f64>) -> Handoff {
+    Handoff {
+        v: 1,
+        handoff_id: id.into(),
+        reroute_id: "a-rr-1".into(),
+        origin_region: "a".into(),
+        vehicle_id: "car-9".into(),
+        request: request("r-9"),
+        max_total_s,
+    }
+}
+
+fn handoff_reply(r: &mut Region, h: &Handoff) -> HandoffReply {
+    let out = r
+        .handle(&FogMessage::Handoff.regional_topic(), &encode(h), NOW)
+        .expect("a handoff reply");
+    assert_eq!(out.topic, FogMessage::HandoffReply.regional_topic());
+    decode(&out.payload).unwrap()
+}
+
+#[test]
+fn a_free_region_accepts_a_handoff_and_holds_the_reservation() {
+    let mut b = region("b", Duration::from_secs(5));
+    add_station(&mut b, "b-1", 2.0, 2, 0, 0);
+    let reply = handoff_reply(&mut b, &handoff("h-1", Some(100_000.0)));
+    assert!(reply.accepted, "{reply:?}");
+    assert_eq!(reply.region, "b");
+    let rec = reply.recommendation.clone().unwrap();
+    assert_eq!(rec.status, RecommendationStatus::Rerouted);
+    assert_eq!(rec.request_id, "r-9");
+    let station = rec.station.unwrap();
+    assert_eq!(
+        (station.station_id.as_str(), station.region.as_str()),
+        ("b-1", "b")
+    );
+    let reservation = b.planner.reservation_of("car-9").expect("held by b");
+    assert_eq!(Some(reservation.reservation_id.clone()), rec.reservation_id);
+    // A redelivered handoff gets the same reply and no second reservation.
+    assert_eq!(
+        handoff_reply(&mut b, &handoff("h-1", Some(100_000.0))),
+        reply
+    );
+    assert_eq!(b.planner.active_reservations(), 1);
+}
+
+#[test]
+fn a_handoff_is_refused_when_the_region_cannot_do_better() {
+    let mut b = region("b", Duration::from_secs(5));
+    add_station(&mut b, "b-1", 2.0, 2, 0, 0);
+    let reply = handoff_reply(&mut b, &handoff("h-1", Some(10.0)));
+    assert!(!reply.accepted);
+    assert!(reply.reason.unwrap().contains("no better"));
+    let mut full = saturated("c", Duration::from_secs(5));
+    let reply = handoff_reply(&mut full, &handoff("h-2", None));
+    assert!(!reply.accepted);
+    assert!(reply.reason.unwrap().contains("saturated"));
+    assert_eq!(
+        b.planner.active_reservations() + full.planner.active_reservations(),
+        0
+    );
+}
+
+#[test]
+fn aggregates_count_the_region_and_list_the_best_stations() {
+    let mut r = region("n", Duration::from_secs(5));
+    r.outline = vec![[0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]];
+    add_station(&mut r, "n-busy", 1.0, 2, 2, 3);
+    add_station(&mut r, "n-free", 3.0, 4, 1, 0);
+    assert!(r.is_dirty());
+    let agg: Aggregate = r.aggregate(NOW);
+    assert!(!r.is_dirty());
+    assert_eq!((agg.region.as_str(), agg.seq, agg.ts_ms), ("n", 1, NOW));
+    assert_eq!((agg.stations, agg.stations_in_service), (2, 2));
+    assert_eq!((agg.chargers, agg.chargers_free, agg.queued), (6, 3, 3));
+    assert_eq!(agg.min_wait_s, Some(0));
+    assert_eq!(agg.best[0].station_id, "n-free");
+    assert_eq!(agg.outline.len(), 4);
+    // A reservation changes it and makes it dirty; the sequence number grows.
+    assert!(ask(&mut r, "car-1", &request("x")).is_some());
+    assert!(r.is_dirty());
+    let agg2 = r.aggregate(NOW);
+    assert_eq!((agg2.seq, agg2.reservations), (2, 1));
+    protocol::Validate::validate(&agg2).unwrap();
+}
