@@ -250,6 +250,17 @@ impl Validate for Aggregate {
         for s in &self.best {
             validate_id("best.station_id", &s.station_id)?;
             crate::validate::position(s.lat, s.lon)?;
+            if !(s.power_kw.is_finite()
+                && s.power_kw > 0.0
+                && s.power_kw <= crate::validate::limits::MAX_POWER_KW)
+            {
+                return Err(ProtocolError::OutOfRange {
+                    field: "best.power_kw",
+                    value: s.power_kw,
+                    min: 0.0,
+                    max: crate::validate::limits::MAX_POWER_KW,
+                });
+            }
         }
         for [lat, lon] in &self.outline {
             crate::validate::position(*lat, *lon)?;

@@ -98,8 +98,9 @@ pub fn free_port() -> Result<u16> {
 
 /// Settings for a test broker. Build with [`MosquittoConfig::new`] and the `with_*`
 /// methods; the defaults are what every fogcharge broker needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MosquittoConfig {
+    template: Option<Template>,
     port: Option<u16>,
     extra: Vec<String>,
     persistence: bool,
@@ -108,9 +109,25 @@ pub struct MosquittoConfig {
     log_all: bool,
 }
 
+/// Makes a broker's whole config (listener, persistence, bridges) from its port and
+/// directory.
+pub type Template = std::sync::Arc<dyn Fn(u16, &Path) -> String + Send + Sync>;
+
+impl std::fmt::Debug for MosquittoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MosquittoConfig")
+            .field("template", &self.template.is_some())
+            .field("port", &self.port)
+            .field("extra", &self.extra)
+            .field("persistence", &self.persistence)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for MosquittoConfig {
     fn default() -> Self {
         Self {
+            template: None,
             port: None,
             extra: Vec::new(),
             persistence: true,
@@ -166,8 +183,34 @@ impl MosquittoConfig {
         self
     }
 
+    /// A broker whose config comes from elsewhere (e.g. the topology generator):
+    /// `template(port, dir)` gives everything but logging, which the kit adds (its
+    /// start-up wait reads the log). The other `with_*` settings are then unused,
+    /// except [`with_port`](Self::with_port).
+    pub fn from_template(template: impl Fn(u16, &Path) -> String + Send + Sync + 'static) -> Self {
+        Self {
+            template: Some(std::sync::Arc::new(template)),
+            ..Self::default()
+        }
+    }
+
     /// The config file text for a broker on `port` keeping its files in `dir`.
     pub fn render(&self, port: u16, dir: &Path) -> String {
+        if let Some(template) = &self.template {
+            let mut conf = String::new();
+            let _ = writeln!(conf, "# testkit: logging, then the template's config");
+            let _ = writeln!(conf, "user root");
+            let _ = writeln!(conf, "log_dest file {}/mosquitto.log", dir.display());
+            let _ = writeln!(conf, "log_timestamp_format %Y-%m-%dT%H:%M:%S");
+            for log_type in ["error", "warning", "notice", "information"] {
+                let _ = writeln!(conf, "log_type {log_type}");
+            }
+            conf.push_str(&template(port, dir));
+            for extra in &self.extra {
+                let _ = writeln!(conf, "{extra}");
+            }
+            return conf;
+        }
         let dir = dir.display();
         let mut conf = String::new();
         // `write!` into a String cannot fail.

@@ -13,6 +13,8 @@
 //!   topic; others are buffered), `expect_silence`; [`wait_for_bridge`] (a Mosquitto
 //!   bridge reports itself connected); and [`wait_until`] for any polled condition
 //!   (HTTP state, counters).
+//! - [`city`]: [`city::City`], a whole deployment — central broker, bridged regional
+//!   brokers from the topology generator, fog servers, central — on free ports.
 //! - [`fog`]: [`fog::Fog`], a fog server started in-process exactly as `fog-server`
 //!   runs it, with its HTTP API on a free port and helpers to read it.
 //! - [`init_tracing`]: log output for tests, filtered by `RUST_LOG` (default `warn`).
@@ -38,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 pub mod broker;
+pub mod city;
 pub mod mqtt;
 
 pub use broker::{Mosquitto, MosquittoConfig, find_mosquitto, find_mosquitto_in, free_port};

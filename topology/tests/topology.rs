@@ -1,0 +1,158 @@
+//! The topology description: parsing, every validation rule, the bridge contract in
+//! the generated configs, and no drift in the checked-in files.
+
+use std::path::Path;
+
+use topology::{
+    Bounds, RenderOptions, Topology, TopologyError, central_broker_conf, checked_in_sets,
+    generate_all, region_broker_conf,
+};
+
+const GOOD: &str = r#"
+name = "t"
+[central]
+host = "broker-central"
+port = 1883
+[[region]]
+id = "north"
+bounds = { min_lat = 0.0, min_lon = 0.0, max_lat = 1.0, max_lon = 1.0 }
+broker = { host = "broker-north", port = 1883 }
+[[region]]
+id = "south"
+polygon = [[-1.0, 0.0], [-1.0, 1.0], [0.0, 0.5]]
+broker = { host = "broker-south", port = 1883 }
+"#;
+
+fn with(text: &str, from: &str, to: &str) -> Result<Topology, TopologyError> {
+    assert!(text.contains(from), "{from}");
+    Topology::from_toml_str(&text.replacen(from, to, 1))
+}
+
+#[test]
+fn a_good_topology_parses() {
+    let t = Topology::from_toml_str(GOOD).unwrap();
+    assert_eq!(t.regions.len(), 2);
+    assert_eq!(t.central.listen, "127.0.0.1");
+    assert_eq!(t.region("south").unwrap().outline().len(), 3);
+    assert_eq!(t.region("north").unwrap().outline().len(), 4);
+    assert_eq!(t.mosquitto.max_queued_messages, 100_000);
+    // It survives a round trip through TOML.
+    assert_eq!(Topology::from_toml_str(&t.to_toml()).unwrap(), t);
+}
+
+#[test]
+fn every_rule_refuses_with_a_clear_error() {
+    assert!(matches!(
+        Topology::from_toml_str("name = "),
+        Err(TopologyError::Parse(_))
+    ));
+    assert!(matches!(
+        with(GOOD, "host = \"broker-central\"", "hots = \"x\""),
+        Err(TopologyError::Parse(_))
+    ));
+    let no_regions = "name = \"t\"\nregion = []\n[central]\nhost = \"c\"\nport = 1\n";
+    assert_eq!(
+        Topology::from_toml_str(no_regions),
+        Err(TopologyError::NoRegions)
+    );
+    assert_eq!(
+        with(GOOD, "id = \"north\"", "id = \"no rth\""),
+        Err(TopologyError::BadId("no rth".into()))
+    );
+    assert_eq!(
+        with(GOOD, "id = \"south\"", "id = \"north\""),
+        Err(TopologyError::DuplicateRegion("north".into()))
+    );
+    assert!(matches!(
+        with(GOOD, "max_lat = 1.0", "max_lat = 0.0"),
+        Err(TopologyError::BadArea { .. })
+    ));
+    assert!(matches!(
+        with(GOOD, "max_lat = 1.0", "max_lat = 91.0"),
+        Err(TopologyError::BadArea { .. })
+    ));
+    assert!(matches!(
+        with(GOOD, "[0.0, 0.5]]", "]"),
+        Err(TopologyError::BadArea { .. })
+    ));
+    assert_eq!(
+        with(GOOD, "polygon = [[-1.0, 0.0], [-1.0, 1.0], [0.0, 0.5]]", ""),
+        Err(TopologyError::NoArea("south".into()))
+    );
+    assert!(matches!(
+        with(GOOD, "port = 1883\n[[region]]", "port = 0\n[[region]]"),
+        Err(TopologyError::PortZero { .. })
+    ));
+    assert!(matches!(
+        with(GOOD, "broker-south", "broker-north"),
+        Err(TopologyError::DuplicateAddress { .. })
+    ));
+    let t = Topology::from_toml_str(GOOD).unwrap();
+    assert_eq!(
+        region_broker_conf(&t, "east", &RenderOptions::test(Path::new("/tmp"))),
+        Err(TopologyError::UnknownRegion("east".into()))
+    );
+    let e = Topology::load(Path::new("/nonexistent/topology.toml")).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/topology.toml"), "{e}");
+}
+
+#[test]
+fn regional_configs_carry_the_bridge_contract() {
+    let t = Topology::from_toml_str(GOOD).unwrap();
+    let conf =
+        region_broker_conf(&t, "north", &RenderOptions::test(Path::new("/data/north"))).unwrap();
+    for line in [
+        "listener 1883 127.0.0.1",
+        "set_tcp_nodelay true",
+        "max_queued_messages 100000",
+        "persistence true",
+        "persistence_location /data/north/",
+        "connection north-to-central",
+        "address broker-central:1883",
+        "bridge_protocol_version mqttv311",
+        "cleansession false",
+        "local_cleansession false",
+        "restart_timeout 1 2",
+        "topic # out 1 fog/up/ regions/north/up/",
+        "topic # in 1 fog/down/ regions/north/down/",
+    ] {
+        assert!(
+            conf.lines().any(|l| l == line),
+            "missing {line:?} in\n{conf}"
+        );
+    }
+    // The bridge section comes last (Mosquitto reads everything after `connection` as
+    // part of it), and only device-free prefixes are bridged.
+    let bridge = conf.split("connection ").nth(1).unwrap();
+    assert!(!bridge.contains("listener") && !bridge.contains("ev/"));
+    let central = central_broker_conf(&t, &RenderOptions::test(Path::new("/data/c")));
+    assert!(central.contains("listener 1883 127.0.0.1") && !central.contains("connection"));
+}
+
+#[test]
+fn the_demo_city_tiles_forty_by_forty_km() {
+    let t = Topology::demo_city();
+    assert_eq!(t.regions.len(), 4);
+    let b: Vec<Bounds> = t.regions.iter().map(|r| r.bounds.unwrap()).collect();
+    let span_lat = b.iter().map(|b| b.max_lat).fold(f64::MIN, f64::max)
+        - b.iter().map(|b| b.min_lat).fold(f64::MAX, f64::min);
+    let km = span_lat * 111.19;
+    assert!((35.0..45.0).contains(&km), "{km} km");
+}
+
+#[test]
+fn checked_in_configs_match_the_generator() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (topology, out, opts) in checked_in_sets() {
+        let t = Topology::load(&root.join(topology)).unwrap();
+        for (name, text) in generate_all(&t, &opts) {
+            let path = root.join(out).join(&name);
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                on_disk == text,
+                "{} drifted from {topology}: run `cargo run -p topology -- generate` and commit",
+                path.display()
+            );
+        }
+    }
+}
