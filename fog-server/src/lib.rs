@@ -111,6 +111,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             topics::filters::vehicles(&region_name, VehicleChannel::Telemetry),
             0,
         ),
+        (protocol::fog::filters::FOG_DOWN.to_owned(), 1),
     ];
     let http_listener = match config.http {
         Some(addr) => Some(

@@ -90,6 +90,21 @@ impl Metrics {
         );
         r.register("stations", "Known stations by state", self.stations.clone());
         r.register(
+            "reroutes",
+            "Reroutes through central, by outcome",
+            self.reroutes.clone(),
+        );
+        r.register(
+            "handoffs",
+            "Handoffs from other regions, by outcome",
+            self.handoffs.clone(),
+        );
+        r.register(
+            "aggregates_published",
+            "Aggregates published for central",
+            self.aggregates_published.clone(),
+        );
+        r.register(
             "invalid_messages",
             "Messages refused as invalid, by kind",
             self.invalid_messages.clone(),

@@ -299,6 +299,18 @@ impl TestClient {
         Ok(out)
     }
 
+    /// Returns and forgets all buffered messages, then everything that arrives within
+    /// `window` (a fixed-duration wait: for counting what crossed, when messages keep
+    /// coming and [`drain`](Self::drain) would never see a quiet spell).
+    pub async fn collect_for(&mut self, window: Duration) -> Result<Vec<mqtt::Message>> {
+        let deadline = Instant::now() + window;
+        let mut out: Vec<_> = self.pending.drain(..).collect();
+        while let Some(msg) = self.recv_until(deadline).await? {
+            out.push(msg);
+        }
+        Ok(out)
+    }
+
     /// How many received messages are buffered, not yet returned.
     pub fn buffered(&self) -> usize {
         self.pending.len()

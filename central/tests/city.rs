@@ -1,0 +1,453 @@
+//! Regions bridged to central, end to end: a central Mosquitto and three regional ones
+//! bridged with the generated configs, three fog servers and central — all real.
+//!
+//! The city: three bands side by side along the equator, west | middle | east, each
+//! 0.1° (~11 km) wide.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use protocol::fog::{Aggregate, AggregateStation, FogMessage, Handoff, HandoffReply};
+use protocol::{
+    ChargeRequest, Recommendation, RecommendationStatus, ReservationAction, ReservationUpdate,
+    StationState, StationStatus, topics,
+};
+use serde_json::Value;
+use testkit::city::{City, CitySpec};
+use testkit::{TestClient, wait_until};
+
+const T: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(50);
+
+fn status(id: &str, lon: f64, chargers: u32, occupied: u32, queue: u32) -> StationStatus {
+    StationStatus {
+        v: 1,
+        station_id: id.into(),
+        lat: Some(0.0),
+        lon: Some(lon),
+        chargers: Some(chargers),
+        power_kw: Some(50.0),
+        occupied,
+        queue,
+        state: StationState::Available,
+        ts_ms: None,
+    }
+}
+
+fn request(id: &str, lon: f64) -> ChargeRequest {
+    ChargeRequest {
+        v: 1,
+        request_id: id.into(),
+        lat: 0.0,
+        lon,
+        soc: 0.3,
+        battery_kwh: 60.0,
+        kwh_per_km: 0.18,
+        target_soc: 0.8,
+        ts_ms: None,
+    }
+}
+
+/// A device client on one region's broker, hearing its vehicles' recommendations.
+async fn devices(city: &City, region: &str) -> TestClient {
+    let c = TestClient::connect(&city.broker(region).url(), &format!("devices-{region}"))
+        .await
+        .unwrap();
+    c.subscribe(&format!("ev/{region}/vehicles/+/recommendation"), 1)
+        .await
+        .unwrap();
+    c
+}
+
+async fn publish_station(c: &TestClient, region: &str, s: &StationStatus) {
+    c.publish_json(&topics::station_status(region, &s.station_id), s, 1, true)
+        .await
+        .unwrap();
+}
+
+async fn ask(
+    c: &mut TestClient,
+    region: &str,
+    vehicle: &str,
+    req: &ChargeRequest,
+) -> Recommendation {
+    c.publish_json(&topics::request(region, vehicle), req, 1, false)
+        .await
+        .unwrap();
+    c.wait_for_json(&topics::recommendation(region, vehicle), T)
+        .await
+        .unwrap()
+}
+
+/// Waits until central's view of `region` satisfies `check`.
+async fn wait_region(
+    city: &City,
+    region: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_until(what, T, POLL, || async {
+        city.regions()
+            .await
+            .ok()?
+            .remove(region)
+            .filter(|v| check(v))
+    })
+    .await
+    .unwrap()
+}
+
+fn lists_station(v: &Value, id: &str) -> bool {
+    v["aggregate"]["best"]
+        .as_array()
+        .is_some_and(|b| b.iter().any(|s| s["station_id"] == id))
+}
+
+/// West saturated (one charger, long queue), middle free just across the border.
+async fn saturated_west(city: &City) -> (TestClient, TestClient) {
+    let west = devices(city, "west").await;
+    let middle = devices(city, "middle").await;
+    publish_station(&west, "west", &status("west-busy", 0.09, 1, 1, 6)).await;
+    publish_station(&middle, "middle", &status("middle-free", 0.11, 2, 0, 0)).await;
+    wait_region(city, "west", "west is saturated", |v| {
+        v["saturated"] == true
+    })
+    .await;
+    wait_region(city, "middle", "middle lists its free station", |v| {
+        lists_station(v, "middle-free")
+    })
+    .await;
+    (west, middle)
+}
+
+async fn reservations(city: &City, region: &str) -> Vec<Value> {
+    city.fog(region)
+        .get_json("/api/reservations")
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn aggregates_reach_central_and_device_traffic_does_not() {
+    let city = City::start(CitySpec::three_regions()).await.unwrap();
+    let mut spy = TestClient::connect(&city.central_broker.url(), "spy")
+        .await
+        .unwrap();
+    spy.subscribe("#", 1).await.unwrap();
+    let west = devices(&city, "west").await;
+    publish_station(&west, "west", &status("west-1", 0.05, 4, 1, 0)).await;
+
+    let first = wait_region(&city, "west", "west's station in the aggregate", |v| {
+        lists_station(v, "west-1")
+    })
+    .await;
+    let seq = first["aggregate"]["seq"].as_u64().unwrap();
+    assert_eq!(first["aggregate"]["chargers"], 4);
+    assert_eq!(first["aggregate"]["chargers_free"], 3);
+    assert_eq!(first["aggregate"]["outline"].as_array().unwrap().len(), 4);
+    assert!(first["data_age_ms"].as_u64().unwrap() < 3 * city.spec.aggregate_ms);
+    wait_region(&city, "west", "a newer aggregate", |v| {
+        v["aggregate"]["seq"].as_u64() > Some(seq)
+    })
+    .await;
+
+    // Telemetry, a request and its answer on west's device topics: none of it crosses.
+    let mut west = west;
+    west.publish(
+        &topics::telemetry("west", "car-1"),
+        &br#"{"v":1,"lat":0,"lon":0.05,"soc":0.5}"#[..],
+        1,
+        false,
+    )
+    .await
+    .unwrap();
+    let answer = ask(&mut west, "west", "car-1", &request("r-1", 0.05)).await;
+    assert_eq!(answer.status, RecommendationStatus::Assigned);
+    let seen = spy
+        .collect_for(Duration::from_millis(2 * city.spec.aggregate_ms))
+        .await
+        .unwrap();
+    assert!(!seen.is_empty());
+    for m in &seen {
+        assert!(
+            m.topic().starts_with("regions/") && m.topic().ends_with("/up/aggregate"),
+            "unexpected on the central broker: {}",
+            m.topic()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_saturated_region_reroutes_to_a_free_neighbour_that_holds_the_reservation() {
+    let city = City::start(CitySpec::three_regions()).await.unwrap();
+    let (mut west, middle) = saturated_west(&city).await;
+    // Count everything on the central broker and on west's broker meanwhile.
+    let mut central_spy = TestClient::connect(&city.central_broker.url(), "spy-c")
+        .await
+        .unwrap();
+    central_spy
+        .subscribe("regions/+/up/reroute", 1)
+        .await
+        .unwrap();
+    central_spy.subscribe("regions/+/down/#", 1).await.unwrap();
+    central_spy
+        .subscribe("regions/+/up/handoff-reply", 1)
+        .await
+        .unwrap();
+    let mut west_spy = TestClient::connect(&city.broker("west").url(), "spy-w")
+        .await
+        .unwrap();
+    west_spy.subscribe("fog/#", 1).await.unwrap();
+    west_spy.subscribe("regions/#", 1).await.unwrap();
+
+    let started = Instant::now();
+    let answer = ask(&mut west, "west", "car-1", &request("r-1", 0.08)).await;
+    let rtt = started.elapsed();
+    assert_eq!(answer.status, RecommendationStatus::Rerouted, "{answer:?}");
+    assert_eq!(answer.request_id, "r-1");
+    let station = answer.station.clone().unwrap();
+    assert_eq!(
+        (station.station_id.as_str(), station.region.as_str()),
+        ("middle-free", "middle")
+    );
+    let reservation_id = answer.reservation_id.clone().unwrap();
+    assert!(reservation_id.starts_with("middle-"), "{reservation_id}");
+    eprintln!("cross-region reroute round trip: {rtt:?}");
+
+    // Middle's fog holds it; west holds nothing for the vehicle.
+    let held = reservations(&city, "middle").await;
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0]["reservation_id"], reservation_id.as_str());
+    assert_eq!(held[0]["vehicle_id"], "car-1");
+    assert!(reservations(&city, "west").await.is_empty());
+
+    // The vehicle arrives, telling the region that holds the reservation.
+    let arrived = ReservationUpdate {
+        v: 1,
+        reservation_id,
+        action: ReservationAction::Arrived,
+    };
+    middle
+        .publish_json(&topics::reservation("middle", "car-1"), &arrived, 1, false)
+        .await
+        .unwrap();
+    wait_until("middle releases the reservation", T, POLL, || async {
+        reservations(&city, "middle").await.is_empty()
+    })
+    .await
+    .unwrap();
+
+    // No loops: each step crossed once, in its direction, and nothing came back.
+    let mut counts = BTreeMap::<String, usize>::new();
+    for m in central_spy
+        .collect_for(Duration::from_millis(500))
+        .await
+        .unwrap()
+    {
+        *counts.entry(m.topic().to_owned()).or_default() += 1;
+    }
+    let expected: BTreeMap<String, usize> = [
+        ("regions/west/up/reroute", 1),
+        ("regions/middle/down/handoff", 1),
+        ("regions/middle/up/handoff-reply", 1),
+        ("regions/west/down/reroute-reply", 1),
+    ]
+    .into_iter()
+    .map(|(t, n)| (t.to_owned(), n))
+    .collect();
+    assert_eq!(counts, expected);
+    let mut west_counts = BTreeMap::<String, usize>::new();
+    for m in west_spy
+        .collect_for(Duration::from_millis(200))
+        .await
+        .unwrap()
+    {
+        *west_counts.entry(m.topic().to_owned()).or_default() += 1;
+    }
+    assert_eq!(west_counts.get("fog/up/reroute"), Some(&1));
+    assert_eq!(west_counts.get("fog/down/reroute-reply"), Some(&1));
+    assert!(
+        west_counts
+            .keys()
+            .all(|t| t.starts_with("fog/up/") || t == "fog/down/reroute-reply"),
+        "{west_counts:?}"
+    );
+    let (_, metrics) = city.fog("west").get_text("/metrics").await.unwrap();
+    assert!(
+        metrics.contains(r#"fog_reroutes_total{kind="succeeded"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// Middle is played by the test: its aggregate says it is free, but it refuses every
+/// handoff (it "filled up meanwhile"). Central must fall back to east.
+#[tokio::test]
+async fn a_refused_handoff_falls_back_to_the_next_region() {
+    let mut spec = CitySpec::three_regions();
+    spec.without_fog = vec!["middle".into()];
+    let city = City::start(spec).await.unwrap();
+    let mut west = devices(&city, "west").await;
+    let east = devices(&city, "east").await;
+    publish_station(&west, "west", &status("west-busy", 0.09, 1, 1, 6)).await;
+    publish_station(&east, "east", &status("east-free", 0.21, 2, 0, 0)).await;
+
+    let mut fake = TestClient::connect(&city.broker("middle").url(), "fake-middle-fog")
+        .await
+        .unwrap();
+    fake.subscribe(protocol::fog::filters::FOG_DOWN, 1)
+        .await
+        .unwrap();
+    let aggregate = |seq: u64| Aggregate {
+        v: 1,
+        region: "middle".into(),
+        seq,
+        ts_ms: service::clock::wall_ms(),
+        stations: 1,
+        stations_in_service: 1,
+        chargers: 4,
+        chargers_free: 4,
+        queued: 0,
+        reservations: 0,
+        min_wait_s: Some(0),
+        outline: vec![],
+        best: vec![AggregateStation {
+            station_id: "middle-ghost".into(),
+            lat: 0.0,
+            lon: 0.11,
+            chargers: 4,
+            power_kw: 50.0,
+            occupied: 0,
+            queue: 0,
+            reservations: 0,
+            predicted_wait_s: 0,
+        }],
+        saturated_requests: 0,
+    };
+    fake.publish_json(
+        &FogMessage::Aggregate.regional_topic(),
+        &aggregate(1),
+        1,
+        true,
+    )
+    .await
+    .unwrap();
+    wait_region(&city, "middle", "the fake middle is fresh", |v| {
+        lists_station(v, "middle-ghost")
+    })
+    .await;
+    wait_region(&city, "east", "east lists its station", |v| {
+        lists_station(v, "east-free")
+    })
+    .await;
+    wait_region(&city, "west", "west is saturated", |v| {
+        v["saturated"] == true
+    })
+    .await;
+
+    // Ask from west; middle (nearer) is tried first and refuses.
+    west.publish_json(
+        &topics::request("west", "car-1"),
+        &request("r-1", 0.08),
+        1,
+        false,
+    )
+    .await
+    .unwrap();
+    let handoff: Handoff = fake
+        .wait_for_json(&FogMessage::Handoff.regional_topic(), T)
+        .await
+        .unwrap();
+    assert_eq!(
+        (handoff.origin_region.as_str(), handoff.vehicle_id.as_str()),
+        ("west", "car-1")
+    );
+    let refusal = HandoffReply {
+        v: 1,
+        handoff_id: handoff.handoff_id,
+        region: "middle".into(),
+        accepted: false,
+        recommendation: None,
+        reason: Some("filled up meanwhile".into()),
+    };
+    fake.publish_json(
+        &FogMessage::HandoffReply.regional_topic(),
+        &refusal,
+        1,
+        false,
+    )
+    .await
+    .unwrap();
+    let answer: Recommendation = west
+        .wait_for_json(&topics::recommendation("west", "car-1"), T)
+        .await
+        .unwrap();
+    assert_eq!(answer.status, RecommendationStatus::Rerouted, "{answer:?}");
+    assert_eq!(answer.station.unwrap().station_id, "east-free");
+    assert_eq!(reservations(&city, "east").await.len(), 1);
+}
+
+#[tokio::test]
+async fn without_central_regions_still_answer_and_rerouting_resumes_when_it_is_back() {
+    let mut city = City::start(CitySpec::three_regions()).await.unwrap();
+    let (mut west, _middle) = saturated_west(&city).await;
+    let mut east = devices(&city, "east").await;
+    publish_station(&east, "east", &status("east-free", 0.25, 2, 0, 0)).await;
+    wait_region(&city, "east", "east lists its station", |v| {
+        lists_station(v, "east-free")
+    })
+    .await;
+
+    city.stop_central().await.unwrap();
+    let started = Instant::now();
+    let answer = ask(&mut west, "west", "car-1", &request("r-1", 0.08)).await;
+    let waited = started.elapsed();
+    assert_eq!(answer.status, RecommendationStatus::Assigned, "{answer:?}");
+    assert_eq!(answer.station.as_ref().unwrap().station_id, "west-busy");
+    let reason = answer.reason.clone().unwrap_or_default();
+    assert!(reason.contains("central unreachable"), "{reason}");
+    let timeout = Duration::from_millis(city.spec.reroute_timeout_ms);
+    assert!(
+        waited >= timeout && waited < timeout + Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // A request that needs no reroute is answered as usual.
+    let plain = ask(&mut east, "east", "car-2", &request("r-2", 0.25)).await;
+    assert_eq!(plain.status, RecommendationStatus::Assigned);
+    assert_eq!(plain.reason, None);
+
+    // Central back: rerouting works again, nothing else restarted.
+    city.start_central().await.unwrap();
+    city.wait_all_regions_fresh(T).await.unwrap();
+    let answer = ask(&mut west, "west", "car-3", &request("r-3", 0.08)).await;
+    assert_eq!(answer.status, RecommendationStatus::Rerouted, "{answer:?}");
+    assert_eq!(answer.station.unwrap().region, "middle");
+}
+
+#[tokio::test]
+async fn after_a_central_broker_restart_the_bridges_reconnect_and_data_is_fresh() {
+    let mut city = City::start(CitySpec::three_regions()).await.unwrap();
+    let period = city.spec.aggregate_ms;
+    city.central_broker.restart().unwrap();
+    let fresh = wait_until(
+        "every region's data is younger than two aggregate periods",
+        Duration::from_secs(20),
+        POLL,
+        || async {
+            let regions = city.regions().await.ok()?;
+            (regions.len() == 3
+                && regions.values().all(|v| {
+                    v["data_age_ms"]
+                        .as_u64()
+                        .is_some_and(|age| age < 2 * period)
+                }))
+            .then_some(regions)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(fresh.values().all(|v| v["stale"] == false));
+    // And the reroute path works through the reconnected bridges.
+    let (mut west, _middle) = saturated_west(&city).await;
+    let answer = ask(&mut west, "west", "car-1", &request("r-1", 0.08)).await;
+    assert_eq!(answer.status, RecommendationStatus::Rerouted, "{answer:?}");
+}
