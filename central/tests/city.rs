@@ -237,6 +237,13 @@ async fn a_saturated_region_reroutes_to_a_free_neighbour_that_holds_the_reservat
     .await
     .unwrap();
 
+    // For comparison, an in-region round trip in the same run.
+    let mut middle = middle;
+    let started = Instant::now();
+    let local = ask(&mut middle, "middle", "car-2", &request("r-2", 0.11)).await;
+    eprintln!("in-region round trip: {:?}", started.elapsed());
+    assert_eq!(local.status, RecommendationStatus::Assigned);
+
     // No loops: each step crossed once, in its direction, and nothing came back.
     let mut counts = BTreeMap::<String, usize>::new();
     for m in central_spy
