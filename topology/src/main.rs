@@ -24,6 +24,10 @@ enum Command {
         topology: Option<PathBuf>,
         #[arg(long, requires = "topology")]
         out: Option<PathBuf>,
+        /// Render for local processes keeping their state under this directory
+        /// (default: for containers, state in /mosquitto/data/).
+        #[arg(long, requires = "topology")]
+        state_dir: Option<PathBuf>,
     },
     /// Exit non-zero, listing the files, if a checked-in config differs from what would
     /// be generated.
@@ -47,11 +51,23 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Generate { topology, out } => {
+        Command::Generate {
+            topology,
+            out,
+            state_dir,
+        } => {
             let sets = match (topology, out) {
                 (Some(t), Some(o)) => {
                     let source = t.display().to_string();
-                    vec![(t, o, RenderOptions::container(&source))]
+                    let opts = match state_dir {
+                        Some(dir) => {
+                            let mut opts = RenderOptions::local(&dir);
+                            opts.source = source;
+                            opts
+                        }
+                        None => RenderOptions::container(&source),
+                    };
+                    vec![(t, o, opts)]
                 }
                 _ => checked_in_sets()
                     .into_iter()
