@@ -116,6 +116,18 @@ impl Region {
         &self.metrics
     }
 
+    /// A fresh id, unique across restarts: `{region}-{kind}{salt}{counter}`, at most 64
+    /// characters.
+    fn next_id(&mut self, kind: &str) -> String {
+        self.next_reservation += 1;
+        format!(
+            "{}-{kind}{:08x}{:x}",
+            truncate_id(&self.name, 40 - kind.len()),
+            self.id_salt,
+            self.next_reservation
+        )
+    }
+
     /// Handles one message received on the region's broker.
     pub fn handle(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Option<Outgoing> {
         if topic.starts_with("fog/") {
@@ -342,13 +354,7 @@ impl Region {
         no: &NoChoice,
         now_ms: u64,
     ) -> Outgoing {
-        self.next_reservation += 1;
-        let reroute_id = format!(
-            "{}-rr-{:08x}{:x}",
-            truncate_id(&self.name, 36),
-            self.id_salt,
-            self.next_reservation
-        );
+        let reroute_id = self.next_id("rr-");
         let local_best_total_s = match no {
             NoChoice::TooSlow { best } => Some(best.total_s()),
             NoChoice::NothingReachable { .. } => None,
@@ -392,13 +398,7 @@ impl Region {
         status: RecommendationStatus,
         reason: Option<String>,
     ) -> Recommendation {
-        self.next_reservation += 1;
-        let reservation_id = format!(
-            "{}-{:08x}{:x}",
-            truncate_id(&self.name, 40),
-            self.id_salt,
-            self.next_reservation
-        );
+        let reservation_id = self.next_id("");
         let refusal = |reason: &str| {
             Recommendation::refusal(
                 req.request_id.clone(),
