@@ -128,6 +128,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         persistent: true,
         username: config.mqtt_username.clone(),
         password: config.mqtt_password.clone(),
+        will: None,
     };
     let subscriptions = vec![(fog::filters::CENTRAL_UP.to_owned(), 1)];
     let mut link = Link::connect(&settings, subscriptions, &shutdown).await?;

@@ -61,7 +61,9 @@ pub struct Config {
     #[arg(long, env = "FOG_CLOCK_SPEED", default_value_t = 1.0)]
     pub clock_speed: f64,
 
-    /// Clock reading at start, ms since the Unix epoch (default: the wall clock).
+    /// The wall instant (ms since the Unix epoch) from which the clock runs
+    /// `--clock-speed` times faster (default: start-up). Processes given the same epoch
+    /// and speed read the same time: see docs/simulation.md.
     #[arg(long, env = "FOG_CLOCK_EPOCH_MS")]
     pub clock_epoch_ms: Option<u64>,
 

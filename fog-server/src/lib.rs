@@ -127,6 +127,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         persistent: true,
         username: config.mqtt_username.clone(),
         password: config.mqtt_password.clone(),
+        will: None,
     };
     let mut link = Link::connect(&settings, subscriptions, &shutdown).await?;
     let reconnects = metrics.mqtt_reconnects.clone();
@@ -137,6 +138,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     region.reroute = RerouteSettings {
         enabled: !config.no_reroute,
         timeout: Duration::from_millis(config.reroute_timeout_ms),
+        clock_speed: clock.speed(),
     };
     region.outline = area.as_ref().map(Area::outline).unwrap_or_default();
     let shared = Arc::new(Shared {

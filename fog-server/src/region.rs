@@ -37,6 +37,8 @@ pub struct RerouteSettings {
     pub enabled: bool,
     /// How long to wait for central's answer before answering locally.
     pub timeout: std::time::Duration,
+    /// Clock ms per real ms: the deadline sent to central is on the (scaled) clock.
+    pub clock_speed: f64,
 }
 
 impl Default for RerouteSettings {
@@ -44,6 +46,7 @@ impl Default for RerouteSettings {
         Self {
             enabled: true,
             timeout: std::time::Duration::from_millis(1500),
+            clock_speed: 1.0,
         }
     }
 }
@@ -366,7 +369,8 @@ impl Region {
             vehicle_id: vehicle_id.to_owned(),
             request: req.clone(),
             local_best_total_s,
-            deadline_ms: now_ms + self.reroute.timeout.as_millis() as u64,
+            deadline_ms: now_ms
+                + (self.reroute.timeout.as_secs_f64() * 1000.0 * self.reroute.clock_speed) as u64,
         };
         info!(vehicle = vehicle_id, request = %req.request_id, reroute = %reroute_id, "region saturated: asking central");
         self.metrics

@@ -21,6 +21,7 @@ fn region(name: &str, reroute_timeout: Duration) -> Region {
     r.reroute = RerouteSettings {
         enabled: true,
         timeout: reroute_timeout,
+        ..RerouteSettings::default()
     };
     r
 }
@@ -295,4 +296,18 @@ fn aggregates_count_the_region_and_list_the_best_stations() {
     let agg2 = r.aggregate(NOW);
     assert_eq!((agg2.seq, agg2.reservations), (2, 1));
     protocol::Validate::validate(&agg2).unwrap();
+}
+
+#[test]
+fn the_reroute_deadline_is_on_the_scaled_clock() {
+    // 1.5 s of real time at 60x is 90 s on the clock that central shares.
+    let mut a = saturated("a", Duration::from_millis(1500));
+    a.reroute.clock_speed = 60.0;
+    let out = ask(&mut a, "car-1", &request("r-1")).expect("a reroute request");
+    let rr: RerouteRequest = decode(&out.payload).unwrap();
+    assert_eq!(rr.deadline_ms, NOW + 90_000);
+    let mut b = saturated("b", Duration::from_millis(1500));
+    let out = ask(&mut b, "car-1", &request("r-1")).expect("a reroute request");
+    let rr: RerouteRequest = decode(&out.payload).unwrap();
+    assert_eq!(rr.deadline_ms, NOW + 1_500);
 }

@@ -11,7 +11,7 @@ pub mod link;
 pub mod logging;
 
 pub use clock::Clock;
-pub use link::{Link, LinkSettings, Publisher};
+pub use link::{Link, LinkSettings, Publisher, Will};
 pub use logging::LogFormat;
 
 use tokio_util::sync::CancellationToken;

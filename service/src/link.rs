@@ -21,6 +21,17 @@ pub struct LinkSettings {
     pub persistent: bool,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Published by the broker when this client vanishes without disconnecting.
+    pub will: Option<Will>,
+}
+
+/// A last-will message.
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: i32,
+    pub retain: bool,
 }
 
 /// Publishes through a [`Link`]'s connection from any task.
@@ -91,23 +102,36 @@ impl Link {
             .send_while_disconnected(true)
             .create_client()
             .with_context(|| format!("invalid broker url {:?}", settings.url))?;
-        let stream = client.get_stream(100_000);
-        let mut builder = mqtt::ConnectOptionsBuilder::new_v3();
-        builder
-            .clean_session(!settings.persistent)
-            .keep_alive_interval(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(5))
-            .max_inflight(1_000);
-        if let Some(user) = &settings.username {
-            builder.user_name(user);
-        }
-        if let Some(password) = &settings.password {
-            builder.password(password.as_str());
-        }
+        // The channel is allocated up front: small for a client that only publishes.
+        let capacity = if subscriptions.is_empty() { 16 } else { 100_000 };
+        let stream = client.get_stream(capacity);
+        // The builder is not `Send`: keep it out of the awaits below.
+        let connect_opts = {
+            let mut builder = mqtt::ConnectOptionsBuilder::new_v3();
+            builder
+                .clean_session(!settings.persistent)
+                .keep_alive_interval(Duration::from_secs(10))
+                .connect_timeout(Duration::from_secs(5))
+                .max_inflight(1_000);
+            if let Some(user) = &settings.username {
+                builder.user_name(user);
+            }
+            if let Some(password) = &settings.password {
+                builder.password(password.as_str());
+            }
+            if let Some(will) = &settings.will {
+                builder.will_message(if will.retain {
+                    mqtt::Message::new_retained(&will.topic, will.payload.clone(), will.qos)
+                } else {
+                    mqtt::Message::new(&will.topic, will.payload.clone(), will.qos)
+                });
+            }
+            builder.finalize()
+        };
         let link = Self {
             client,
             stream,
-            connect_opts: builder.finalize(),
+            connect_opts,
             subscriptions,
             connected: Arc::new(AtomicBool::new(false)),
             on_reconnect: None,

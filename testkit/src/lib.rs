@@ -39,7 +39,8 @@
 
 #![forbid(unsafe_code)]
 
-pub mod broker;
+/// Real Mosquitto processes (shared with the local launcher).
+pub use launcher::mosquitto as broker;
 pub mod city;
 pub mod mqtt;
 

@@ -1,0 +1,311 @@
+//! `device-sim`: the simulated city. Stations and vehicles are MQTT clients on the
+//! regional brokers; the world runs faster than real time on a clock it shares with the
+//! servers; the same seed gives the same world; and one run compares strategies side by
+//! side. See `docs/simulation.md`.
+//!
+//! Three ways to run:
+//! - **local** (no `--brokers`/`--topology`): starts the whole topology itself — a
+//!   central Mosquitto and one per region from the generated configs, a fog server per
+//!   region and central — and stops it all at the end (also on Ctrl-C);
+//! - **external** (`--topology file` and/or `--brokers region=url,…`): against brokers
+//!   and servers that already run (docker compose, Kubernetes), which must share the
+//!   clock (`--speed` = their `--clock-speed`, same `--clock-epoch-ms`);
+//! - **offline** (`--offline`): the naive strategies with no broker at all, as fast as
+//!   the machine goes — deterministic, for tests and quick what-ifs.
+
+#![forbid(unsafe_code)]
+
+pub mod net;
+pub mod report;
+pub mod run;
+pub mod sim;
+pub mod world;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+use launcher::{LocalBrokers, LocalServers, ServerSettings};
+use service::{Clock, LogFormat, clock::wall_ms};
+use tokio_util::sync::CancellationToken;
+use topology::Topology;
+
+pub use report::{Report, StrategyReport};
+pub use run::Strategy;
+pub use world::{Regions, Scenario, World};
+
+/// Simulates a city of electric vehicles and charging stations against the fogcharge
+/// servers and compares strategies.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "device-sim", version, about)]
+pub struct Config {
+    #[command(flatten)]
+    pub scenario: Scenario,
+
+    /// Strategy to run: fog, nearest, least-queue, or all (one after another, same world).
+    #[arg(long, env = "SIM_STRATEGY", default_value = "all", value_parser = parse_strategies)]
+    pub strategy: StrategySet,
+
+    /// Simulated seconds per real second. The servers run on the same time scale.
+    #[arg(long, env = "SIM_SPEED", default_value_t = 120.0)]
+    pub speed: f64,
+
+    /// The topology (regions and brokers) as TOML. Without `--brokers`, the brokers it
+    /// names are used; without both, device-sim starts the demo city itself.
+    #[arg(long, env = "SIM_TOPOLOGY")]
+    pub topology: Option<PathBuf>,
+
+    /// Existing regional brokers, `region=tcp://host:port,…` (the regions of the
+    /// topology, default: the demo city).
+    #[arg(long, env = "SIM_BROKERS", value_parser = parse_brokers)]
+    pub brokers: Option<BrokerList>,
+
+    /// MQTT username of the simulated devices.
+    #[arg(long, env = "SIM_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+
+    /// MQTT password (prefer the environment variable).
+    #[arg(long, env = "SIM_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
+
+    /// The wall instant (ms since the Unix epoch) from which the shared clock runs
+    /// `--speed` times faster. Required against existing servers unless `--speed 1`:
+    /// give them the same `--clock-epoch-ms` and `--clock-speed`.
+    #[arg(long, env = "SIM_CLOCK_EPOCH_MS")]
+    pub clock_epoch_ms: Option<u64>,
+
+    /// Start the topology of `--topology` here (brokers on its ports, or free ones when
+    /// taken), as without a topology file, instead of using existing brokers.
+    #[arg(long, env = "SIM_START_LOCAL", conflicts_with = "brokers")]
+    pub start_local: bool,
+
+    /// Run the naive strategies without any broker, as fast as possible.
+    #[arg(long, env = "SIM_OFFLINE")]
+    pub offline: bool,
+
+    /// Central's HTTP API in the local run (taken port: any free one).
+    #[arg(long, env = "SIM_CENTRAL_HTTP", default_value = "127.0.0.1:8080")]
+    pub central_http: SocketAddr,
+
+    /// A request the fog does not answer within this many real ms is sent again once,
+    /// then the vehicle drives to the nearest station.
+    #[arg(long, env = "SIM_ANSWER_TIMEOUT_MS", default_value_t = 5000)]
+    pub answer_timeout_ms: u64,
+
+    /// Write the report as JSON to this file.
+    #[arg(long, env = "SIM_REPORT_JSON")]
+    pub report_json: Option<PathBuf>,
+
+    /// No progress bar.
+    #[arg(long, env = "SIM_NO_PROGRESS")]
+    pub no_progress: bool,
+
+    /// Log format.
+    #[arg(long, env = "SIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The strategies of one run, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrategySet(pub Vec<Strategy>);
+
+fn parse_strategies(s: &str) -> Result<StrategySet, String> {
+    use clap::ValueEnum as _;
+    if s == "all" {
+        return Ok(StrategySet(Strategy::ALL.to_vec()));
+    }
+    s.split(',')
+        .map(|n| Strategy::from_str(n.trim(), false))
+        .collect::<Result<Vec<_>, _>>()
+        .map(StrategySet)
+        .map_err(|_| format!("unknown strategy in {s:?}: use fog, nearest, least-queue or all"))
+}
+
+/// Regional broker URLs by region id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerList(pub BTreeMap<String, String>);
+
+fn parse_brokers(s: &str) -> Result<BrokerList, String> {
+    let mut map = BTreeMap::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (region, url) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?}: expected region=tcp://host:port"))?;
+        protocol::validate_id("region", region).map_err(|e| e.to_string())?;
+        if !url.contains("://") {
+            return Err(format!("{item:?}: the broker must look like tcp://host:port"));
+        }
+        map.insert(region.to_owned(), url.to_owned());
+    }
+    if map.is_empty() {
+        return Err("no brokers given".into());
+    }
+    Ok(BrokerList(map))
+}
+
+impl Config {
+    pub fn check(&self) -> Result<()> {
+        self.scenario.check()?;
+        anyhow::ensure!(
+            self.speed.is_finite() && self.speed > 0.0,
+            "--speed must be a positive number"
+        );
+        if self.offline && self.strategy.0.contains(&Strategy::Fog) {
+            bail!("--offline runs only the nearest and least-queue strategies (the fog strategy needs brokers): add --strategy nearest,least-queue");
+        }
+        if self.is_external() && self.speed != 1.0 && self.clock_epoch_ms.is_none() {
+            bail!(
+                "against existing servers the clock must be shared: pass --clock-epoch-ms (and --speed) equal to the servers' --clock-epoch-ms and --clock-speed"
+            );
+        }
+        Ok(())
+    }
+
+    fn is_external(&self) -> bool {
+        !self.offline && !self.start_local && (self.brokers.is_some() || self.topology.is_some())
+    }
+
+    /// The topology: from `--topology`, else the demo city, with `--brokers` applied.
+    pub fn topology(&self) -> Result<Topology> {
+        let mut t = match &self.topology {
+            Some(path) => Topology::load(path)?,
+            None => Topology::demo_city(),
+        };
+        if let Some(BrokerList(brokers)) = &self.brokers {
+            for (region, url) in brokers {
+                let r = t.regions.iter_mut().find(|r| &r.id == region).with_context(|| {
+                    format!("--brokers names region {region:?}, which the topology does not have")
+                })?;
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+                let (host, port) = rest
+                    .rsplit_once(':')
+                    .with_context(|| format!("{url}: no port"))?;
+                r.broker.host = host.to_owned();
+                r.broker.port = port.parse().with_context(|| format!("{url}: bad port"))?;
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// Runs the configured strategies and returns the report (also written with
+/// `--report-json`). `on_ready` is told the addresses to watch once servers run.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report> {
+    config.check()?;
+    let topology = config.topology()?;
+    let world = World::generate(&config.scenario, Regions::from_topology(&topology))?;
+    let mut report = Report {
+        scenario: serde_json::to_value(&config.scenario)?,
+        strategies: BTreeMap::new(),
+        order: Vec::new(),
+    };
+    let answer_timeout = Duration::from_millis(config.answer_timeout_ms);
+    let progress = !config.no_progress;
+
+    if config.offline {
+        for &strategy in &config.strategy.0 {
+            let opts = run::RunOptions {
+                clock: None,
+                net: None,
+                answer_timeout,
+                progress,
+                shutdown: shutdown.clone(),
+            };
+            let r = run::run(&world, strategy, opts).await?;
+            report.order.push(strategy.name().into());
+            report.strategies.insert(strategy.name().into(), r);
+        }
+        return finish(report, &config);
+    }
+
+    let external = config.is_external();
+    let brokers = if external {
+        None
+    } else {
+        eprintln!("starting the local topology: a central broker and {} regional brokers (Mosquitto), fog servers and central", topology.regions.len());
+        Some(LocalBrokers::start(&topology)?)
+    };
+    let topology = brokers.as_ref().map_or(topology, |b| b.topology.clone());
+    let urls: HashMap<String, String> = topology
+        .regions
+        .iter()
+        .map(|r| (r.id.clone(), r.broker.url()))
+        .collect();
+    let net_brokers = net::Brokers {
+        urls,
+        username: config.mqtt_username.clone(),
+        password: config.mqtt_password.clone(),
+    };
+    let stations: Vec<(String, String)> = world
+        .stations
+        .iter()
+        .map(|s| (world.regions.areas[s.region].id.clone(), s.id.clone()))
+        .collect();
+
+    for &strategy in &config.strategy.0 {
+        let epoch = config.clock_epoch_ms.filter(|_| external).unwrap_or_else(wall_ms);
+        let clock = Clock::scaled(epoch, config.speed);
+        let servers = match &brokers {
+            Some(_) => {
+                let settings = ServerSettings {
+                    clock_speed: config.speed,
+                    clock_epoch_ms: epoch,
+                    central_http: Some(config.central_http),
+                    fog_http: true,
+                    fog_tweak: None,
+                };
+                let servers = match LocalServers::start(&topology, &settings).await {
+                    Ok(s) => s,
+                    Err(_) if config.central_http.port() != 0 => {
+                        // The HTTP port may be taken: any free one will do.
+                        let settings = ServerSettings {
+                            central_http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+                            ..settings
+                        };
+                        LocalServers::start(&topology, &settings).await?
+                    }
+                    Err(e) => return Err(e),
+                };
+                if let Some(http) = servers.central_http {
+                    eprintln!("{}: central API http://{http}/api/regions (metrics: /metrics)", strategy.name());
+                }
+                Some(servers)
+            }
+            None => None,
+        };
+        let result = async {
+            let mut net = net::Net::connect(&net_brokers, &stations, strategy.name(), &shutdown).await?;
+            let opts = run::RunOptions {
+                clock: Some(clock),
+                net: Some(&mut net),
+                answer_timeout,
+                progress,
+                shutdown: shutdown.clone(),
+            };
+            let r = run::run(&world, strategy, opts).await;
+            net.close().await;
+            r
+        }
+        .await;
+        if let Some(servers) = servers {
+            servers.stop().await?;
+        }
+        let r = result?;
+        eprintln!("{}: done in {:.1} s", strategy.name(), r.wall_s);
+        report.order.push(strategy.name().into());
+        report.strategies.insert(strategy.name().into(), r);
+    }
+    drop(brokers);
+    finish(report, &config)
+}
+
+fn finish(report: Report, config: &Config) -> Result<Report> {
+    if let Some(path) = &config.report_json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report)
+}

@@ -1,0 +1,271 @@
+//! The simulated devices on the regional brokers.
+//!
+//! - every **station** is its own MQTT client (client id = station id) on its region's
+//!   broker, with a retained last will `{"state":"offline"}`, and publishes its status
+//!   retained, QoS 1, on every change;
+//! - the **vehicles** of a region talk through one fleet connection per region (as a
+//!   fleet operator's gateway would): requests, reservation updates and telemetry on
+//!   each vehicle's own topics, and one subscription to
+//!   `ev/{region}/vehicles/+/recommendation`. A vehicle uses the broker of the region it
+//!   is in, and sends `arrived` to the region that holds its reservation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use protocol::{Recommendation, StationState, StationStatus, Topic, VehicleChannel, topics};
+use service::{Link, LinkSettings, Publisher, Will};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Brokers by region id (`tcp://host:port`) and credentials.
+#[derive(Debug, Clone)]
+pub struct Brokers {
+    pub urls: HashMap<String, String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// A recommendation that came back, with when it arrived.
+#[derive(Debug)]
+pub struct Answer {
+    pub vehicle_id: String,
+    pub recommendation: Recommendation,
+    pub received: Instant,
+}
+
+/// Connections of every simulated device.
+pub struct Net {
+    fleets: HashMap<String, Publisher>,
+    stations: Vec<Publisher>,
+    pub answers: mpsc::UnboundedReceiver<Answer>,
+    /// Messages sent by the devices and received by them.
+    pub sent: Arc<AtomicU64>,
+    pub received: Arc<AtomicU64>,
+    tasks: JoinSet<()>,
+    links: Vec<Arc<tokio::sync::Mutex<Link>>>,
+    shutdown: CancellationToken,
+}
+
+impl Net {
+    /// Connects a fleet gateway per region and a client per station (`stations`:
+    /// `(region, station_id)`), `run` making client ids unique per run.
+    pub async fn connect(
+        brokers: &Brokers,
+        stations: &[(String, String)],
+        run: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Self> {
+        let shutdown = shutdown.child_token();
+        let (tx, answers) = mpsc::unbounded_channel();
+        let received = Arc::new(AtomicU64::new(0));
+        let mut tasks = JoinSet::new();
+        let mut fleets = HashMap::new();
+        let mut links = Vec::new();
+        for (region, url) in &brokers.urls {
+            let settings = LinkSettings {
+                url: url.clone(),
+                client_id: format!("device-sim-{run}-fleet-{region}"),
+                persistent: false,
+                username: brokers.username.clone(),
+                password: brokers.password.clone(),
+                will: None,
+            };
+            let filter = topics::filters::vehicles(region, VehicleChannel::Recommendation);
+            let link = Link::connect(&settings, vec![(filter, 1)], &shutdown)
+                .await
+                .with_context(|| format!("connecting the fleet of region {region} to {url}"))?;
+            fleets.insert(region.clone(), link.publisher());
+            let link = Arc::new(tokio::sync::Mutex::new(link));
+            links.push(link.clone());
+            let (tx, received, shutdown) = (tx.clone(), received.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let mut link = link.lock().await;
+                while let Some(msg) = link.next(&shutdown).await {
+                    received.fetch_add(1, Ordering::Relaxed);
+                    let now = Instant::now();
+                    let Ok(Topic::Vehicle { vehicle_id, .. }) = Topic::parse(msg.topic()) else {
+                        continue;
+                    };
+                    match serde_json::from_slice::<Recommendation>(msg.payload()) {
+                        Ok(recommendation) => {
+                            let _ = tx.send(Answer {
+                                vehicle_id: vehicle_id.to_owned(),
+                                recommendation,
+                                received: now,
+                            });
+                        }
+                        Err(e) => warn!(topic = msg.topic(), error = %e, "undecodable recommendation"),
+                    }
+                }
+            });
+        }
+
+        // Stations: one client each, connected a few hundred at a time.
+        let mut connecting = JoinSet::new();
+        let mut station_links: Vec<Option<Link>> = Vec::new();
+        station_links.resize_with(stations.len(), || None);
+        for (i, (region, id)) in stations.iter().enumerate() {
+            let url = brokers
+                .urls
+                .get(region)
+                .with_context(|| format!("no broker for region {region}"))?
+                .clone();
+            let offline = StationStatus {
+                v: 1,
+                station_id: id.clone(),
+                lat: None,
+                lon: None,
+                chargers: None,
+                power_kw: None,
+                occupied: 0,
+                queue: 0,
+                state: StationState::Offline,
+                ts_ms: None,
+            };
+            let settings = LinkSettings {
+                url,
+                client_id: id.clone(),
+                persistent: false,
+                username: brokers.username.clone(),
+                password: brokers.password.clone(),
+                will: Some(Will {
+                    topic: topics::station_status(region, id),
+                    payload: protocol::encode(&offline),
+                    qos: 1,
+                    retain: true,
+                }),
+            };
+            let shutdown = shutdown.clone();
+            connecting.spawn(async move {
+                let link = Link::connect(&settings, Vec::new(), &shutdown).await;
+                (i, link)
+            });
+            if connecting.len() >= 200 {
+                collect_one(&mut connecting, &mut station_links).await?;
+            }
+        }
+        while !connecting.is_empty() {
+            collect_one(&mut connecting, &mut station_links).await?;
+        }
+        let mut station_publishers = Vec::with_capacity(stations.len());
+        for link in station_links.into_iter().flatten() {
+            station_publishers.push(link.publisher());
+            let link = Arc::new(tokio::sync::Mutex::new(link));
+            links.push(link.clone());
+            let shutdown = shutdown.clone();
+            // Keeps the connection: reconnects after a broker restart.
+            tasks.spawn(async move {
+                let mut link = link.lock().await;
+                while link.next(&shutdown).await.is_some() {}
+            });
+        }
+        Ok(Self {
+            fleets,
+            stations: station_publishers,
+            answers,
+            sent: Arc::new(AtomicU64::new(0)),
+            received,
+            tasks,
+            links,
+            shutdown,
+        })
+    }
+
+    /// Publishes through the fleet connection of `region`.
+    pub fn fleet_publish(&self, region: &str, topic: &str, payload: &[u8], qos: i32) {
+        match self.fleets.get(region) {
+            Some(p) => {
+                p.publish(topic, payload, qos, false);
+                self.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            None => debug!(region, "no fleet connection for this region"),
+        }
+    }
+
+    /// Publishes a station's status, retained, QoS 1.
+    pub fn station_publish(&self, station: usize, topic: &str, payload: &[u8]) {
+        if let Some(p) = self.stations.get(station) {
+            p.publish(topic, payload, 1, true);
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes every station's status and waits until the broker has them all.
+    pub async fn station_publish_confirmed(&self, messages: Vec<(usize, String, Vec<u8>)>) -> Result<()> {
+        let mut set = JoinSet::new();
+        for (station, topic, payload) in messages {
+            let Some(p) = self.stations.get(station).cloned() else {
+                continue;
+            };
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            set.spawn(async move { p.publish_confirmed(&topic, &payload, 1, true).await });
+        }
+        while let Some(r) = set.join_next().await {
+            r.context("publish task")??;
+        }
+        Ok(())
+    }
+
+    pub fn messages(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed) + self.received.load(Ordering::Relaxed)
+    }
+
+    /// Disconnects every device cleanly (no last will is sent).
+    pub async fn close(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        let mut set = JoinSet::new();
+        for link in self.links.drain(..) {
+            set.spawn(async move {
+                link.lock().await.disconnect().await;
+            });
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while set.join_next().await.is_some() {}
+        })
+        .await;
+    }
+}
+
+async fn collect_one(
+    connecting: &mut JoinSet<(usize, Result<Link>)>,
+    out: &mut [Option<Link>],
+) -> Result<()> {
+    if let Some(joined) = connecting.join_next().await {
+        let (i, link) = joined.context("station connect task")?;
+        out[i] = Some(link.context("connecting a station")?);
+    }
+    Ok(())
+}
+
+/// A station's status message.
+pub fn station_status(
+    id: &str,
+    spec: &crate::world::StationSpec,
+    occupied: usize,
+    queue: usize,
+    ts_ms: u64,
+) -> StationStatus {
+    let chargers = spec.chargers;
+    StationStatus {
+        v: 1,
+        station_id: id.to_owned(),
+        lat: Some(spec.lat),
+        lon: Some(spec.lon),
+        chargers: Some(chargers),
+        power_kw: Some(spec.power_kw),
+        occupied: occupied as u32,
+        queue: queue as u32,
+        state: if occupied as u32 >= chargers {
+            StationState::Full
+        } else {
+            StationState::Available
+        },
+        ts_ms: Some(ts_ms),
+    }
+}

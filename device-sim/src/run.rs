@@ -1,0 +1,350 @@
+//! Runs one strategy over a world: steps the [`Sim`] in fixed simulated steps, paced by
+//! the shared clock, publishes what the devices say and applies the decisions.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use protocol::{
+    ChargeRequest, RecommendationStatus, ReservationAction, ReservationUpdate, Telemetry, topics,
+};
+use serde::{Deserialize, Serialize};
+use service::Clock;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::net::{Net, station_status};
+use crate::report::{self, StrategyReport};
+use crate::sim::{Event, Phase, Reservation, Sim};
+use crate::world::World;
+
+/// How vehicles choose a station.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Ask the fog server of the region; follow its answer, reroutes included.
+    Fog,
+    /// Drive to the nearest reachable station; no server.
+    Nearest,
+    /// The reachable station with the smallest visible queue; no reservations.
+    LeastQueue,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 3] = [Strategy::Fog, Strategy::Nearest, Strategy::LeastQueue];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Fog => "fog",
+            Strategy::Nearest => "nearest",
+            Strategy::LeastQueue => "least-queue",
+        }
+    }
+}
+
+/// How a run is paced and connected.
+pub struct RunOptions<'a> {
+    /// The shared clock (speed and epoch as the servers have them). `None`: no pacing,
+    /// the world runs as fast as it can (only without servers).
+    pub clock: Option<Clock>,
+    /// The devices' connections; `None`: nothing is published (naive strategies only).
+    pub net: Option<&'a mut Net>,
+    /// A request not answered within this much real time is sent again once, then the
+    /// vehicle falls back to the nearest station.
+    pub answer_timeout: Duration,
+    pub progress: bool,
+    pub shutdown: CancellationToken,
+}
+
+struct Pending {
+    request_id: String,
+    sent: Instant,
+    retried: bool,
+}
+
+/// Runs `strategy` over `world` from its start to `scenario.hours` later.
+pub async fn run(world: &World, strategy: Strategy, mut opts: RunOptions<'_>) -> Result<StrategyReport> {
+    anyhow::ensure!(
+        strategy != Strategy::Fog || opts.net.is_some(),
+        "the fog strategy needs brokers and fog servers"
+    );
+    let start_ms = opts.clock.as_ref().map_or(0.0, Clock::now_ms_f64).floor();
+    let dt = world.scenario.step_s * 1000.0;
+    let steps = (world.scenario.duration_ms() / dt).ceil() as u64;
+    let mut sim = Sim::new(world, start_ms);
+    let vehicle_index: HashMap<&str, usize> = world
+        .vehicles
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.id.as_str(), i))
+        .collect();
+    let station_index: HashMap<&str, usize> = world
+        .stations
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+
+    // Stations announce themselves before the first vehicle asks.
+    sim.announce_stations();
+    let initial: Vec<(usize, String, Vec<u8>)> = std::mem::take(&mut sim.outbox)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::StationChanged(s) => Some(status_message(&sim, s)),
+            _ => None,
+        })
+        .collect();
+    if let Some(net) = opts.net.as_deref() {
+        net.station_publish_confirmed(initial).await?;
+    }
+
+    let progress = if opts.progress {
+        let bar = ProgressBar::new(steps);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>12} [{bar:30}] {percent:>3}% sim {msg} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(strategy.name());
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let wall_start = Instant::now();
+    let messages_before = opts.net.as_deref().map_or(0, Net::messages);
+    let mut pending: HashMap<usize, Pending> = HashMap::new();
+    let mut rtts = Vec::new();
+    let mut r = StrategyReport {
+        sim_hours: world.scenario.hours,
+        ..StrategyReport::default()
+    };
+    let mut request_seq = 0u64;
+    let mut max_lag_ms: f64 = 0.0;
+
+    for k in 1..=steps {
+        if opts.shutdown.is_cancelled() {
+            anyhow::bail!("interrupted");
+        }
+        let t = start_ms + k as f64 * dt;
+        if let Some(clock) = &opts.clock {
+            // Wait until the shared clock reaches the end of this step.
+            let ahead_ms = t - clock.now_ms_f64();
+            if ahead_ms > 0.0 {
+                let real = Duration::from_secs_f64(ahead_ms / clock.speed() / 1000.0);
+                tokio::select! {
+                    _ = opts.shutdown.cancelled() => anyhow::bail!("interrupted"),
+                    _ = tokio::time::sleep(real) => {}
+                }
+            } else {
+                max_lag_ms = max_lag_ms.max(-ahead_ms);
+            }
+        }
+
+        // Answers that came in meanwhile.
+        if let Some(net) = opts.net.as_deref_mut() {
+            while let Ok(answer) = net.answers.try_recv() {
+                let Some(&v) = vehicle_index.get(answer.vehicle_id.as_str()) else {
+                    continue;
+                };
+                let rec = answer.recommendation;
+                let Some(p) = pending.get(&v) else { continue };
+                if p.request_id != rec.request_id {
+                    continue; // an answer to an earlier, retried request
+                }
+                let p = pending.remove(&v).expect("present");
+                rtts.push(answer.received.duration_since(p.sent).as_secs_f64() * 1000.0);
+                r.answered += 1;
+                let station = rec
+                    .station
+                    .as_ref()
+                    .and_then(|st| station_index.get(st.station_id.as_str()).map(|&i| (i, st)));
+                match (rec.status, station) {
+                    (RecommendationStatus::Assigned | RecommendationStatus::Rerouted, Some((s, st))) => {
+                        if rec.status == RecommendationStatus::Rerouted {
+                            r.rerouted += 1;
+                        }
+                        let reservation = rec.reservation_id.clone().map(|id| Reservation {
+                            region: st.region.clone(),
+                            id,
+                        });
+                        sim.send_to(v, s, reservation);
+                    }
+                    (status, _) => {
+                        if status == RecommendationStatus::Unavailable {
+                            r.unavailable += 1;
+                        } else {
+                            warn!(vehicle = answer.vehicle_id, ?status, reason = ?rec.reason, "no usable station in the answer");
+                        }
+                        r.fallbacks += 1;
+                        let s = sim.nearest(v);
+                        sim.send_to(v, s, None);
+                    }
+                }
+            }
+            // Requests nobody answered in time: ask once more, then fall back.
+            let now = Instant::now();
+            let late: Vec<usize> = pending
+                .iter()
+                .filter(|(_, p)| now.duration_since(p.sent) > opts.answer_timeout)
+                .map(|(&v, _)| v)
+                .collect();
+            for v in late {
+                r.timeouts += 1;
+                let retried = pending.get(&v).is_some_and(|p| p.retried);
+                if retried || matches!(sim.vehicles[v].phase, Phase::Stranded) {
+                    pending.remove(&v);
+                    if !matches!(sim.vehicles[v].phase, Phase::Stranded) {
+                        r.fallbacks += 1;
+                        let s = sim.nearest(v);
+                        sim.send_to(v, s, None);
+                    }
+                } else {
+                    request_seq += 1;
+                    let id = send_request(net, &sim, v, request_seq);
+                    pending.insert(v, Pending { request_id: id, sent: Instant::now(), retried: true });
+                }
+            }
+        }
+
+        sim.step(dt);
+
+        let events = std::mem::take(&mut sim.outbox);
+        for event in events {
+            match event {
+                Event::NeedStation(v) => {
+                    r.requests += 1;
+                    match strategy {
+                        Strategy::Fog => {
+                            if let Some(net) = opts.net.as_deref() {
+                                request_seq += 1;
+                                let id = send_request(net, &sim, v, request_seq);
+                                pending.insert(v, Pending { request_id: id, sent: Instant::now(), retried: false });
+                            }
+                        }
+                        Strategy::Nearest | Strategy::LeastQueue => {
+                            let s = if strategy == Strategy::Nearest {
+                                sim.reachable(v)
+                                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                                    .map(|(s, _)| s)
+                                    .unwrap_or_else(|| sim.nearest(v))
+                            } else {
+                                sim.least_queue(v)
+                            };
+                            r.answered += 1;
+                            sim.send_to(v, s, None);
+                        }
+                    }
+                }
+                Event::StationChanged(s) => {
+                    if let Some(net) = opts.net.as_deref() {
+                        let (s, topic, payload) = status_message(&sim, s);
+                        net.station_publish(s, &topic, &payload);
+                    }
+                }
+                Event::Arrived { vehicle, reservation } => {
+                    if let Some(net) = opts.net.as_deref() {
+                        let update = ReservationUpdate {
+                            v: 1,
+                            reservation_id: reservation.id.clone(),
+                            action: ReservationAction::Arrived,
+                        };
+                        let topic = topics::reservation(&reservation.region, &world.vehicles[vehicle].id);
+                        net.fleet_publish(&reservation.region, &topic, &protocol::encode(&update), 1);
+                    }
+                }
+                Event::Telemetry(v) => {
+                    if let Some(net) = opts.net.as_deref() {
+                        let veh = &sim.vehicles[v];
+                        let region = &world.regions.areas[world.regions.locate(veh.lat, veh.lon)].id;
+                        let msg = Telemetry {
+                            v: 1,
+                            lat: veh.lat,
+                            lon: veh.lon,
+                            soc: veh.soc.clamp(0.0, 1.0),
+                            speed_kmh: Some(world.vehicles[v].speed_kmh),
+                            ts_ms: Some(sim.now_ms as u64),
+                        };
+                        let topic = topics::telemetry(region, &world.vehicles[v].id);
+                        net.fleet_publish(region, &topic, &protocol::encode(&msg), 0);
+                    }
+                }
+                Event::Stranded(v) => {
+                    pending.remove(&v);
+                    info!(vehicle = world.vehicles[v].id, "stranded");
+                }
+            }
+        }
+        if k % 64 == 0 || k == steps {
+            progress.set_position(k);
+            let elapsed_h = (sim.now_ms - start_ms) / 3_600_000.0;
+            progress.set_message(format!(
+                "{elapsed_h:.2}/{:.1} h, requests {}, stranded {}",
+                world.scenario.hours, r.requests, sim.tally.stranded
+            ));
+        }
+    }
+    progress.finish_and_clear();
+
+    r.wall_s = wall_start.elapsed().as_secs_f64();
+    r.max_lag_s = max_lag_ms / 1000.0;
+    if strategy == Strategy::Fog {
+        r.rtt_ms = Some(report::rtt(rtts));
+    }
+    let mut waits: Vec<f64> = sim.tally.waits_ms.iter().map(|w| w / 1000.0).collect();
+    waits.extend(sim.open_waits_ms().map(|w| w / 1000.0));
+    r.wait_s = report::wait(waits);
+    r.stranded = sim.tally.stranded;
+    r.arrivals = sim.tally.arrivals;
+    r.charged = sim.tally.sessions_done;
+    let (queued, charging) = sim.at_stations();
+    r.queued_at_end = queued as u32;
+    r.charging_at_end = charging as u32;
+    r.overbooked = sim.tally.overbooked;
+    let duration_ms = sim.now_ms - start_ms;
+    r.utilisation = report::utilisation(
+        sim.stations
+            .iter()
+            .zip(&world.stations)
+            .map(|(s, spec)| s.busy_ms / (duration_ms * f64::from(spec.chargers)))
+            .collect(),
+    );
+    if let Some(net) = opts.net.as_deref() {
+        r.messages = net.messages() - messages_before;
+        r.msgs_per_s = r.messages as f64 / r.wall_s.max(1e-9);
+    }
+    Ok(r)
+}
+
+/// Publishes a charge request for vehicle `v` on the broker of the region it is in.
+fn send_request(net: &Net, sim: &Sim<'_>, v: usize, seq: u64) -> String {
+    let world = sim.world;
+    let (veh, spec) = (&sim.vehicles[v], &world.vehicles[v]);
+    let region = &world.regions.areas[world.regions.locate(veh.lat, veh.lon)].id;
+    let request_id = format!("r{seq}");
+    let req = ChargeRequest {
+        v: 1,
+        request_id: request_id.clone(),
+        lat: veh.lat,
+        lon: veh.lon,
+        soc: veh.soc.clamp(0.0, 1.0),
+        battery_kwh: spec.battery_kwh,
+        kwh_per_km: spec.kwh_per_km,
+        target_soc: world.scenario.target_soc,
+        ts_ms: Some(sim.now_ms as u64),
+    };
+    let topic = topics::request(region, &spec.id);
+    net.fleet_publish(region, &topic, &protocol::encode(&req), 1);
+    request_id
+}
+
+fn status_message(sim: &Sim<'_>, s: usize) -> (usize, String, Vec<u8>) {
+    let spec = &sim.world.stations[s];
+    let st = &sim.stations[s];
+    let region = &sim.world.regions.areas[spec.region].id;
+    let msg = station_status(&spec.id, spec, st.charging.len(), st.queue.len(), sim.now_ms as u64);
+    (s, topics::station_status(region, &spec.id), protocol::encode(&msg))
+}
