@@ -136,7 +136,9 @@ fn parse_brokers(s: &str) -> Result<BrokerList, String> {
             .ok_or_else(|| format!("{item:?}: expected region=tcp://host:port"))?;
         protocol::validate_id("region", region).map_err(|e| e.to_string())?;
         if !url.contains("://") {
-            return Err(format!("{item:?}: the broker must look like tcp://host:port"));
+            return Err(format!(
+                "{item:?}: the broker must look like tcp://host:port"
+            ));
         }
         map.insert(region.to_owned(), url.to_owned());
     }
@@ -154,7 +156,9 @@ impl Config {
             "--speed must be a positive number"
         );
         if self.offline && self.strategy.0.contains(&Strategy::Fog) {
-            bail!("--offline runs only the nearest and least-queue strategies (the fog strategy needs brokers): add --strategy nearest,least-queue");
+            bail!(
+                "--offline runs only the nearest and least-queue strategies (the fog strategy needs brokers): add --strategy nearest,least-queue"
+            );
         }
         if self.is_external() && self.speed != 1.0 && self.clock_epoch_ms.is_none() {
             bail!(
@@ -176,9 +180,15 @@ impl Config {
         };
         if let Some(BrokerList(brokers)) = &self.brokers {
             for (region, url) in brokers {
-                let r = t.regions.iter_mut().find(|r| &r.id == region).with_context(|| {
-                    format!("--brokers names region {region:?}, which the topology does not have")
-                })?;
+                let r = t
+                    .regions
+                    .iter_mut()
+                    .find(|r| &r.id == region)
+                    .with_context(|| {
+                        format!(
+                            "--brokers names region {region:?}, which the topology does not have"
+                        )
+                    })?;
                 let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
                 let (host, port) = rest
                     .rsplit_once(':')
@@ -213,6 +223,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report> 
                 answer_timeout,
                 progress,
                 shutdown: shutdown.clone(),
+                settle: run::Settle::No,
             };
             let r = run::run(&world, strategy, opts).await?;
             report.order.push(strategy.name().into());
@@ -225,7 +236,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report> 
     let brokers = if external {
         None
     } else {
-        eprintln!("starting the local topology: a central broker and {} regional brokers (Mosquitto), fog servers and central", topology.regions.len());
+        eprintln!(
+            "starting the local topology: a central broker and {} regional brokers (Mosquitto), fog servers and central",
+            topology.regions.len()
+        );
         Some(LocalBrokers::start(&topology)?)
     };
     let topology = brokers.as_ref().map_or(topology, |b| b.topology.clone());
@@ -245,8 +259,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report> 
         .map(|s| (world.regions.areas[s.region].id.clone(), s.id.clone()))
         .collect();
 
+    let mut in_service: BTreeMap<String, u32> =
+        topology.regions.iter().map(|r| (r.id.clone(), 0)).collect();
+    for s in &world.stations {
+        *in_service
+            .entry(world.regions.areas[s.region].id.clone())
+            .or_default() += 1;
+    }
     for &strategy in &config.strategy.0 {
-        let epoch = config.clock_epoch_ms.filter(|_| external).unwrap_or_else(wall_ms);
+        let epoch = config
+            .clock_epoch_ms
+            .filter(|_| external)
+            .unwrap_or_else(wall_ms);
         let clock = Clock::scaled(epoch, config.speed);
         let servers = match &brokers {
             Some(_) => {
@@ -270,20 +294,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report> 
                     Err(e) => return Err(e),
                 };
                 if let Some(http) = servers.central_http {
-                    eprintln!("{}: central API http://{http}/api/regions (metrics: /metrics)", strategy.name());
+                    eprintln!(
+                        "{}: central API http://{http}/api/regions (metrics: /metrics)",
+                        strategy.name()
+                    );
                 }
                 Some(servers)
             }
             None => None,
         };
         let result = async {
-            let mut net = net::Net::connect(&net_brokers, &stations, strategy.name(), &shutdown).await?;
+            let mut net =
+                net::Net::connect(&net_brokers, &stations, strategy.name(), &shutdown).await?;
+            let settle = match &servers {
+                Some(servers) => {
+                    run::Settle::Until(Box::new(|| servers.lists_stations(&in_service)))
+                }
+                // Existing servers: two aggregate periods for the stations to reach central.
+                None => run::Settle::For(Duration::from_secs(4)),
+            };
             let opts = run::RunOptions {
                 clock: Some(clock),
                 net: Some(&mut net),
                 answer_timeout,
                 progress,
                 shutdown: shutdown.clone(),
+                settle,
             };
             let r = run::run(&world, strategy, opts).await;
             net.close().await;

@@ -99,7 +99,9 @@ impl Net {
                                 received: now,
                             });
                         }
-                        Err(e) => warn!(topic = msg.topic(), error = %e, "undecodable recommendation"),
+                        Err(e) => {
+                            warn!(topic = msg.topic(), error = %e, "undecodable recommendation")
+                        }
                     }
                 }
             });
@@ -196,7 +198,10 @@ impl Net {
     }
 
     /// Publishes every station's status and waits until the broker has them all.
-    pub async fn station_publish_confirmed(&self, messages: Vec<(usize, String, Vec<u8>)>) -> Result<()> {
+    pub async fn station_publish_confirmed(
+        &self,
+        messages: Vec<(usize, String, Vec<u8>)>,
+    ) -> Result<()> {
         let mut set = JoinSet::new();
         for (station, topic, payload) in messages {
             let Some(p) = self.stations.get(station).cloned() else {

@@ -154,7 +154,11 @@ impl Report {
             ("charged", |r| Some(r.charged.into()), 0),
             ("queued at end", |r| Some(r.queued_at_end.into()), 0),
             ("utilisation mean", |r| Some(r.utilisation.mean), 3),
-            ("utilisation p10-p90", |r| Some(r.utilisation.p90 - r.utilisation.p10), 3),
+            (
+                "utilisation p10-p90",
+                |r| Some(r.utilisation.p90 - r.utilisation.p10),
+                3,
+            ),
             ("utilisation spread (cv)", |r| Some(r.utilisation.cv), 4),
             ("messages / s", |r| Some(r.msgs_per_s), 5),
             ("wall time (s)", |r| Some(r.wall_s), 5),
@@ -227,13 +231,23 @@ mod tests {
             order: vec!["fog".into(), "nearest".into()],
         };
         let j = serde_json::to_value(&r).unwrap();
-        for key in ["requests", "answered", "wait_s", "stranded", "rerouted", "msgs_per_s"] {
+        for key in [
+            "requests",
+            "answered",
+            "wait_s",
+            "stranded",
+            "rerouted",
+            "msgs_per_s",
+        ] {
             assert!(j["strategies"]["fog"].get(key).is_some(), "{key}");
         }
         assert!(j["strategies"]["fog"]["rtt_ms"]["p99"].is_number());
         assert!(j["strategies"]["nearest"]["rtt_ms"].is_null());
         assert!(j["strategies"]["fog"]["wait_s"]["p95"].is_number());
         let table = r.table();
-        assert!(table.contains("fog") && table.contains("nearest"), "{table}");
+        assert!(
+            table.contains("fog") && table.contains("nearest"),
+            "{table}"
+        );
     }
 }

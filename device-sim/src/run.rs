@@ -55,6 +55,18 @@ pub struct RunOptions<'a> {
     pub answer_timeout: Duration,
     pub progress: bool,
     pub shutdown: CancellationToken,
+    /// After the stations announced themselves: how to know the servers have them.
+    pub settle: Settle<'a>,
+}
+
+/// How a run waits, after the stations' first status, before the first vehicle moves.
+pub enum Settle<'a> {
+    /// Not at all (no servers).
+    No,
+    /// Until this holds (polled every 20 ms, at most 30 s).
+    Until(Box<dyn Fn() -> bool + Send + Sync + 'a>),
+    /// This long (servers that cannot be asked).
+    For(Duration),
 }
 
 struct Pending {
@@ -64,15 +76,19 @@ struct Pending {
 }
 
 /// Runs `strategy` over `world` from its start to `scenario.hours` later.
-pub async fn run(world: &World, strategy: Strategy, mut opts: RunOptions<'_>) -> Result<StrategyReport> {
+pub async fn run(
+    world: &World,
+    strategy: Strategy,
+    mut opts: RunOptions<'_>,
+) -> Result<StrategyReport> {
     anyhow::ensure!(
         strategy != Strategy::Fog || opts.net.is_some(),
         "the fog strategy needs brokers and fog servers"
     );
-    let start_ms = opts.clock.as_ref().map_or(0.0, Clock::now_ms_f64).floor();
+    let now = |clock: &Option<Clock>| clock.as_ref().map_or(0.0, Clock::now_ms_f64).floor();
     let dt = world.scenario.step_s * 1000.0;
     let steps = (world.scenario.duration_ms() / dt).ceil() as u64;
-    let mut sim = Sim::new(world, start_ms);
+    let mut sim = Sim::new(world, now(&opts.clock));
     let vehicle_index: HashMap<&str, usize> = world
         .vehicles
         .iter()
@@ -98,6 +114,23 @@ pub async fn run(world: &World, strategy: Strategy, mut opts: RunOptions<'_>) ->
     if let Some(net) = opts.net.as_deref() {
         net.station_publish_confirmed(initial).await?;
     }
+    match &opts.settle {
+        Settle::No => {}
+        Settle::For(d) => tokio::time::sleep(*d).await,
+        Settle::Until(ready) => {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !ready() {
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "the servers did not list every station within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // The world starts now, on the shared clock.
+    let start_ms = now(&opts.clock);
+    let mut sim = Sim::new(world, start_ms);
 
     let progress = if opts.progress {
         let bar = ProgressBar::new(steps);
@@ -163,7 +196,10 @@ pub async fn run(world: &World, strategy: Strategy, mut opts: RunOptions<'_>) ->
                     .as_ref()
                     .and_then(|st| station_index.get(st.station_id.as_str()).map(|&i| (i, st)));
                 match (rec.status, station) {
-                    (RecommendationStatus::Assigned | RecommendationStatus::Rerouted, Some((s, st))) => {
+                    (
+                        RecommendationStatus::Assigned | RecommendationStatus::Rerouted,
+                        Some((s, st)),
+                    ) => {
                         if rec.status == RecommendationStatus::Rerouted {
                             r.rerouted += 1;
                         }
@@ -205,7 +241,14 @@ pub async fn run(world: &World, strategy: Strategy, mut opts: RunOptions<'_>) ->
                 } else {
                     request_seq += 1;
                     let id = send_request(net, &sim, v, request_seq);
-                    pending.insert(v, Pending { request_id: id, sent: Instant::now(), retried: true });
+                    pending.insert(
+                        v,
+                        Pending {
+                            request_id: id,
+                            sent: Instant::now(),
+                            retried: true,
+                        },
+                    );
                 }
             }
         }
@@ -222,7 +265,14 @@ pub async fn run(world: &World, strategy: Strategy, mut opts: RunOptions<'_>) ->
                             if let Some(net) = opts.net.as_deref() {
                                 request_seq += 1;
                                 let id = send_request(net, &sim, v, request_seq);
-                                pending.insert(v, Pending { request_id: id, sent: Instant::now(), retried: false });
+                                pending.insert(
+                                    v,
+                                    Pending {
+                                        request_id: id,
+                                        sent: Instant::now(),
+                                        retried: false,
+                                    },
+                                );
                             }
                         }
                         Strategy::Nearest | Strategy::LeastQueue => {
@@ -245,21 +295,31 @@ pub async fn run(world: &World, strategy: Strategy, mut opts: RunOptions<'_>) ->
                         net.station_publish(s, &topic, &payload);
                     }
                 }
-                Event::Arrived { vehicle, reservation } => {
+                Event::Arrived {
+                    vehicle,
+                    reservation,
+                } => {
                     if let Some(net) = opts.net.as_deref() {
                         let update = ReservationUpdate {
                             v: 1,
                             reservation_id: reservation.id.clone(),
                             action: ReservationAction::Arrived,
                         };
-                        let topic = topics::reservation(&reservation.region, &world.vehicles[vehicle].id);
-                        net.fleet_publish(&reservation.region, &topic, &protocol::encode(&update), 1);
+                        let topic =
+                            topics::reservation(&reservation.region, &world.vehicles[vehicle].id);
+                        net.fleet_publish(
+                            &reservation.region,
+                            &topic,
+                            &protocol::encode(&update),
+                            1,
+                        );
                     }
                 }
                 Event::Telemetry(v) => {
                     if let Some(net) = opts.net.as_deref() {
                         let veh = &sim.vehicles[v];
-                        let region = &world.regions.areas[world.regions.locate(veh.lat, veh.lon)].id;
+                        let region =
+                            &world.regions.areas[world.regions.locate(veh.lat, veh.lon)].id;
                         let msg = Telemetry {
                             v: 1,
                             lat: veh.lat,
@@ -288,6 +348,33 @@ pub async fn run(world: &World, strategy: Strategy, mut opts: RunOptions<'_>) ->
         }
     }
     progress.finish_and_clear();
+
+    // Answers still on their way count (the world is over: they are not applied).
+    if let Some(net) = opts.net.as_deref_mut() {
+        let deadline = tokio::time::Instant::now() + opts.answer_timeout;
+        while !pending.is_empty() {
+            let answer = tokio::select! {
+                a = net.answers.recv() => a,
+                _ = tokio::time::sleep_until(deadline) => None,
+            };
+            let Some(answer) = answer else { break };
+            let Some(&v) = vehicle_index.get(answer.vehicle_id.as_str()) else {
+                continue;
+            };
+            if pending
+                .get(&v)
+                .is_some_and(|p| p.request_id == answer.recommendation.request_id)
+            {
+                let p = pending.remove(&v).expect("present");
+                rtts.push(answer.received.duration_since(p.sent).as_secs_f64() * 1000.0);
+                r.answered += 1;
+                if answer.recommendation.status == RecommendationStatus::Rerouted {
+                    r.rerouted += 1;
+                }
+            }
+        }
+        r.timeouts += pending.len() as u32;
+    }
 
     r.wall_s = wall_start.elapsed().as_secs_f64();
     r.max_lag_s = max_lag_ms / 1000.0;
@@ -345,6 +432,16 @@ fn status_message(sim: &Sim<'_>, s: usize) -> (usize, String, Vec<u8>) {
     let spec = &sim.world.stations[s];
     let st = &sim.stations[s];
     let region = &sim.world.regions.areas[spec.region].id;
-    let msg = station_status(&spec.id, spec, st.charging.len(), st.queue.len(), sim.now_ms as u64);
-    (s, topics::station_status(region, &spec.id), protocol::encode(&msg))
+    let msg = station_status(
+        &spec.id,
+        spec,
+        st.charging.len(),
+        st.queue.len(),
+        sim.now_ms as u64,
+    );
+    (
+        s,
+        topics::station_status(region, &spec.id),
+        protocol::encode(&msg),
+    )
 }

@@ -192,7 +192,11 @@ impl<'w> Sim<'w> {
             let used = moved_km * scenario.road_factor * spec.kwh_per_km / spec.battery_kwh;
             if used >= v.soc {
                 // Runs dry part of the way.
-                let f = if line_km > 0.0 { v.soc / used * moved_km / line_km } else { 0.0 };
+                let f = if line_km > 0.0 {
+                    v.soc / used * moved_km / line_km
+                } else {
+                    0.0
+                };
                 v.lat += (target.0 - v.lat) * f;
                 v.lon += (target.1 - v.lon) * f;
                 v.soc = 0.0;
@@ -241,7 +245,10 @@ impl<'w> Sim<'w> {
                 _ => {}
             }
             let v = &mut self.vehicles[i];
-            if telemetry_ms > 0.0 && now >= v.next_telemetry_ms && !matches!(v.phase, Phase::Stranded) {
+            if telemetry_ms > 0.0
+                && now >= v.next_telemetry_ms
+                && !matches!(v.phase, Phase::Stranded)
+            {
                 v.next_telemetry_ms += telemetry_ms;
                 self.outbox.push(Event::Telemetry(i));
             }
@@ -304,7 +311,10 @@ impl<'w> Sim<'w> {
 
     /// Sends vehicle `v` to station `s` (with a reservation, if the fog made one).
     pub fn send_to(&mut self, v: usize, s: usize, reservation: Option<Reservation>) {
-        if matches!(self.vehicles[v].phase, Phase::Stranded | Phase::AtStation { .. }) {
+        if matches!(
+            self.vehicles[v].phase,
+            Phase::Stranded | Phase::AtStation { .. }
+        ) {
             return;
         }
         if self.road_km(v, s) > self.range_km(v) / (1.0 - self.world.scenario.safety_margin) {
@@ -352,7 +362,11 @@ impl<'w> Sim<'w> {
             (st.queue.len() as i64, -free, d)
         };
         self.reachable(v)
-            .min_by(|a, b| key(a.0, a.1).partial_cmp(&key(b.0, b.1)).unwrap_or(std::cmp::Ordering::Equal))
+            .min_by(|a, b| {
+                key(a.0, a.1)
+                    .partial_cmp(&key(b.0, b.1))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
             .map(|(s, _)| s)
             .unwrap_or_else(|| self.nearest(v))
     }
@@ -470,7 +484,11 @@ mod tests {
         for _ in 0..600 {
             sim.step(1000.0);
         }
-        let asks = sim.outbox.iter().filter(|e| matches!(e, Event::NeedStation(0))).count();
+        let asks = sim
+            .outbox
+            .iter()
+            .filter(|e| matches!(e, Event::NeedStation(0)))
+            .count();
         assert_eq!(asks, 1);
         let reservation = Reservation {
             region: "r".into(),

@@ -112,13 +112,19 @@ impl Scenario {
             ("--min-start-soc", self.min_start_soc),
             ("--hotspot-share", self.hotspot_share),
         ] {
-            ensure!((0.0..=1.0).contains(&v), "{flag} must be in [0, 1], got {v}");
+            ensure!(
+                (0.0..=1.0).contains(&v),
+                "{flag} must be in [0, 1], got {v}"
+            );
         }
         ensure!(
             self.target_soc > self.soc_threshold,
             "--target-soc must be above --soc-threshold"
         );
-        ensure!(self.min_start_soc < 0.9, "--min-start-soc must be below 0.9");
+        ensure!(
+            self.min_start_soc < 0.9,
+            "--min-start-soc must be below 0.9"
+        );
         ensure!(
             self.road_factor.is_finite() && self.road_factor >= 1.0,
             "--road-factor must be at least 1"
@@ -186,7 +192,10 @@ impl RegionArea {
     }
 
     pub fn center(&self) -> (f64, f64) {
-        ((self.bbox[0] + self.bbox[2]) / 2.0, (self.bbox[1] + self.bbox[3]) / 2.0)
+        (
+            (self.bbox[0] + self.bbox[2]) / 2.0,
+            (self.bbox[1] + self.bbox[3]) / 2.0,
+        )
     }
 }
 
@@ -311,8 +320,7 @@ impl World {
                 "cannot place {} stations in this topology",
                 scenario.stations
             );
-            let (lat, lon) = if overload.is_some() && stations.len() < scenario.overload_stations
-            {
+            let (lat, lon) = if overload.is_some() && stations.len() < scenario.overload_stations {
                 // The overloaded region's few stations, at its edge away from the demand.
                 let area = &regions.areas[overload.unwrap_or(0)];
                 uniform_point(&mut rng, &area.bbox)

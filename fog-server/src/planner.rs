@@ -42,10 +42,12 @@ pub struct PlannerParams {
     /// station waits longer is saturated for that request.
     #[arg(long, env = "FOG_MAX_WAIT_S", default_value_t = 1800)]
     pub max_wait_s: u32,
-    /// Typical charging session of a vehicle already at a station, seconds (a charging
-    /// vehicle is assumed to be half-way through one).
-    #[arg(long, env = "FOG_SESSION_S", default_value_t = 1800)]
-    pub session_s: u32,
+    /// Typical energy of the charging session of a vehicle already at a station, kWh:
+    /// such a session lasts `session_kwh / power_kw` hours at that station (a charging
+    /// vehicle is assumed to be half-way through one). 40 kWh is a 70 kWh battery from
+    /// about 25% to 80%.
+    #[arg(long, env = "FOG_SESSION_KWH", default_value_t = 40.0)]
+    pub session_kwh: f64,
     /// Most candidates examined per request (nearest first).
     #[arg(long, env = "FOG_MAX_CANDIDATES", default_value_t = 256)]
     pub max_candidates: usize,
@@ -59,7 +61,7 @@ impl Default for PlannerParams {
             safety_margin: 0.1,
             reservation_grace_s: 600,
             max_wait_s: 1800,
-            session_s: 1800,
+            session_kwh: 40.0,
             max_candidates: 256,
         }
     }
@@ -71,6 +73,7 @@ impl PlannerParams {
         let positive = [
             ("road-factor", self.road_factor),
             ("avg-speed-kmh", self.avg_speed_kmh),
+            ("session-kwh", self.session_kwh),
         ];
         for (name, value) in positive {
             if !(value.is_finite() && value > 0.0) {
@@ -178,7 +181,7 @@ impl Planner {
 
     /// Predicted wait, seconds, for a vehicle arriving `eta_s` from `now_ms`.
     pub fn expected_wait_s(&self, slot: Slot, station: &Station, now_ms: u64, eta_s: f64) -> f64 {
-        let session = f64::from(self.params.session_s);
+        let session = self.params.session_kwh / station.power_kw.max(f64::MIN_POSITIVE) * 3600.0;
         // Times below are seconds from now at which each charger becomes free.
         let mut free: BinaryHeap<Reverse<OrdF64>> = (0..station.chargers)
             .map(|i| {

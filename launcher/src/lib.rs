@@ -203,10 +203,7 @@ impl LocalServers {
     async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let fogs_ready = self
-                .fogs
-                .values()
-                .all(|f| f.server.shared.readiness().0);
+            let fogs_ready = self.fogs.values().all(|f| f.server.shared.readiness().0);
             let fresh = {
                 let regions = self.central.shared.regions();
                 let now = std::time::Instant::now();
@@ -225,6 +222,17 @@ impl LocalServers {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Whether central's latest aggregate of every region counts exactly `stations`
+    /// stations in service (so the fogs and central both know them).
+    pub fn lists_stations(&self, stations: &BTreeMap<String, u32>) -> bool {
+        let regions = self.central.shared.regions();
+        stations.iter().all(|(id, n)| {
+            regions
+                .get(id)
+                .is_some_and(|s| s.aggregate.stations_in_service == *n)
+        })
     }
 
     /// Stops every server gracefully and waits for them.

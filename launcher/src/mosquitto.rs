@@ -199,7 +199,10 @@ impl MosquittoConfig {
     pub fn render(&self, port: u16, dir: &Path) -> String {
         if let Some(template) = &self.template {
             let mut conf = String::new();
-            let _ = writeln!(conf, "# fogcharge launcher: logging, then the template's config");
+            let _ = writeln!(
+                conf,
+                "# fogcharge launcher: logging, then the template's config"
+            );
             let _ = writeln!(conf, "user root");
             let _ = writeln!(conf, "log_dest file {}/mosquitto.log", dir.display());
             let _ = writeln!(conf, "log_timestamp_format %Y-%m-%dT%H:%M:%S");

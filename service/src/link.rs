@@ -103,7 +103,11 @@ impl Link {
             .create_client()
             .with_context(|| format!("invalid broker url {:?}", settings.url))?;
         // The channel is allocated up front: small for a client that only publishes.
-        let capacity = if subscriptions.is_empty() { 16 } else { 100_000 };
+        let capacity = if subscriptions.is_empty() {
+            16
+        } else {
+            100_000
+        };
         let stream = client.get_stream(capacity);
         // The builder is not `Send`: keep it out of the awaits below.
         let connect_opts = {

@@ -1,0 +1,266 @@
+//! device-sim end to end: the local topology it starts itself (real Mosquitto brokers
+//! bridged to a central one, fog servers, central), the strategies compared on one
+//! world, and the report's bookkeeping.
+
+use std::path::Path;
+
+use clap::Parser;
+use device_sim::{Config, Report, StrategyReport};
+use tokio_util::sync::CancellationToken;
+use topology::{Bounds, Topology};
+
+/// Three regions side by side at the equator, each ~13 × 33 km, on free ports.
+fn three_regions(dir: &Path) -> std::path::PathBuf {
+    let band = |i: u32| Bounds {
+        min_lat: -0.15,
+        min_lon: f64::from(i) * 0.12,
+        max_lat: 0.15,
+        max_lon: f64::from(i + 1) * 0.12,
+    };
+    let ports: Vec<u16> = (0..4).map(|_| testkit::free_port().unwrap()).collect();
+    let t = Topology::local(
+        "sim-test",
+        &[("west", band(0)), ("middle", band(1)), ("east", band(2))],
+        ports[0],
+        &ports[1..],
+    )
+    .unwrap();
+    let path = dir.join("topology.toml");
+    std::fs::write(&path, t.to_toml()).unwrap();
+    path
+}
+
+fn config(topology: &Path, args: &[&str]) -> Config {
+    let mut all = vec![
+        "device-sim",
+        "--topology",
+        topology.to_str().unwrap(),
+        "--start-local",
+        "--central-http",
+        "127.0.0.1:0",
+        "--no-progress",
+        "--stations",
+        "30",
+        "--vehicles",
+        "300",
+        "--hours",
+        "2",
+        "--speed",
+        "600",
+    ];
+    all.extend_from_slice(args);
+    Config::parse_from(all)
+}
+
+async fn run(config: Config) -> Report {
+    testkit::init_tracing();
+    device_sim::run(config, CancellationToken::new())
+        .await
+        .expect("the simulation runs")
+}
+
+/// Bookkeeping that must hold for every strategy.
+fn check_invariants(name: &str, r: &StrategyReport) {
+    assert_eq!(
+        r.overbooked, 0,
+        "{name}: a station charged more than its chargers"
+    );
+    assert_eq!(
+        r.arrivals,
+        r.charged + r.queued_at_end + r.charging_at_end,
+        "{name}: every vehicle that arrived charged or is still at the station: {r:?}"
+    );
+    assert!(r.answered <= r.requests + r.timeouts, "{name}: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_demand_hotspot_the_fog_strategy_waits_less_than_the_naive_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = three_regions(dir.path());
+    let json = dir.path().join("report.json");
+    let report = run(config(
+        &topology,
+        &[
+            "--hotspot-share",
+            "0.5",
+            "--hotspot",
+            "0.0,0.18",
+            "--report-json",
+            json.to_str().unwrap(),
+        ],
+    ))
+    .await;
+    println!("{}", report.table());
+    assert_eq!(report.order, ["fog", "nearest", "least-queue"]);
+    for (name, r) in &report.strategies {
+        check_invariants(name, r);
+        assert!(
+            r.requests > 50,
+            "{name}: too little demand to compare: {r:?}"
+        );
+        assert!(r.messages > 0, "{name}: the devices talked MQTT");
+    }
+    let fog = &report.strategies["fog"];
+    assert_eq!(
+        fog.answered, fog.requests,
+        "every request answered: {fog:?}"
+    );
+    assert_eq!(fog.timeouts, 0, "{fog:?}");
+    assert_eq!(fog.stranded, 0, "{fog:?}");
+    let rtt = fog.rtt_ms.expect("the fog strategy measures round trips");
+    assert!(
+        rtt.p50 > 0.0 && rtt.p50 <= rtt.p95 && rtt.p95 <= rtt.p99,
+        "{rtt:?}"
+    );
+    for naive in ["nearest", "least-queue"] {
+        let n = &report.strategies[naive];
+        assert!(
+            fog.wait_s.mean < n.wait_s.mean,
+            "mean wait: fog {:.0} s vs {naive} {:.0} s",
+            fog.wait_s.mean,
+            n.wait_s.mean
+        );
+        assert!(
+            fog.wait_s.p95 < n.wait_s.p95,
+            "p95 wait: fog {:.0} s vs {naive} {:.0} s",
+            fog.wait_s.p95,
+            n.wait_s.p95
+        );
+        assert!(n.rtt_ms.is_none(), "{naive} asks nobody");
+    }
+    // The JSON report has the documented shape.
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let f = &j["strategies"]["fog"];
+    for key in ["requests", "answered", "stranded", "rerouted", "msgs_per_s"] {
+        assert!(f[key].is_number(), "{key} in {f}");
+    }
+    for key in ["p50", "p95", "p99"] {
+        assert!(f["rtt_ms"][key].is_number(), "rtt_ms.{key} in {f}");
+    }
+    for key in ["mean", "p95", "max"] {
+        assert!(f["wait_s"][key].is_number(), "wait_s.{key} in {f}");
+    }
+    assert!(j["strategies"]["least-queue"]["wait_s"]["mean"].is_number());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_region_is_relieved_by_reroutes_and_nobody_is_stranded() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = three_regions(dir.path());
+    let report = run(config(
+        &topology,
+        &[
+            "--strategy",
+            "fog,nearest",
+            "--overload-region",
+            "east",
+            "--overload-stations",
+            "1",
+            "--hotspot-share",
+            "0.6",
+        ],
+    ))
+    .await;
+    println!("{}", report.table());
+    let fog = &report.strategies["fog"];
+    let nearest = &report.strategies["nearest"];
+    check_invariants("fog", fog);
+    check_invariants("nearest", nearest);
+    assert_eq!(fog.answered, fog.requests, "{fog:?}");
+    assert!(
+        fog.rerouted > 0,
+        "the saturated region sent vehicles elsewhere: {fog:?}"
+    );
+    assert_eq!(fog.stranded, 0, "{fog:?}");
+    assert!(
+        nearest.stranded > 0 || nearest.wait_s.mean > 2.0 * fog.wait_s.mean.max(60.0),
+        "nearest strands vehicles or queues far longer: fog {fog:?} nearest {nearest:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_same_seed_gives_the_same_report_without_any_server() {
+    let args = |seed: &'static str| {
+        Config::parse_from([
+            "device-sim",
+            "--offline",
+            "--strategy",
+            "nearest",
+            "--no-progress",
+            "--seed",
+            seed,
+            "--vehicles",
+            "400",
+            "--stations",
+            "25",
+            "--hours",
+            "2",
+        ])
+    };
+    let a = device_sim::run(args("11"), CancellationToken::new())
+        .await
+        .unwrap();
+    let b = device_sim::run(args("11"), CancellationToken::new())
+        .await
+        .unwrap();
+    let c = device_sim::run(args("12"), CancellationToken::new())
+        .await
+        .unwrap();
+    // Wall-clock time is the only thing allowed to differ.
+    let strip = |mut r: Report| {
+        for s in r.strategies.values_mut() {
+            s.wall_s = 0.0;
+        }
+        r
+    };
+    let (a, b, c) = (strip(a), strip(b), strip(c));
+    assert_eq!(a, b);
+    assert_ne!(a, c, "another seed, another world");
+    let n = &a.strategies["nearest"];
+    check_invariants("nearest", n);
+    assert!(n.requests > 0 && n.charged > 0, "{n:?}");
+    assert_eq!(n.messages, 0, "offline: no broker involved");
+}
+
+#[tokio::test]
+async fn bad_configurations_are_refused_with_a_clear_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--offline", "--strategy", "fog"], "--offline"),
+        (&["--offline", "--target-soc", "0.1"], "--target-soc"),
+        (
+            &["--offline", "--strategy", "nearest", "--speed", "0"],
+            "--speed",
+        ),
+        (
+            &["--brokers", "nw=tcp://127.0.0.1:1", "--speed", "60"],
+            "--clock-epoch-ms",
+        ),
+        (
+            &[
+                "--offline",
+                "--strategy",
+                "nearest",
+                "--overload-region",
+                "atlantis",
+            ],
+            "atlantis",
+        ),
+    ];
+    for (args, expect) in cases {
+        let mut all = vec!["device-sim", "--no-progress"];
+        all.extend_from_slice(args);
+        let err = device_sim::run(Config::parse_from(all), CancellationToken::new())
+            .await
+            .expect_err("refused");
+        assert!(format!("{err:#}").contains(expect), "{args:?}: {err:#}");
+    }
+    for bad in [
+        &["device-sim", "--strategy", "fastest"][..],
+        &["device-sim", "--brokers", "nw"],
+        &["device-sim", "--brokers", "bad region=tcp://h:1"],
+        &["device-sim", "--hotspot", "95,0"],
+    ] {
+        assert!(Config::try_parse_from(bad).is_err(), "{bad:?}");
+    }
+}
