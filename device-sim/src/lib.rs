@@ -50,7 +50,7 @@ pub struct Config {
     pub strategy: StrategySet,
 
     /// Simulated seconds per real second. The servers run on the same time scale.
-    #[arg(long, env = "SIM_SPEED", default_value_t = 120.0)]
+    #[arg(long, env = "SIM_SPEED", default_value_t = 180.0)]
     pub speed: f64,
 
     /// The topology (regions and brokers) as TOML. Without `--brokers`, the brokers it
@@ -94,6 +94,11 @@ pub struct Config {
     /// then the vehicle drives to the nearest station.
     #[arg(long, env = "SIM_ANSWER_TIMEOUT_MS", default_value_t = 5000)]
     pub answer_timeout_ms: u64,
+
+    /// The binary that runs the local fog servers and central as `EXE fog-server …` and
+    /// `EXE central …` (default: this one).
+    #[arg(long, env = "SIM_SERVER_EXE", hide = true)]
+    pub server_exe: Option<PathBuf>,
 
     /// Write the report as JSON to this file.
     #[arg(long, env = "SIM_REPORT_JSON")]
@@ -274,31 +279,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report> 
         let clock = Clock::scaled(epoch, config.speed);
         let servers = match &brokers {
             Some(_) => {
+                let exe = match &config.server_exe {
+                    Some(p) => p.clone(),
+                    None => std::env::current_exe().context("locating this binary")?,
+                };
                 let settings = ServerSettings {
                     clock_speed: config.speed,
                     clock_epoch_ms: epoch,
-                    central_http: Some(config.central_http),
-                    fog_http: true,
-                    fog_tweak: None,
+                    central_http: config.central_http,
+                    ..ServerSettings::embedded(&exe)
                 };
-                let servers = match LocalServers::start(&topology, &settings).await {
-                    Ok(s) => s,
-                    Err(_) if config.central_http.port() != 0 => {
-                        // The HTTP port may be taken: any free one will do.
-                        let settings = ServerSettings {
-                            central_http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-                            ..settings
-                        };
-                        LocalServers::start(&topology, &settings).await?
-                    }
-                    Err(e) => return Err(e),
-                };
-                if let Some(http) = servers.central_http {
-                    eprintln!(
-                        "{}: central API http://{http}/api/regions (metrics: /metrics)",
-                        strategy.name()
-                    );
-                }
+                let servers = LocalServers::start(&topology, &settings).await?;
+                eprintln!(
+                    "{}: central API http://{}/api/regions (metrics: /metrics)",
+                    strategy.name(),
+                    servers.central_http()
+                );
                 Some(servers)
             }
             None => None,
@@ -308,7 +304,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report> 
                 net::Net::connect(&net_brokers, &stations, strategy.name(), &shutdown).await?;
             let settle = match &servers {
                 Some(servers) => {
-                    run::Settle::Until(Box::new(|| servers.lists_stations(&in_service)))
+                    run::Settle::Until(Box::new(|| Box::pin(servers.lists_stations(&in_service))))
                 }
                 // Existing servers: two aggregate periods for the stations to reach central.
                 None => run::Settle::For(Duration::from_secs(4)),

@@ -107,11 +107,12 @@ impl Net {
             });
         }
 
-        // Stations: one client each, connected a few hundred at a time.
-        let mut connecting = JoinSet::new();
-        let mut station_links: Vec<Option<Link>> = Vec::new();
-        station_links.resize_with(stations.len(), || None);
-        for (i, (region, id)) in stations.iter().enumerate() {
+        // Stations: one client each, connected one after another — paho.mqtt.c 1.3
+        // deadlocks its send and receive threads when hundreds of connects are in
+        // progress at once (the send thread blocks writing to its full wake-up socket
+        // while holding the lock the receive thread needs to drain it).
+        let mut station_links = Vec::with_capacity(stations.len());
+        for (region, id) in stations {
             let url = brokers
                 .urls
                 .get(region)
@@ -142,20 +143,13 @@ impl Net {
                     retain: true,
                 }),
             };
-            let shutdown = shutdown.clone();
-            connecting.spawn(async move {
-                let link = Link::connect(&settings, Vec::new(), &shutdown).await;
-                (i, link)
-            });
-            if connecting.len() >= 200 {
-                collect_one(&mut connecting, &mut station_links).await?;
-            }
-        }
-        while !connecting.is_empty() {
-            collect_one(&mut connecting, &mut station_links).await?;
+            let link = Link::connect(&settings, Vec::new(), &shutdown)
+                .await
+                .with_context(|| format!("connecting station {id}"))?;
+            station_links.push(link);
         }
         let mut station_publishers = Vec::with_capacity(stations.len());
-        for link in station_links.into_iter().flatten() {
+        for link in station_links {
             station_publishers.push(link.publisher());
             let link = Arc::new(tokio::sync::Mutex::new(link));
             links.push(link.clone());
@@ -224,28 +218,15 @@ impl Net {
     pub async fn close(mut self) {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
-        let mut set = JoinSet::new();
-        for link in self.links.drain(..) {
-            set.spawn(async move {
+        // One at a time: paho.mqtt.c deadlocks on hundreds of concurrent closes (see
+        // `connect`).
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            for link in self.links.drain(..) {
                 link.lock().await.disconnect().await;
-            });
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while set.join_next().await.is_some() {}
+            }
         })
         .await;
     }
-}
-
-async fn collect_one(
-    connecting: &mut JoinSet<(usize, Result<Link>)>,
-    out: &mut [Option<Link>],
-) -> Result<()> {
-    if let Some(joined) = connecting.join_next().await {
-        let (i, link) = joined.context("station connect task")?;
-        out[i] = Some(link.context("connecting a station")?);
-    }
-    Ok(())
 }
 
 /// A station's status message.

@@ -63,8 +63,15 @@ pub struct RunOptions<'a> {
 pub enum Settle<'a> {
     /// Not at all (no servers).
     No,
-    /// Until this holds (polled every 20 ms, at most 30 s).
-    Until(Box<dyn Fn() -> bool + Send + Sync + 'a>),
+    /// Until this holds (polled every 50 ms, at most 30 s).
+    Until(
+        Box<
+            dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>
+                + Send
+                + Sync
+                + 'a,
+        >,
+    ),
     /// This long (servers that cannot be asked).
     For(Duration),
 }
@@ -119,12 +126,12 @@ pub async fn run(
         Settle::For(d) => tokio::time::sleep(*d).await,
         Settle::Until(ready) => {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while !ready() {
+            while !ready().await {
                 anyhow::ensure!(
                     tokio::time::Instant::now() < deadline,
                     "the servers did not list every station within 30 s"
                 );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }

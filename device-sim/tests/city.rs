@@ -36,6 +36,8 @@ fn config(topology: &Path, args: &[&str]) -> Config {
         "--topology",
         topology.to_str().unwrap(),
         "--start-local",
+        "--server-exe",
+        env!("CARGO_BIN_EXE_device-sim"),
         "--central-http",
         "127.0.0.1:0",
         "--no-progress",
@@ -263,4 +265,187 @@ async fn bad_configurations_are_refused_with_a_clear_message() {
     ] {
         assert!(Config::try_parse_from(bad).is_err(), "{bad:?}");
     }
+}
+
+/// Every process whose command line mentions `needle`, except ourselves.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.chars().all(|c| c.is_ascii_digit()) || name == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(format!("{name}: {cmdline}"));
+        }
+    }
+    found
+}
+
+/// TCP ports in LISTEN state on this machine (IPv4).
+fn listening_ports() -> Vec<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state) = (fields.get(1)?, fields.get(3)?);
+            if *state != "0A" {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        })
+        .collect()
+}
+
+#[test]
+fn ctrl_c_stops_the_local_topology_and_leaves_no_process_behind() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let topology = three_regions(dir.path());
+    let t = Topology::load(&topology).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_device-sim"))
+        .args(["--topology", topology.to_str().unwrap(), "--start-local"])
+        .args(["--central-http", "127.0.0.1:0", "--no-progress"])
+        .args([
+            "--vehicles",
+            "200",
+            "--stations",
+            "20",
+            "--hours",
+            "5",
+            "--speed",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the topology runs (device-sim prints central's address).
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let started = Instant::now();
+    loop {
+        let line = lines
+            .next()
+            .expect("device-sim printed central's address")
+            .unwrap();
+        if line.contains("central API") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no start within 60 s"
+        );
+    }
+    let central_port = format!(":{}", t.central.port);
+    assert!(
+        !processes_mentioning(&format!("127.0.0.1{central_port}")).is_empty(),
+        "the servers run as processes"
+    );
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "device-sim did not stop within 30 s of Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!exit.success(), "an interrupted run says so: {exit}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("interrupted")),
+        "the reason is printed: {rest:?}"
+    );
+    // No broker, fog server or central is left: they mention the topology's ports.
+    let mut left = Vec::new();
+    for port in std::iter::once(t.central.port).chain(t.regions.iter().map(|r| r.broker.port)) {
+        left.extend(processes_mentioning(&format!("127.0.0.1:{port}")));
+    }
+    // Nor a broker: nothing listens on the topology's ports any more.
+    let listening = listening_ports();
+    for port in std::iter::once(t.central.port).chain(t.regions.iter().map(|r| r.broker.port)) {
+        if listening.contains(&port) {
+            left.push(format!("something still listens on port {port}"));
+        }
+    }
+    assert!(left.is_empty(), "orphans: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_against_brokers_and_servers_that_already_exist() {
+    testkit::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let topology = Topology::load(&three_regions(dir.path())).unwrap();
+    // Brokers and servers started by someone else, on a shared clock at 300x.
+    let brokers = launcher::LocalBrokers::start(&topology).unwrap();
+    let epoch = service::clock::wall_ms();
+    let settings = launcher::ServerSettings {
+        clock_speed: 300.0,
+        clock_epoch_ms: epoch,
+        ..launcher::ServerSettings::embedded(std::path::Path::new(env!("CARGO_BIN_EXE_device-sim")))
+    };
+    let servers = launcher::LocalServers::start(&brokers.topology, &settings)
+        .await
+        .unwrap();
+    let list: Vec<String> = brokers
+        .topology
+        .regions
+        .iter()
+        .map(|r| format!("{}={}", r.id, r.broker.url()))
+        .collect();
+    let topology_file = dir.path().join("topology.toml");
+    let config = Config::parse_from([
+        "device-sim",
+        "--topology",
+        topology_file.to_str().unwrap(),
+        "--brokers",
+        &list.join(","),
+        "--speed",
+        "300",
+        "--clock-epoch-ms",
+        &epoch.to_string(),
+        "--strategy",
+        "fog",
+        "--stations",
+        "20",
+        "--vehicles",
+        "200",
+        "--hours",
+        "1",
+        "--no-progress",
+    ]);
+    let report = device_sim::run(config, CancellationToken::new())
+        .await
+        .unwrap();
+    let fog = &report.strategies["fog"];
+    check_invariants("fog", fog);
+    assert!(fog.requests > 10, "{fog:?}");
+    assert_eq!(fog.answered, fog.requests, "{fog:?}");
+    assert_eq!(fog.timeouts, 0, "{fog:?}");
+    // The servers saw the simulated stations.
+    let regions = servers.regions().await;
+    let listed: u64 = regions
+        .values()
+        .filter_map(|r| r["aggregate"]["stations"].as_u64())
+        .sum();
+    assert_eq!(listed, 20, "{regions:?}");
+    servers.stop().await.unwrap();
 }

@@ -1,14 +1,14 @@
 //! Runs a fogcharge topology on this machine: a central Mosquitto and one per region,
 //! bridged with the configs the topology generator makes, a fog server per region and
-//! central — the brokers as child processes, the servers in this process, exactly as
-//! their binaries run them.
+//! central, all as child processes.
 //!
 //! - [`mosquitto`]: one broker process with its own temporary directory (config, log,
 //!   persistence), started when it answers MQTT, stopped or killed on drop, with a
 //!   watchdog so that no broker outlives its owner.
 //! - [`LocalBrokers`]: every broker of a [`Topology`] on `127.0.0.1`.
-//! - [`LocalServers`]: the fog servers and central on those brokers, sharing one clock
-//!   (`--clock-speed`/`--clock-epoch-ms`), stopped gracefully.
+//! - [`LocalServers`]: the fog servers and central on those brokers, each its own
+//!   process (so that no MQTT client library instance is shared), sharing one clock
+//!   (`--clock-speed`/`--clock-epoch-ms`), stopped gracefully with SIGTERM.
 //!
 //! `device-sim` uses it for its one-command local run; the tests use it through the
 //! test kit.
@@ -16,14 +16,21 @@
 #![forbid(unsafe_code)]
 
 pub mod mosquitto;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
-use tokio_util::sync::CancellationToken;
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
 use topology::{RenderOptions, Topology};
+
+use crate::process::Supervised;
 
 pub use mosquitto::{Mosquitto, MosquittoConfig, find_mosquitto, free_port};
 
@@ -96,156 +103,269 @@ fn usable_port(port: u16) -> Result<u16> {
 /// How [`LocalServers`] run.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
+    /// The command that runs a fog server, before its flags (e.g. `[fog-server]`, or
+    /// `[device-sim, fog-server]`).
+    pub fog_command: Vec<OsString>,
+    /// The command that runs central, before its flags.
+    pub central_command: Vec<OsString>,
     /// Clock speed shared by every server (1 = real time).
     pub clock_speed: f64,
     /// Wall instant from which the shared clock runs `clock_speed` times faster.
     pub clock_epoch_ms: u64,
-    /// Central's HTTP address (port 0: any free port); `None`: no HTTP.
-    pub central_http: Option<SocketAddr>,
-    /// Give every fog server an HTTP API on a free port.
-    pub fog_http: bool,
-    /// Adjusts each fog server's configuration before it starts.
-    pub fog_tweak: Option<fn(&mut fog_server::Config)>,
+    /// Central's HTTP address; a taken port is replaced by a free one.
+    pub central_http: SocketAddr,
+    /// More flags for every fog server (e.g. `--max-wait-s 900`).
+    pub fog_args: Vec<String>,
+    /// `RUST_LOG` of the servers (their logs go to files, quoted when one fails).
+    pub log_filter: String,
 }
 
-impl Default for ServerSettings {
-    fn default() -> Self {
+impl ServerSettings {
+    /// Servers run by `exe fog-server …` and `exe central …` (a binary that embeds
+    /// both, as `device-sim` does).
+    pub fn embedded(exe: &Path) -> Self {
         Self {
+            fog_command: vec![exe.into(), "fog-server".into()],
+            central_command: vec![exe.into(), "central".into()],
             clock_speed: 1.0,
-            clock_epoch_ms: service_wall_ms(),
-            central_http: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
-            fog_http: true,
-            fog_tweak: None,
+            clock_epoch_ms: 0,
+            central_http: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            fog_args: Vec::new(),
+            log_filter: "warn".into(),
         }
     }
 }
 
-fn service_wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+struct ServerProcess {
+    name: String,
+    http: SocketAddr,
+    process: Supervised,
 }
 
-/// A running fog server.
-pub struct LocalFog {
-    pub server: fog_server::FogServer,
-    pub http: Option<SocketAddr>,
-}
-
-/// The fog servers and central of a topology, in this process.
+/// The fog servers and central of a topology, each in its own process.
 pub struct LocalServers {
-    pub fogs: BTreeMap<String, LocalFog>,
-    pub central: central::Central,
-    pub central_http: Option<SocketAddr>,
-    shutdown: CancellationToken,
-    /// Cancels `shutdown` when dropped without [`stop`](Self::stop).
-    _guard: tokio_util::sync::DropGuard,
+    fogs: Vec<ServerProcess>,
+    central: ServerProcess,
+    logs: tempfile::TempDir,
+    http: reqwest::Client,
 }
 
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl LocalServers {
     /// Starts central and a fog server per region of `topology` (whose brokers must be
     /// running), and waits until every fog is ready and central holds a fresh aggregate
     /// of every region.
     pub async fn start(topology: &Topology, settings: &ServerSettings) -> Result<Self> {
-        let shutdown = CancellationToken::new();
-        let mut central_config = central::Config::new(&topology.central.url());
-        central_config.http = settings.central_http;
-        central_config.clock_speed = settings.clock_speed;
-        central_config.clock_epoch_ms = Some(settings.clock_epoch_ms);
-        let central = tokio::time::timeout(
-            START_TIMEOUT,
-            central::start(central_config, shutdown.child_token()),
-        )
-        .await
-        .context("central did not connect within 20 s")??;
-        let mut fogs = BTreeMap::new();
-        for region in &topology.regions {
-            let mut config = fog_server::Config::new(&region.id, &region.broker.url());
-            config.bounds = region.bounds.map(|b| fog_server::config::Bounds {
-                min_lat: b.min_lat,
-                min_lon: b.min_lon,
-                max_lat: b.max_lat,
-                max_lon: b.max_lon,
-            });
-            config.http = settings
-                .fog_http
-                .then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-            config.clock_speed = settings.clock_speed;
-            config.clock_epoch_ms = Some(settings.clock_epoch_ms);
-            if let Some(tweak) = settings.fog_tweak {
-                tweak(&mut config);
-            }
-            config.check()?;
-            let server = tokio::time::timeout(
-                START_TIMEOUT,
-                fog_server::start(config, shutdown.child_token()),
-            )
-            .await
-            .with_context(|| format!("fog server {} did not connect within 20 s", region.id))??;
-            let http = server.http_addr;
-            fogs.insert(region.id.clone(), LocalFog { server, http });
-        }
-        let central_http = central.http_addr;
-        let servers = Self {
-            fogs,
-            central,
+        let logs = tempfile::Builder::new()
+            .prefix("fogcharge-servers-")
+            .tempdir()
+            .context("creating the servers' log directory")?;
+        let central_http = SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            usable_port(settings.central_http.port())?,
+        ));
+        let clock = [
+            "--clock-speed".to_owned(),
+            settings.clock_speed.to_string(),
+            "--clock-epoch-ms".to_owned(),
+            settings.clock_epoch_ms.to_string(),
+        ];
+        let mut args: Vec<String> = vec![
+            "--broker".into(),
+            topology.central.url(),
+            "--http".into(),
+            central_http.to_string(),
+        ];
+        args.extend(clock.iter().cloned());
+        let central = spawn_server(
+            "central",
+            &settings.central_command,
+            &args,
             central_http,
-            _guard: shutdown.clone().drop_guard(),
-            shutdown,
+            logs.path(),
+            &settings.log_filter,
+        )?;
+        let mut servers = Self {
+            fogs: Vec::new(),
+            central,
+            logs,
+            http: reqwest::Client::new(),
         };
+        for region in &topology.regions {
+            let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+            let mut args: Vec<String> = vec![
+                "--region".into(),
+                region.id.clone(),
+                "--broker".into(),
+                region.broker.url(),
+                "--http".into(),
+                http.to_string(),
+            ];
+            if let Some(b) = region.bounds {
+                args.push(format!("--bounds={}", b.to_arg()));
+            }
+            args.extend(clock.iter().cloned());
+            args.extend(settings.fog_args.iter().cloned());
+            let name = format!("fog-{}", region.id);
+            let fog = spawn_server(
+                &name,
+                &settings.fog_command,
+                &args,
+                http,
+                servers.logs.path(),
+                &settings.log_filter,
+            )?;
+            servers.fogs.push(fog);
+        }
         servers.wait_ready(START_TIMEOUT).await?;
         Ok(servers)
     }
 
-    async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+    /// Central's HTTP address.
+    pub fn central_http(&self) -> SocketAddr {
+        self.central.http
+    }
+
+    /// Each region's fog server HTTP address.
+    pub fn fog_http(&self) -> impl Iterator<Item = (&str, SocketAddr)> {
+        self.fogs
+            .iter()
+            .map(|f| (f.name.trim_start_matches("fog-"), f.http))
+    }
+
+    async fn get_json(&self, addr: SocketAddr, path: &str) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("http://{addr}{path}"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
+    /// Central's view of every region, by id.
+    pub async fn regions(&self) -> BTreeMap<String, Value> {
+        let Some(list) = self.get_json(self.central.http, "/api/regions").await else {
+            return BTreeMap::new();
+        };
+        let items = list
+            .as_array()
+            .or_else(|| list.get("regions").and_then(Value::as_array))
+            .cloned()
+            .unwrap_or_default();
+        items
+            .into_iter()
+            .filter_map(|r| Some((r.get("id")?.as_str()?.to_owned(), r)))
+            .collect()
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let fogs_ready = self.fogs.values().all(|f| f.server.shared.readiness().0);
-            let fresh = {
-                let regions = self.central.shared.regions();
-                let now = std::time::Instant::now();
-                self.fogs.keys().all(|id| {
-                    regions
-                        .get(id)
-                        .is_some_and(|state| !regions.is_stale(state, now))
-                })
-            };
+            for p in std::iter::once(&mut self.central).chain(self.fogs.iter_mut()) {
+                if let Some(status) = p.process.try_wait()? {
+                    bail!(
+                        "{} exited at start-up ({status}); its log:\n{}",
+                        p.name,
+                        log_tail(&self.logs.path().join(format!("{}.log", p.name)))
+                    );
+                }
+            }
+            let mut fogs_ready = true;
+            for f in &self.fogs {
+                let ready = self
+                    .http
+                    .get(format!("http://{}/readyz", f.http))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                fogs_ready &= ready;
+            }
+            let regions = self.regions().await;
+            let fresh = self.fogs.iter().all(|f| {
+                regions
+                    .get(f.name.trim_start_matches("fog-"))
+                    .is_some_and(|r| r["stale"] == false)
+            });
             if fogs_ready && fresh {
                 return Ok(());
             }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "the servers were not ready within {timeout:?} (fogs ready: {fogs_ready}, central sees every region: {fresh})"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "the servers were not ready within {timeout:?} (fogs ready: {fogs_ready}, central sees every region: {fresh}); logs in {}",
+                    self.logs.path().display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Whether central's latest aggregate of every region counts exactly `stations`
     /// stations in service (so the fogs and central both know them).
-    pub fn lists_stations(&self, stations: &BTreeMap<String, u32>) -> bool {
-        let regions = self.central.shared.regions();
+    pub async fn lists_stations(&self, stations: &BTreeMap<String, u32>) -> bool {
+        let regions = self.regions().await;
         stations.iter().all(|(id, n)| {
             regions
                 .get(id)
-                .is_some_and(|s| s.aggregate.stations_in_service == *n)
+                .and_then(|r| r["aggregate"]["stations_in_service"].as_u64())
+                == Some(u64::from(*n))
         })
     }
 
-    /// Stops every server gracefully and waits for them.
-    pub async fn stop(self) -> Result<()> {
-        self.shutdown.cancel();
-        for (id, fog) in self.fogs {
-            tokio::time::timeout(Duration::from_secs(10), fog.server.wait())
-                .await
-                .with_context(|| format!("fog server {id} did not stop within 10 s"))??;
-        }
-        tokio::time::timeout(Duration::from_secs(10), self.central.wait())
-            .await
-            .context("central did not stop within 10 s")??;
-        Ok(())
+    /// Stops every server with SIGTERM (SIGKILL after 10 s) and waits for them.
+    pub async fn stop(mut self) -> Result<()> {
+        tokio::task::spawn_blocking(move || {
+            for p in self
+                .fogs
+                .iter_mut()
+                .chain(std::iter::once(&mut self.central))
+            {
+                p.process.terminate(STOP_TIMEOUT)?;
+            }
+            Ok(())
+        })
+        .await
+        .context("stopping the servers")?
     }
+}
+
+fn spawn_server(
+    name: &str,
+    command: &[OsString],
+    args: &[String],
+    http: SocketAddr,
+    logs: &Path,
+    log_filter: &str,
+) -> Result<ServerProcess> {
+    let (program, prefix) = command.split_first().context("empty server command")?;
+    let log = std::fs::File::create(logs.join(format!("{name}.log")))
+        .with_context(|| format!("creating the log of {name}"))?;
+    let process = Supervised::spawn(
+        Command::new(program)
+            .args(prefix)
+            .args(args)
+            .env("RUST_LOG", log_filter)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log),
+    )
+    .with_context(|| format!("starting {name} ({})", Path::new(program).display()))?;
+    Ok(ServerProcess {
+        name: name.to_owned(),
+        http,
+        process,
+    })
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }

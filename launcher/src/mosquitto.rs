@@ -28,10 +28,12 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+
+use crate::process::Supervised;
 use tempfile::TempDir;
 
 /// The hint given when no `mosquitto` binary can be found.
@@ -264,7 +266,7 @@ pub struct Mosquitto {
     binary: PathBuf,
     dir: TempDir,
     port: u16,
-    process: Option<BrokerProcess>,
+    process: Option<Supervised>,
 }
 
 impl Mosquitto {
@@ -347,7 +349,7 @@ impl Mosquitto {
 
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(BrokerProcess::id)
+        self.process.as_ref().map(Supervised::id)
     }
 
     /// Whether the process is still alive (reaps it if it has exited).
@@ -372,7 +374,7 @@ impl Mosquitto {
     /// database), wait up to 10 s, then SIGKILL. No-op when already stopped.
     pub fn stop(&mut self) -> Result<()> {
         match self.process.take() {
-            Some(mut process) => process.terminate(),
+            Some(mut process) => process.terminate(STOP_TIMEOUT),
             None => Ok(()),
         }
     }
@@ -404,146 +406,6 @@ impl Drop for Mosquitto {
         if let Some(mut process) = self.process.take() {
             process.kill().ok();
         }
-    }
-}
-
-/// A broker process and its orphan watchdog. Killed and reaped on drop.
-///
-/// The watchdog is a `sh` that blocks reading a pipe from this process. If this process
-/// dies without dropping the broker (SIGKILL from a test runner's timeout, a panic
-/// outside a test thread, `process::exit`), the pipe closes and the watchdog kills the
-/// broker, so no Mosquitto outlives the tests. On a deliberate stop it is told "disarm"
-/// first (before the broker's pid can be reused) and exits without killing.
-#[derive(Debug)]
-struct BrokerProcess {
-    child: Child,
-    watchdog: Option<Watchdog>,
-    reaped: bool,
-}
-
-impl BrokerProcess {
-    fn spawn(command: &mut Command) -> std::io::Result<Self> {
-        let child = command.spawn()?;
-        let watchdog = Watchdog::spawn(child.id());
-        Ok(Self {
-            child,
-            watchdog,
-            reaped: false,
-        })
-    }
-
-    fn id(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
-        if self.reaped {
-            // Reaped before; report it as exited without asking the OS again.
-            return Ok(Some(ExitStatus::default()));
-        }
-        let status = self.child.try_wait()?;
-        if status.is_some() {
-            self.reaped = true;
-            self.disarm();
-        }
-        Ok(status)
-    }
-
-    fn disarm(&mut self) {
-        if let Some(watchdog) = self.watchdog.take() {
-            watchdog.disarm();
-        }
-    }
-
-    /// SIGTERM, wait up to [`STOP_TIMEOUT`], then SIGKILL.
-    fn terminate(&mut self) -> Result<()> {
-        self.disarm();
-        if self.try_wait()?.is_some() {
-            return Ok(());
-        }
-        // `std` only sends SIGKILL and `unsafe` is forbidden, so let kill(1) send SIGTERM.
-        let pid = self.id();
-        let term = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if !term.is_ok_and(|s| s.success()) {
-            tracing::warn!(pid, "could not send SIGTERM to mosquitto, killing it");
-            return Ok(self.kill()?);
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while self.try_wait()?.is_none() {
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    pid,
-                    "mosquitto ignored SIGTERM for {STOP_TIMEOUT:?}, killing it"
-                );
-                return Ok(self.kill()?);
-            }
-            std::thread::sleep(READY_POLL);
-        }
-        Ok(())
-    }
-
-    /// SIGKILL and reap.
-    fn kill(&mut self) -> std::io::Result<()> {
-        self.disarm();
-        if !self.reaped {
-            self.child.kill().ok();
-            self.child.wait()?;
-            self.reaped = true;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        self.kill().ok();
-    }
-}
-
-/// See [`BrokerProcess`].
-#[derive(Debug)]
-struct Watchdog {
-    child: Child,
-    stdin: Option<ChildStdin>,
-}
-
-impl Watchdog {
-    /// Kills `$1` unless the first line read is "disarm" (EOF counts as not).
-    const SCRIPT: &str = r#"read -r line; [ "$line" = disarm ] || kill -KILL "$1" 2>/dev/null"#;
-
-    fn spawn(pid: u32) -> Option<Watchdog> {
-        let spawned = Command::new("sh")
-            .args([
-                "-c",
-                Self::SCRIPT,
-                "fogcharge-mosquitto-watchdog",
-                &pid.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        match spawned {
-            Ok(mut child) => {
-                let stdin = child.stdin.take();
-                Some(Watchdog { child, stdin })
-            }
-            Err(error) => {
-                tracing::warn!(%error, pid, "no watchdog for mosquitto (sh failed to start)");
-                None
-            }
-        }
-    }
-
-    fn disarm(mut self) {
-        if let Some(mut stdin) = self.stdin.take() {
-            stdin.write_all(b"disarm\n").ok();
-        }
-        self.child.wait().ok();
     }
 }
 
@@ -594,7 +456,7 @@ fn spawn_and_wait(
     cfg: &MosquittoConfig,
     port: u16,
     dir: &Path,
-) -> Result<BrokerProcess, StartError> {
+) -> Result<Supervised, StartError> {
     let conf_path = dir.join("mosquitto.conf");
     fs::write(&conf_path, cfg.render(port, dir))
         .context("write mosquitto.conf")
@@ -608,7 +470,7 @@ fn spawn_and_wait(
     // Only log lines written after this offset belong to this run (the log is appended
     // to across restarts).
     let log_offset = fs::metadata(dir.join("mosquitto.log")).map_or(0, |m| m.len());
-    let mut process = BrokerProcess::spawn(
+    let mut process = Supervised::spawn(
         Command::new(binary)
             .arg("-c")
             .arg(&conf_path)

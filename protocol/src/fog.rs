@@ -188,7 +188,8 @@ pub struct RerouteRequest {
     /// a reroute is only worth it if it beats this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_best_total_s: Option<f64>,
-    /// The origin gives up waiting at this time (fog clock, ms).
+    /// The origin gives up waiting at this time (the shared clock, ms: a real-time
+    /// timeout times the clock speed).
     pub deadline_ms: u64,
 }
 

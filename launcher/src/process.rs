@@ -1,0 +1,139 @@
+//! Child processes that never outlive their owner.
+
+use std::io::Write as _;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+/// A child process and its orphan watchdog. Killed and reaped on drop.
+///
+/// The watchdog is a `sh` that blocks reading a pipe from this process. If this process
+/// dies without dropping the broker (SIGKILL from a test runner's timeout, a panic
+/// outside a test thread, `process::exit`), the pipe closes and the watchdog kills the
+/// broker, so no Mosquitto outlives the tests. On a deliberate stop it is told "disarm"
+/// first (before the broker's pid can be reused) and exits without killing.
+#[derive(Debug)]
+pub struct Supervised {
+    child: Child,
+    watchdog: Option<Watchdog>,
+    reaped: bool,
+}
+
+impl Supervised {
+    pub fn spawn(command: &mut Command) -> std::io::Result<Self> {
+        let child = command.spawn()?;
+        let watchdog = Watchdog::spawn(child.id());
+        Ok(Self {
+            child,
+            watchdog,
+            reaped: false,
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        if self.reaped {
+            // Reaped before; report it as exited without asking the OS again.
+            return Ok(Some(ExitStatus::default()));
+        }
+        let status = self.child.try_wait()?;
+        if status.is_some() {
+            self.reaped = true;
+            self.disarm();
+        }
+        Ok(status)
+    }
+
+    fn disarm(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.disarm();
+        }
+    }
+
+    /// SIGTERM, wait up to `timeout`, then SIGKILL.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<()> {
+        self.disarm();
+        if self.try_wait()?.is_some() {
+            return Ok(());
+        }
+        // `std` only sends SIGKILL and `unsafe` is forbidden, so let kill(1) send SIGTERM.
+        let pid = self.id();
+        let term = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !term.is_ok_and(|s| s.success()) {
+            tracing::warn!(pid, "could not send SIGTERM, killing the process");
+            return Ok(self.kill()?);
+        }
+        let deadline = Instant::now() + timeout;
+        while self.try_wait()?.is_none() {
+            if Instant::now() >= deadline {
+                tracing::warn!(pid, "process ignored SIGTERM for {timeout:?}, killing it");
+                return Ok(self.kill()?);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.disarm();
+        if !self.reaped {
+            self.child.kill().ok();
+            self.child.wait()?;
+            self.reaped = true;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.kill().ok();
+    }
+}
+
+/// See [`Supervised`].
+#[derive(Debug)]
+struct Watchdog {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Watchdog {
+    /// Kills `$1` unless the first line read is "disarm" (EOF counts as not).
+    const SCRIPT: &str = r#"read -r line; [ "$line" = disarm ] || kill -KILL "$1" 2>/dev/null"#;
+
+    fn spawn(pid: u32) -> Option<Watchdog> {
+        let spawned = Command::new("sh")
+            .args(["-c", Self::SCRIPT, "fogcharge-watchdog", &pid.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match spawned {
+            Ok(mut child) => {
+                let stdin = child.stdin.take();
+                Some(Watchdog { child, stdin })
+            }
+            Err(error) => {
+                tracing::warn!(%error, pid, "no watchdog for mosquitto (sh failed to start)");
+                None
+            }
+        }
+    }
+
+    fn disarm(mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            stdin.write_all(b"disarm\n").ok();
+        }
+        self.child.wait().ok();
+    }
+}
