@@ -81,6 +81,16 @@ pub struct Config {
     #[arg(long, env = "FOG_REROUTE_TIMEOUT_MS", default_value_t = 1500)]
     pub reroute_timeout_ms: u64,
 
+    /// Where the active reservations are kept across restarts (`{region}.jsonl` in
+    /// it), relative to the working directory unless absolute: started again in the
+    /// same directory, the server comes back with its reservations.
+    #[arg(long, env = "FOG_STATE_DIR", default_value = "fog-state")]
+    pub state_dir: PathBuf,
+
+    /// Keep reservations in memory only (a restart forgets them).
+    #[arg(long, env = "FOG_NO_STATE")]
+    pub no_state: bool,
+
     /// Never ask central to reroute: saturated requests are answered `unavailable`.
     #[arg(long, env = "FOG_NO_REROUTE")]
     pub no_reroute: bool,

@@ -17,6 +17,7 @@ pub mod index;
 pub mod metrics;
 pub mod planner;
 pub mod region;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,6 +142,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         clock_speed: clock.speed(),
     };
     region.outline = area.as_ref().map(Area::outline).unwrap_or_default();
+    if !config.no_state {
+        let (store, restored) = store::Store::open(&config.state_dir, &region_name, clock.now_ms())
+            .context("opening the reservation journal (--state-dir)")?;
+        info!(journal = %store.path().display(), restoring = restored.reservations.len(), "reservations are kept on disk");
+        region.attach_store(store, restored, clock.now_ms());
+    }
     let shared = Arc::new(Shared {
         region: Mutex::new(region),
         clock,

@@ -100,7 +100,7 @@ impl PlannerParams {
 }
 
 /// A slot promised to a vehicle.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Reservation {
     pub reservation_id: String,
     pub vehicle_id: String,
@@ -158,6 +158,16 @@ pub struct Planner {
     promised: HashMap<Slot, Vec<(u64, u32, String)>>,
     /// Per vehicle: its one active reservation.
     by_vehicle: HashMap<String, String>,
+    /// Reservations made and ended since [`take_changes`](Self::take_changes), for the
+    /// state store.
+    changes: Vec<ReservationChange>,
+}
+
+/// A change to the set of reservations.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReservationChange {
+    Made(Reservation),
+    Ended(String),
 }
 
 impl Planner {
@@ -292,9 +302,48 @@ impl Planner {
             charge_s,
             expires_ms,
         };
+        self.changes
+            .push(ReservationChange::Made(reservation.clone()));
         self.reservations
             .insert(reservation_id.clone(), reservation);
         self.reservations.get(&reservation_id)
+    }
+
+    /// Puts back a reservation saved before a restart, at its station's slot now (the
+    /// station must be known). Replaces nothing: a vehicle that meanwhile got another
+    /// reservation keeps that one.
+    pub fn restore(&mut self, mut reservation: Reservation) -> bool {
+        let Some(slot) = self.stations.slot_of(&reservation.station_id) else {
+            return false;
+        };
+        if self.reservations.contains_key(&reservation.reservation_id)
+            || self.by_vehicle.contains_key(&reservation.vehicle_id)
+        {
+            return false;
+        }
+        reservation.slot = slot;
+        let list = self.promised.entry(slot).or_default();
+        let at = list.partition_point(|(a, _, _)| *a <= reservation.arrival_ms);
+        list.insert(
+            at,
+            (
+                reservation.arrival_ms,
+                reservation.charge_s,
+                reservation.reservation_id.clone(),
+            ),
+        );
+        self.by_vehicle.insert(
+            reservation.vehicle_id.clone(),
+            reservation.reservation_id.clone(),
+        );
+        self.reservations
+            .insert(reservation.reservation_id.clone(), reservation);
+        true
+    }
+
+    /// The reservations made and ended since the last call.
+    pub fn take_changes(&mut self) -> Vec<ReservationChange> {
+        std::mem::take(&mut self.changes)
     }
 
     /// Ends a reservation on the vehicle's word (`arrived` or `cancel`).
@@ -314,6 +363,8 @@ impl Planner {
 
     fn release(&mut self, reservation_id: &str) -> Option<Reservation> {
         let r = self.reservations.remove(reservation_id)?;
+        self.changes
+            .push(ReservationChange::Ended(reservation_id.to_owned()));
         if let Some(list) = self.promised.get_mut(&r.slot) {
             list.retain(|(_, _, id)| id != reservation_id);
             if list.is_empty() {

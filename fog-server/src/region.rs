@@ -18,7 +18,8 @@ use tracing::{debug, info, warn};
 
 use crate::index::Change;
 use crate::metrics::{KindLabel, Metrics, StateLabel, StatusLabel};
-use crate::planner::{Choice, NoChoice, Planner, PlannerParams};
+use crate::planner::{Choice, NoChoice, Planner, PlannerParams, ReservationChange};
+use crate::store::{Record, Restored, Saved, Store};
 
 /// Answers remembered per vehicle, so a redelivered request gets the same answer.
 const REMEMBERED_ANSWERS: usize = 8;
@@ -94,6 +95,10 @@ pub struct Region {
     saturated_requests: u64,
     /// Something an aggregate shows changed since the last one.
     dirty: bool,
+    /// Where reservations are kept across restarts (none: in memory only).
+    store: Option<Store>,
+    /// Reservations read back at start whose station is not known yet, by station id.
+    restoring: HashMap<String, Vec<Saved>>,
 }
 
 impl Region {
@@ -112,6 +117,89 @@ impl Region {
             aggregate_seq: 0,
             saturated_requests: 0,
             dirty: true,
+            store: None,
+            restoring: HashMap::new(),
+        }
+    }
+
+    /// Keeps reservations in `store` from now on, and puts back those it held (each as
+    /// soon as its station is known again).
+    pub fn attach_store(&mut self, store: Store, restored: Restored, now_ms: u64) {
+        self.store = Some(store);
+        for entry in restored.reservations {
+            self.restoring
+                .entry(entry.reservation.station_id.clone())
+                .or_default()
+                .push(entry);
+        }
+        let known: Vec<String> = self
+            .restoring
+            .keys()
+            .filter(|id| self.planner.stations.slot_of(id).is_some())
+            .cloned()
+            .collect();
+        for station_id in known {
+            self.restore_at(&station_id, now_ms);
+        }
+    }
+
+    /// Reservations read back at start and not yet put back.
+    pub fn restoring(&self) -> usize {
+        self.restoring.values().map(Vec::len).sum()
+    }
+
+    /// Puts back the saved reservations of a station that just became known.
+    fn restore_at(&mut self, station_id: &str, now_ms: u64) {
+        let Some(entries) = self.restoring.remove(station_id) else {
+            return;
+        };
+        let mut restored = 0;
+        for Saved {
+            reservation,
+            request_id,
+            answer,
+        } in entries
+        {
+            if reservation.expires_ms <= now_ms {
+                continue;
+            }
+            let vehicle = reservation.vehicle_id.clone();
+            if self.planner.restore(reservation) {
+                restored += 1;
+                if let (Some(request_id), Some(answer)) = (request_id, answer) {
+                    self.remember(&vehicle, &request_id, &answer, now_ms);
+                }
+            }
+        }
+        if restored > 0 {
+            info!(station = station_id, restored, "reservations restored");
+            self.dirty = true;
+        }
+    }
+
+    /// Writes the reservations made and ended since the last call to the store.
+    fn sync_store(&mut self) {
+        let changes = self.planner.take_changes();
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        for change in changes {
+            let record = match change {
+                ReservationChange::Made(reservation) => {
+                    let remembered = self.vehicles.get(&reservation.vehicle_id).and_then(|m| {
+                        m.answers.iter().rev().find(|(_, a)| {
+                            a.reservation_id.as_deref() == Some(reservation.reservation_id.as_str())
+                        })
+                    });
+                    Record::Made(Box::new(Saved {
+                        request_id: remembered.map(|(id, _)| id.clone()),
+                        answer: remembered.map(|(_, a)| a.clone()),
+                        reservation,
+                    }))
+                }
+                ReservationChange::Ended(id) => Record::Ended { id },
+            };
+            store.append(record);
         }
     }
 
@@ -133,6 +221,12 @@ impl Region {
 
     /// Handles one message received on the region's broker.
     pub fn handle(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Option<Outgoing> {
+        let out = self.handle_message(topic, payload, now_ms);
+        self.sync_store();
+        out
+    }
+
+    fn handle_message(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Option<Outgoing> {
         if topic.starts_with("fog/") {
             return self.on_fog_message(topic, payload, now_ms);
         }
@@ -213,6 +307,9 @@ impl Region {
         );
         if change == Change::Inserted {
             info!(station = station_id, "station added");
+        }
+        if change != Change::Ignored && status.state.is_in_service() {
+            self.restore_at(station_id, now_ms);
         }
         if change != Change::Ignored && !status.state.is_in_service() {
             if let Some(slot) = self.planner.stations.slot_of(station_id) {
@@ -661,6 +758,16 @@ impl Region {
     /// Ends reservations whose time is up, answers reroutes central did not answer in
     /// time, and forgets idle vehicles. Call periodically; publish what it returns.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Outgoing> {
+        self.restoring.retain(|_, entries| {
+            entries.retain(|s| s.reservation.expires_ms > now_ms);
+            !entries.is_empty()
+        });
+        let out = self.tick_inner(now_ms);
+        self.sync_store();
+        out
+    }
+
+    fn tick_inner(&mut self, now_ms: u64) -> Vec<Outgoing> {
         let now = Instant::now();
         let late: Vec<String> = self
             .pending

@@ -206,6 +206,9 @@ impl LocalServers {
             if let Some(b) = region.bounds {
                 args.push(format!("--bounds={}", b.to_arg()));
             }
+            // Reservations journal: in the run's own directory, not the caller's.
+            args.push("--state-dir".into());
+            args.push(servers.logs.path().join("state").display().to_string());
             args.extend(clock.iter().cloned());
             args.extend(settings.fog_args.iter().cloned());
             let name = format!("fog-{}", region.id);

@@ -32,6 +32,8 @@ impl Fog {
         let mut config = Config::new(region, url);
         config.http = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         config.sweep_ms = 20;
+        // Tests that restart a fog give it a state directory of their own.
+        config.no_state = true;
         config
     }
 

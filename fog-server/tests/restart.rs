@@ -1,0 +1,182 @@
+//! A fog server process killed with SIGKILL and started again with the same command
+//! line in the same working directory comes back with its reservations.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol::{
+    ChargeRequest, Recommendation, RecommendationStatus, StationState, StationStatus, topics,
+};
+use serde_json::Value;
+use testkit::{Mosquitto, MosquittoConfig, TestClient, free_port, wait_until};
+
+const REGION: &str = "north";
+const T: Duration = Duration::from_secs(10);
+
+fn station(id: &str, km_north: f64, chargers: u32) -> StationStatus {
+    StationStatus {
+        v: 1,
+        station_id: id.into(),
+        lat: Some(-12.25 + km_north / 111.19),
+        lon: Some(-38.95),
+        chargers: Some(chargers),
+        power_kw: Some(50.0),
+        occupied: 0,
+        queue: 0,
+        state: StationState::Available,
+        ts_ms: None,
+    }
+}
+
+fn request(id: &str) -> ChargeRequest {
+    ChargeRequest {
+        v: 1,
+        request_id: id.into(),
+        lat: -12.25,
+        lon: -38.95,
+        soc: 0.3,
+        battery_kwh: 60.0,
+        kwh_per_km: 0.18,
+        target_soc: 0.8,
+        ts_ms: None,
+    }
+}
+
+/// `fog-server` as an operator starts it: no state flag, in `cwd`.
+fn start(cwd: &Path, broker: &str, http: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_fog-server"))
+        .current_dir(cwd)
+        .args(["--region", REGION, "--broker", broker])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fog-server starts")
+}
+
+async fn reservations(http: u16) -> Option<Vec<Value>> {
+    let r = reqwest::get(format!("http://127.0.0.1:{http}/api/reservations"))
+        .await
+        .ok()?;
+    r.json::<Vec<Value>>().await.ok()
+}
+
+async fn ask(vehicle: &mut TestClient, id: &str, car: &str) -> Recommendation {
+    vehicle
+        .publish_json(&topics::request(REGION, car), &request(id), 1, false)
+        .await
+        .unwrap();
+    vehicle
+        .wait_for_json(&topics::recommendation(REGION, car), T)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_killed_fog_server_comes_back_with_every_reservation_and_books_nothing_twice() {
+    testkit::init_tracing();
+    let broker = Mosquitto::start(MosquittoConfig::new()).unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let stations = TestClient::connect(&broker.url(), "stations")
+        .await
+        .unwrap();
+    for (i, id) in ["n-1", "n-2", "n-3"].iter().enumerate() {
+        stations
+            .publish_json(
+                &topics::station_status(REGION, id),
+                &station(id, i as f64, 2),
+                1,
+                true,
+            )
+            .await
+            .unwrap();
+    }
+    let http = free_port().unwrap();
+    let mut fog = start(cwd.path(), &broker.url(), http);
+    let mut vehicle = TestClient::connect(&broker.url(), "fleet").await.unwrap();
+    vehicle
+        .subscribe(&format!("ev/{REGION}/vehicles/+/recommendation"), 1)
+        .await
+        .unwrap();
+    wait_until(
+        "the fog server knows the stations",
+        T,
+        Duration::from_millis(50),
+        || async {
+            reqwest::get(format!("http://127.0.0.1:{http}/readyz"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await
+    .unwrap();
+
+    let mut answers = Vec::new();
+    for n in 0..5 {
+        let a = ask(&mut vehicle, &format!("r-{n}"), &format!("car-{n}")).await;
+        assert_eq!(a.status, RecommendationStatus::Assigned, "{a:?}");
+        answers.push(a);
+    }
+    let before = reservations(http).await.unwrap();
+    assert_eq!(before.len(), 5);
+
+    fog.kill().unwrap(); // SIGKILL: no shutdown code runs
+    fog.wait().unwrap();
+    let restarted = Instant::now();
+    let mut fog = start(cwd.path(), &broker.url(), http);
+
+    // Answers again within 5 s of the restart.
+    let fresh = loop {
+        if let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_millis(500), async {
+            vehicle
+                .publish_json(
+                    &topics::request(REGION, "car-new"),
+                    &request("r-new"),
+                    1,
+                    false,
+                )
+                .await
+                .unwrap();
+            vehicle
+                .wait_for_json::<Recommendation>(
+                    &topics::recommendation(REGION, "car-new"),
+                    Duration::from_millis(400),
+                )
+                .await
+        })
+        .await
+        {
+            break answer;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(5),
+            "no answer within 5 s of the restart"
+        );
+    };
+    assert_eq!(fresh.status, RecommendationStatus::Assigned, "{fresh:?}");
+    let answered_after = restarted.elapsed();
+
+    // Every reservation is back with the same id, station and expiry.
+    let after = reservations(http).await.unwrap();
+    for r in &before {
+        let same = after
+            .iter()
+            .find(|a| a["reservation_id"] == r["reservation_id"])
+            .unwrap_or_else(|| panic!("{} lost: {after:?}", r["reservation_id"]));
+        assert_eq!(same["station_id"], r["station_id"]);
+        assert_eq!(same["expires_ms"], r["expires_ms"]);
+        assert_eq!(same["vehicle_id"], r["vehicle_id"]);
+    }
+    assert_eq!(after.len(), 6, "five restored and the new one: {after:?}");
+
+    // A redelivered request (same id) gets the same answer, not a second reservation.
+    let again = ask(&mut vehicle, "r-2", "car-2").await;
+    assert_eq!(again.reservation_id, answers[2].reservation_id);
+    assert_eq!(reservations(http).await.unwrap().len(), 6);
+    println!("answering again {answered_after:?} after the restart");
+
+    fog.kill().unwrap();
+    fog.wait().unwrap();
+}
