@@ -99,6 +99,8 @@ pub struct Region {
     store: Option<Store>,
     /// Reservations read back at start whose station is not known yet, by station id.
     restoring: HashMap<String, Vec<Saved>>,
+    /// Answers to publish at the next tick (requests superseded while with central).
+    deferred: Vec<Outgoing>,
 }
 
 impl Region {
@@ -119,6 +121,7 @@ impl Region {
             dirty: true,
             store: None,
             restoring: HashMap::new(),
+            deferred: Vec::new(),
         }
     }
 
@@ -400,6 +403,28 @@ impl Region {
             debug!(vehicle = vehicle_id, request = %req.request_id, "repeated request already with central");
             self.metrics.duplicate_requests.inc();
             return Answer::AskCentral(None);
+        }
+        // A request still with central is superseded by this one: it is answered
+        // `unavailable` (at the next tick) and central's late reply will be ignored, so
+        // that it cannot replace the reservation this request gets.
+        let superseded: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.vehicle_id == vehicle_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in superseded {
+            if let Some(p) = self.pending.remove(&id) {
+                let answer = Recommendation::refusal(
+                    p.request.request_id.clone(),
+                    RecommendationStatus::Unavailable,
+                    format!("superseded by request {}", req.request_id),
+                    &self.name,
+                );
+                self.remember(vehicle_id, &p.request.request_id, &answer, now_ms);
+                let out = self.reply(vehicle_id, &answer);
+                self.deferred.push(out);
+            }
         }
         // A new request means the vehicle's plans changed: its old promise goes.
         if let Some(old) = self
@@ -775,7 +800,7 @@ impl Region {
             .filter(|(_, p)| p.deadline <= now)
             .map(|(id, _)| id.clone())
             .collect();
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.deferred);
         for id in late {
             let Some(pending) = self.pending.remove(&id) else {
                 continue;

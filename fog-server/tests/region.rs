@@ -311,3 +311,57 @@ fn the_reroute_deadline_is_on_the_scaled_clock() {
     let rr: RerouteRequest = decode(&out.payload).unwrap();
     assert_eq!(rr.deadline_ms, NOW + 1_500);
 }
+
+#[test]
+fn a_newer_request_supersedes_one_still_with_central() {
+    let mut a = saturated("a", Duration::from_secs(5));
+    let first = ask(&mut a, "car-1", &request("r-1")).expect("a reroute request");
+    let rr1: RerouteRequest = decode(&first.payload).unwrap();
+    let second = ask(&mut a, "car-1", &request("r-2")).expect("a reroute request");
+    assert_eq!(second.topic, FogMessage::Reroute.regional_topic());
+    assert_eq!(
+        a.pending_reroutes(),
+        1,
+        "only the newer request waits for central"
+    );
+    // r-1 still gets its one answer, at the next tick.
+    let out = a.tick(NOW);
+    let answers: Vec<Recommendation> = out
+        .iter()
+        .filter(|o| o.topic == topics::recommendation("a", "car-1"))
+        .map(recommendation)
+        .collect();
+    assert_eq!(answers.len(), 1, "{out:?}");
+    assert_eq!(answers[0].request_id, "r-1");
+    assert_eq!(answers[0].status, RecommendationStatus::Unavailable);
+    assert!(
+        answers[0]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("superseded by request r-2")
+    );
+    // Central's late reply to r-1 changes nothing.
+    let late = RerouteReply {
+        v: 1,
+        reroute_id: rr1.reroute_id,
+        ok: false,
+        recommendation: None,
+        reason: Some("nothing better".into()),
+        tried: Vec::new(),
+    };
+    assert!(
+        a.handle(
+            &FogMessage::RerouteReply.regional_topic(),
+            &encode(&late),
+            NOW
+        )
+        .is_none()
+    );
+    assert_eq!(a.pending_reroutes(), 1);
+    assert!(
+        a.tick(NOW)
+            .iter()
+            .all(|o| !o.topic.ends_with("/recommendation"))
+    );
+}
