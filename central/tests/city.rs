@@ -458,3 +458,73 @@ async fn after_a_central_broker_restart_the_bridges_reconnect_and_data_is_fresh(
     let answer = ask(&mut west, "west", "car-1", &request("r-1", 0.08)).await;
     assert_eq!(answer.status, RecommendationStatus::Rerouted, "{answer:?}");
 }
+
+#[tokio::test]
+async fn with_the_central_broker_down_ten_seconds_regions_answer_and_everything_resumes() {
+    let mut city = City::start(CitySpec::three_regions()).await.unwrap();
+    let (mut west, _middle) = saturated_west(&city).await;
+    let mut east = devices(&city, "east").await;
+    publish_station(&east, "east", &status("east-free", 0.25, 2, 0, 0)).await;
+    wait_region(&city, "east", "east lists its station", |v| {
+        lists_station(v, "east-free")
+    })
+    .await;
+
+    city.central_broker.stop().unwrap();
+    let down = Instant::now();
+    // Central's view goes stale: no aggregate crosses.
+    wait_until("central marks every region stale", T, POLL, || async {
+        city.regions()
+            .await
+            .is_ok_and(|r| r.len() == 3 && r.values().all(|v| v["stale"] == true))
+    })
+    .await
+    .unwrap();
+    // In-region answers continue at once; a saturated request is answered locally after
+    // the reroute timeout, saying why.
+    let mut n = 0;
+    while down.elapsed() < Duration::from_secs(10) {
+        n += 1;
+        let t = Instant::now();
+        let plain = ask(
+            &mut east,
+            "east",
+            "car-e",
+            &request(&format!("r-e{n}"), 0.25),
+        )
+        .await;
+        assert_eq!(plain.status, RecommendationStatus::Assigned, "{plain:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "in-region answer took {:?}",
+            t.elapsed()
+        );
+        let saturated = ask(
+            &mut west,
+            "west",
+            &format!("car-w{n}"),
+            &request(&format!("r-w{n}"), 0.08),
+        )
+        .await;
+        assert_eq!(
+            saturated.status,
+            RecommendationStatus::Assigned,
+            "{saturated:?}"
+        );
+        let reason = saturated.reason.unwrap_or_default();
+        assert!(reason.contains("central unreachable"), "{reason}");
+    }
+    assert!(n >= 3, "{n} rounds in 10 s");
+
+    city.central_broker.restart().unwrap();
+    let back = Instant::now();
+    city.wait_all_regions_fresh(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let fresh_after = back.elapsed();
+    let answer = ask(&mut west, "west", "car-after", &request("r-after", 0.08)).await;
+    assert_eq!(answer.status, RecommendationStatus::Rerouted, "{answer:?}");
+    println!(
+        "central broker down 10 s: {n} rounds answered; regions fresh {fresh_after:?} after its restart"
+    );
+}
