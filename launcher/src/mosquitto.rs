@@ -424,7 +424,8 @@ impl StartError {
 }
 
 /// One MQTT 3.1.1 CONNECT / CONNACK exchange with an empty client id: proves that an MQTT
-/// broker (not just a socket) is ready on `addr`.
+/// broker (not just a socket) is ready on `addr` (a refusal for want of credentials
+/// counts).
 fn mqtt_handshake(addr: SocketAddr) -> Result<()> {
     const CONNECT: [u8; 14] = [
         0x10, 12, // CONNECT, remaining length
@@ -442,7 +443,9 @@ fn mqtt_handshake(addr: SocketAddr) -> Result<()> {
     stream.write_all(&CONNECT)?;
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack)?;
-    if connack != [0x20, 0x02, 0x00, 0x00] {
+    // Accepted, or refused for want of credentials (a broker with authentication on):
+    // either way an MQTT broker answers.
+    if connack[..3] != [0x20, 0x02, 0x00] || !matches!(connack[3], 0x00 | 0x04 | 0x05) {
         bail!("unexpected CONNACK {connack:02x?} from {addr}");
     }
     stream.write_all(&DISCONNECT).ok();

@@ -68,6 +68,23 @@ impl TestClient {
         Self::connect_with(url, client_id, false).await
     }
 
+    /// Connects with a clean session as `user` (broker authentication).
+    pub async fn connect_as(
+        url: &str,
+        client_id: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<TestClient> {
+        let opts = mqtt::ConnectOptionsBuilder::new_v3()
+            .clean_session(true)
+            .keep_alive_interval(Duration::from_secs(30))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_name(user)
+            .password(password)
+            .finalize();
+        Self::connect_with_options(url, client_id, opts).await
+    }
+
     /// Connects with the given clean-session flag.
     pub async fn connect_with(
         url: &str,

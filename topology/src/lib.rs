@@ -22,6 +22,8 @@
 //! `local_cleansession false` and `restart_timeout 1 2` (facts measured on Mosquitto
 //! 2.0.11: see `docs/fog-central.md`).
 
+pub mod auth;
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -181,6 +183,8 @@ pub enum TopologyError {
     },
     #[error("no region {0:?} in the topology")]
     UnknownRegion(String),
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
 }
 
 impl Topology {
@@ -348,6 +352,35 @@ pub enum Persistence {
 pub enum Auth {
     /// No credentials (loopback and private networks only).
     Anonymous,
+    /// Passwords and ACLs ([`auth`]): anonymous access off.
+    Files {
+        /// `password_file`/`acl_file` of each broker: `{dir}/{broker}.passwd` and
+        /// `{dir}/{broker}.acl`, as the broker sees the directory.
+        dir: PathBuf,
+        /// Username and password of each region's bridge at the central broker.
+        bridges: Vec<(String, String, String)>,
+    },
+}
+
+impl Auth {
+    /// Passwords and ACLs in `dir`, bridges logging in with the `bridge-{region}`
+    /// users of `credentials`.
+    pub fn files(dir: &Path, credentials: &auth::Credentials) -> Self {
+        let bridges = credentials
+            .users
+            .iter()
+            .filter_map(|u| match &u.role {
+                auth::Role::Bridge { region } => {
+                    Some((region.clone(), u.name.clone(), u.password.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        Auth::Files {
+            dir: dir.to_path_buf(),
+            bridges,
+        }
+    }
 }
 
 impl RenderOptions {
@@ -405,9 +438,22 @@ fn common(
         opts.source
     );
     let _ = writeln!(out, "listener {} {}", b.port, b.listen);
-    match opts.auth {
+    match &opts.auth {
         Auth::Anonymous => {
             let _ = writeln!(out, "allow_anonymous true");
+        }
+        Auth::Files { dir, .. } => {
+            let _ = writeln!(out, "allow_anonymous false");
+            let _ = writeln!(
+                out,
+                "password_file {}",
+                dir.join(format!("{name}.passwd")).display()
+            );
+            let _ = writeln!(
+                out,
+                "acl_file {}",
+                dir.join(format!("{name}.acl")).display()
+            );
         }
     }
     let _ = writeln!(
@@ -453,6 +499,12 @@ pub fn region_broker_conf(
     let _ = writeln!(out, "connection {}", r.bridge_name());
     let _ = writeln!(out, "address {}:{}", t.central.host, t.central.port);
     let _ = writeln!(out, "remote_clientid {id}-bridge");
+    if let Auth::Files { bridges, .. } = &opts.auth {
+        if let Some((_, user, password)) = bridges.iter().find(|(region, _, _)| region == id) {
+            let _ = writeln!(out, "remote_username {user}");
+            let _ = writeln!(out, "remote_password {password}");
+        }
+    }
     let _ = writeln!(
         out,
         "# an mqttv50 bridge on 2.0.x loses its session on disconnect"

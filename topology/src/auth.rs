@@ -1,0 +1,219 @@
+//! Who may do what on the brokers: users with roles, the Mosquitto ACL files that
+//! follow from them, and the password file (hashed with `mosquitto_passwd`).
+//!
+//! | role | broker | may |
+//! | --- | --- | --- |
+//! | `fog` (`fog-{region}`) | its region's | read and write `ev/{region}/#` and `fog/#` |
+//! | `fleet` (`fleet-{region}`) | its region's | write any vehicle's `request`, `reservation`, `telemetry`; read any vehicle's `recommendation` — a fleet operator's gateway, such as `device-sim` |
+//! | `station` (user = station id) | its region's | write only its own `ev/{region}/stations/{id}/status` |
+//! | `vehicle` (user = vehicle id) | every region's | write only its own `request`, `reservation`, `telemetry`; read only its own `recommendation` |
+//! | `bridge` (`bridge-{region}`) | central | read and write `regions/{region}/#` (the regional broker's bridge logs in with it) |
+//! | `central` | central | read and write `regions/#` |
+//!
+//! Explicit `user` blocks, no `pattern` lines: a pattern applies to every user, so it
+//! would let a station publish requests as a vehicle of the same name.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+
+use crate::{Topology, TopologyError};
+
+/// What a user is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+pub enum Role {
+    Fog { region: String },
+    Fleet { region: String },
+    Station { region: String },
+    Vehicle,
+    Bridge { region: String },
+    Central,
+}
+
+/// A user and its password (plain: the password file stores only a hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    #[serde(flatten)]
+    pub role: Role,
+}
+
+/// Every user of a deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    #[serde(rename = "user", default)]
+    pub users: Vec<User>,
+}
+
+impl Credentials {
+    /// Servers, bridges and a fleet gateway per region with fresh random passwords, plus
+    /// the given stations (`(region, id)`) and vehicles.
+    pub fn generate(t: &Topology, stations: &[(String, String)], vehicles: &[String]) -> Self {
+        let mut users = vec![User {
+            name: "central".into(),
+            password: random_password(),
+            role: Role::Central,
+        }];
+        for r in &t.regions {
+            let region = r.id.clone();
+            for (name, role) in [
+                (
+                    format!("fog-{region}"),
+                    Role::Fog {
+                        region: region.clone(),
+                    },
+                ),
+                (
+                    format!("fleet-{region}"),
+                    Role::Fleet {
+                        region: region.clone(),
+                    },
+                ),
+                (
+                    format!("bridge-{region}"),
+                    Role::Bridge {
+                        region: region.clone(),
+                    },
+                ),
+            ] {
+                users.push(User {
+                    name,
+                    password: random_password(),
+                    role,
+                });
+            }
+        }
+        for (region, id) in stations {
+            users.push(User {
+                name: id.clone(),
+                password: random_password(),
+                role: Role::Station {
+                    region: region.clone(),
+                },
+            });
+        }
+        for id in vehicles {
+            users.push(User {
+                name: id.clone(),
+                password: random_password(),
+                role: Role::Vehicle,
+            });
+        }
+        Self { users }
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// The password of `name`, if it is a user.
+    pub fn password(&self, name: &str) -> Option<&str> {
+        self.user(name).map(|u| u.password.as_str())
+    }
+
+    /// The users a broker must know: central's broker knows central and the bridges;
+    /// a regional broker knows its fog, its fleet gateway, its stations and every
+    /// vehicle (they roam).
+    fn on_broker(&self, region: Option<&str>) -> impl Iterator<Item = &User> {
+        self.users.iter().filter(move |u| match (&u.role, region) {
+            (Role::Central | Role::Bridge { .. }, None) => true,
+            (Role::Vehicle, Some(_)) => true,
+            (
+                Role::Fog { region: r } | Role::Fleet { region: r } | Role::Station { region: r },
+                Some(b),
+            ) => r == b,
+            _ => false,
+        })
+    }
+
+    /// The ACL file of the central broker (`region` = None) or of a regional broker.
+    pub fn acl(&self, region: Option<&str>) -> String {
+        let mut out = String::from(
+            "# Generated by the topology tool from the deployment's users: see topology/src/auth.rs.\n",
+        );
+        for u in self.on_broker(region) {
+            let _ = writeln!(out, "\nuser {}", u.name);
+            let r = region.unwrap_or_default();
+            let rules: Vec<String> = match &u.role {
+                Role::Central => vec!["readwrite regions/#".into()],
+                Role::Bridge { region } => vec![format!("readwrite regions/{region}/#")],
+                Role::Fog { .. } => vec![format!("readwrite ev/{r}/#"), "readwrite fog/#".into()],
+                Role::Fleet { .. } => vec![
+                    format!("write ev/{r}/vehicles/+/request"),
+                    format!("write ev/{r}/vehicles/+/reservation"),
+                    format!("write ev/{r}/vehicles/+/telemetry"),
+                    format!("read ev/{r}/vehicles/+/recommendation"),
+                ],
+                Role::Station { .. } => vec![format!("write ev/{r}/stations/{}/status", u.name)],
+                Role::Vehicle => vec![
+                    format!("write ev/{r}/vehicles/{}/request", u.name),
+                    format!("write ev/{r}/vehicles/{}/reservation", u.name),
+                    format!("write ev/{r}/vehicles/{}/telemetry", u.name),
+                    format!("read ev/{r}/vehicles/{}/recommendation", u.name),
+                ],
+            };
+            for rule in rules {
+                let _ = writeln!(out, "topic {rule}");
+            }
+        }
+        out
+    }
+
+    /// Writes the password file of a broker to `path`, hashed with `mosquitto_passwd`.
+    pub fn write_password_file(
+        &self,
+        region: Option<&str>,
+        path: &Path,
+    ) -> Result<(), TopologyError> {
+        let mut plain = String::new();
+        for u in self.on_broker(region) {
+            let _ = writeln!(plain, "{}:{}", u.name, u.password);
+        }
+        let io = |e: std::io::Error| TopologyError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::write(path, plain).map_err(io)?;
+        let status = Command::new(mosquitto_passwd())
+            .arg("-U")
+            .arg(path)
+            .status()
+            .map_err(|e| TopologyError::Io {
+                path: "mosquitto_passwd".into(),
+                message: format!(
+                    "{e} (it comes with the mosquitto package: apt-get install -y mosquitto)"
+                ),
+            })?;
+        if !status.success() {
+            return Err(TopologyError::Io {
+                path: path.display().to_string(),
+                message: format!("mosquitto_passwd -U failed ({status})"),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn mosquitto_passwd() -> std::path::PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join("mosquitto_passwd");
+        if p.exists() {
+            return p;
+        }
+    }
+    "mosquitto_passwd".into()
+}
+
+/// 24 random characters of `[A-Za-z0-9]`.
+pub fn random_password() -> String {
+    const CHARS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    (0..24)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
