@@ -71,6 +71,12 @@ pub struct Config {
     #[arg(long, env = "SIM_MQTT_PASSWORD", hide_env_values = true)]
     pub mqtt_password: Option<String>,
 
+    /// Users of the brokers (TOML `[[user]]` entries, see docs/security.md): stations
+    /// log in as themselves and fleets as `fleet-{region}`. The local run makes its
+    /// own.
+    #[arg(long, env = "SIM_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
+
     /// The wall instant (ms since the Unix epoch) from which the shared clock runs
     /// `--speed` times faster. Required against existing servers unless `--speed 1`:
     /// give them the same `--clock-epoch-ms` and `--clock-speed`.
@@ -238,14 +244,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report> 
     }
 
     let external = config.is_external();
+    let stations: Vec<(String, String)> = world
+        .stations
+        .iter()
+        .map(|s| (world.regions.areas[s.region].id.clone(), s.id.clone()))
+        .collect();
+    let credentials = match (&config.credentials, external) {
+        (Some(path), _) => Some(topology::auth::Credentials::load(path)?),
+        // The local run has authentication on, with users made for this run.
+        (None, false) => Some(topology::auth::Credentials::generate(
+            &topology,
+            &stations,
+            &[],
+        )),
+        (None, true) => None,
+    };
     let brokers = if external {
         None
     } else {
         eprintln!(
-            "starting the local topology: a central broker and {} regional brokers (Mosquitto), fog servers and central",
+            "starting the local topology: a central broker and {} regional brokers (Mosquitto, authentication on), fog servers and central",
             topology.regions.len()
         );
-        Some(LocalBrokers::start(&topology)?)
+        Some(LocalBrokers::start_with(&topology, credentials.as_ref())?)
     };
     let topology = brokers.as_ref().map_or(topology, |b| b.topology.clone());
     let urls: HashMap<String, String> = topology
@@ -257,12 +278,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report> 
         urls,
         username: config.mqtt_username.clone(),
         password: config.mqtt_password.clone(),
+        credentials: credentials.clone(),
     };
-    let stations: Vec<(String, String)> = world
-        .stations
-        .iter()
-        .map(|s| (world.regions.areas[s.region].id.clone(), s.id.clone()))
-        .collect();
 
     let mut in_service: BTreeMap<String, u32> =
         topology.regions.iter().map(|r| (r.id.clone(), 0)).collect();
@@ -287,6 +304,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report> 
                     clock_speed: config.speed,
                     clock_epoch_ms: epoch,
                     central_http: config.central_http,
+                    credentials: credentials.clone(),
                     ..ServerSettings::embedded(&exe)
                 };
                 let servers = LocalServers::start(&topology, &settings).await?;

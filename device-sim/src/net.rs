@@ -28,6 +28,19 @@ pub struct Brokers {
     pub urls: HashMap<String, String>,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Per-device users (stations log in as themselves, fleets as `fleet-{region}`);
+    /// devices without an entry use `username`/`password`.
+    pub credentials: Option<topology::auth::Credentials>,
+}
+
+impl Brokers {
+    /// The login of `user`: its own password when it has one, else the shared one.
+    fn login(&self, user: &str) -> (Option<String>, Option<String>) {
+        match self.credentials.as_ref().and_then(|c| c.password(user)) {
+            Some(pw) => (Some(user.to_owned()), Some(pw.to_owned())),
+            None => (self.username.clone(), self.password.clone()),
+        }
+    }
 }
 
 /// A recommendation that came back, with when it arrived.
@@ -67,12 +80,13 @@ impl Net {
         let mut fleets = HashMap::new();
         let mut links = Vec::new();
         for (region, url) in &brokers.urls {
+            let (username, password) = brokers.login(&format!("fleet-{region}"));
             let settings = LinkSettings {
                 url: url.clone(),
                 client_id: format!("device-sim-{run}-fleet-{region}"),
                 persistent: false,
-                username: brokers.username.clone(),
-                password: brokers.password.clone(),
+                username,
+                password,
                 will: None,
             };
             let filter = topics::filters::vehicles(region, VehicleChannel::Recommendation);
@@ -130,12 +144,13 @@ impl Net {
                 state: StationState::Offline,
                 ts_ms: None,
             };
+            let (username, password) = brokers.login(id);
             let settings = LinkSettings {
                 url,
                 client_id: id.clone(),
                 persistent: false,
-                username: brokers.username.clone(),
-                password: brokers.password.clone(),
+                username,
+                password,
                 will: Some(Will {
                     topic: topics::station_status(region, id),
                     payload: protocol::encode(&offline),

@@ -287,6 +287,19 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
+/// The return code of an anonymous MQTT 3.1.1 CONNECT to `127.0.0.1:port`.
+fn anonymous_connack(port: u16) -> u8 {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 10, 0, 0])
+        .unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).unwrap();
+    connack[3]
+}
+
 /// TCP ports in LISTEN state on this machine (IPv4).
 fn listening_ports() -> Vec<u16> {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
@@ -345,6 +358,14 @@ fn ctrl_c_stops_the_local_topology_and_leaves_no_process_behind() {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "no start within 60 s"
+        );
+    }
+    // The local run has authentication on: an anonymous client is refused.
+    for port in std::iter::once(t.central.port).chain(t.regions.iter().map(|r| r.broker.port)) {
+        assert_eq!(
+            anonymous_connack(port),
+            5,
+            "port {port}: anonymous refused (not authorised)"
         );
     }
     let central_port = format!(":{}", t.central.port);

@@ -28,7 +28,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
-use topology::{RenderOptions, Topology};
+use topology::auth::Credentials;
+use topology::{Auth, RenderOptions, Topology};
 
 use crate::process::Supervised;
 
@@ -40,6 +41,8 @@ pub struct LocalBrokers {
     pub topology: Topology,
     pub central: Mosquitto,
     pub regions: BTreeMap<String, Mosquitto>,
+    /// Password and ACL files, when authentication is on.
+    _auth_dir: Option<tempfile::TempDir>,
 }
 
 impl LocalBrokers {
@@ -47,6 +50,12 @@ impl LocalBrokers {
     /// on `127.0.0.1`. A port that is 0 or already taken is replaced by a free one (the
     /// returned topology says which); every broker answers MQTT when this returns.
     pub fn start(topology: &Topology) -> Result<Self> {
+        Self::start_with(topology, None)
+    }
+
+    /// [`start`](Self::start), with authentication and ACLs for `credentials` when
+    /// given (anonymous clients refused; see `docs/security.md`).
+    pub fn start_with(topology: &Topology, credentials: Option<&Credentials>) -> Result<Self> {
         find_mosquitto()?;
         let mut t = topology.clone();
         t.central.host = "127.0.0.1".into();
@@ -58,20 +67,47 @@ impl LocalBrokers {
             r.broker.port = usable_port(r.broker.port)?;
         }
         t.check()?;
+        let (auth, auth_dir) = match credentials {
+            Some(creds) => {
+                let dir = tempfile::Builder::new()
+                    .prefix("fogcharge-auth-")
+                    .tempdir()
+                    .context("creating the directory of the password files")?;
+                std::fs::write(dir.path().join("central.acl"), creds.acl(None))?;
+                creds.write_password_file(None, &dir.path().join("central.passwd"))?;
+                for r in &t.regions {
+                    std::fs::write(
+                        dir.path().join(format!("{}.acl", r.id)),
+                        creds.acl(Some(&r.id)),
+                    )?;
+                    creds.write_password_file(
+                        Some(&r.id),
+                        &dir.path().join(format!("{}.passwd", r.id)),
+                    )?;
+                }
+                (Auth::files(dir.path(), creds), Some(dir))
+            }
+            None => (Auth::Anonymous, None),
+        };
+        let options = move |dir: &Path| RenderOptions {
+            auth: auth.clone(),
+            ..RenderOptions::test(dir)
+        };
         let central_topology = t.clone();
+        let central_options = options.clone();
         let central = Mosquitto::start(
             MosquittoConfig::from_template(move |_, dir| {
-                topology::central_broker_conf(&central_topology, &RenderOptions::test(dir))
+                topology::central_broker_conf(&central_topology, &central_options(dir))
             })
             .with_port(t.central.port),
         )
         .context("starting the central broker")?;
         let mut regions = BTreeMap::new();
         for region in &t.regions {
-            let (rt, id) = (t.clone(), region.id.clone());
+            let (rt, id, region_options) = (t.clone(), region.id.clone(), options.clone());
             let broker = Mosquitto::start(
                 MosquittoConfig::from_template(move |_, dir| {
-                    topology::region_broker_conf(&rt, &id, &RenderOptions::test(dir))
+                    topology::region_broker_conf(&rt, &id, &region_options(dir))
                         .unwrap_or_else(|e| format!("# {e}"))
                 })
                 .with_port(region.broker.port),
@@ -83,6 +119,7 @@ impl LocalBrokers {
             topology: t,
             central,
             regions,
+            _auth_dir: auth_dir,
         })
     }
 
@@ -118,6 +155,9 @@ pub struct ServerSettings {
     pub fog_args: Vec<String>,
     /// `RUST_LOG` of the servers (their logs go to files, quoted when one fails).
     pub log_filter: String,
+    /// The servers log in as `fog-{region}` and `central` of these (passwords passed in
+    /// the environment, not on the command line).
+    pub credentials: Option<Credentials>,
 }
 
 impl ServerSettings {
@@ -132,6 +172,7 @@ impl ServerSettings {
             central_http: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             fog_args: Vec::new(),
             log_filter: "warn".into(),
+            credentials: None,
         }
     }
 }
@@ -179,10 +220,24 @@ impl LocalServers {
             central_http.to_string(),
         ];
         args.extend(clock.iter().cloned());
+        let login = |user: &str, prefix: &str| -> Vec<(String, String)> {
+            settings
+                .credentials
+                .as_ref()
+                .and_then(|c| c.password(user))
+                .map(|pw| {
+                    vec![
+                        (format!("{prefix}_MQTT_USERNAME"), user.to_owned()),
+                        (format!("{prefix}_MQTT_PASSWORD"), pw.to_owned()),
+                    ]
+                })
+                .unwrap_or_default()
+        };
         let central = spawn_server(
             "central",
             &settings.central_command,
             &args,
+            &login("central", "CENTRAL"),
             central_http,
             logs.path(),
             &settings.log_filter,
@@ -216,6 +271,7 @@ impl LocalServers {
                 &name,
                 &settings.fog_command,
                 &args,
+                &login(&name, "FOG"),
                 http,
                 servers.logs.path(),
                 &settings.log_filter,
@@ -343,6 +399,7 @@ fn spawn_server(
     name: &str,
     command: &[OsString],
     args: &[String],
+    env: &[(String, String)],
     http: SocketAddr,
     logs: &Path,
     log_filter: &str,
@@ -354,6 +411,7 @@ fn spawn_server(
         Command::new(program)
             .args(prefix)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

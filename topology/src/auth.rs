@@ -107,6 +107,21 @@ impl Credentials {
         Self { users }
     }
 
+    /// Reads users from a TOML file of `[[user]]` entries (`name`, `password`, `role`,
+    /// and `region` for the roles that have one).
+    pub fn load(path: &Path) -> Result<Self, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TopologyError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| TopologyError::Parse(e.to_string()))
+    }
+
+    /// The users as TOML, as [`load`](Self::load) reads them.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.iter().find(|u| u.name == name)
     }
