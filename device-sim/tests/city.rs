@@ -470,3 +470,55 @@ async fn runs_against_brokers_and_servers_that_already_exist() {
     assert_eq!(listed, 20, "{regions:?}");
     servers.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_fog_server_answering_vehicles_retry_then_drive_to_the_nearest_station() {
+    testkit::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let topology = Topology::load(&three_regions(dir.path())).unwrap();
+    // Brokers, but no fog server and no central: nobody answers.
+    let brokers = launcher::LocalBrokers::start(&topology).unwrap();
+    let list: Vec<String> = brokers
+        .topology
+        .regions
+        .iter()
+        .map(|r| format!("{}={}", r.id, r.broker.url()))
+        .collect();
+    let config = Config::parse_from([
+        "device-sim",
+        "--brokers",
+        &list.join(","),
+        "--topology",
+        dir.path().join("topology.toml").to_str().unwrap(),
+        "--speed",
+        "10",
+        "--clock-epoch-ms",
+        &service::clock::wall_ms().to_string(),
+        "--strategy",
+        "fog",
+        "--stations",
+        "10",
+        "--vehicles",
+        "20",
+        "--min-start-soc",
+        "0.05",
+        "--soc-threshold",
+        "0.3",
+        "--hours",
+        "0.02",
+        "--answer-timeout-ms",
+        "300",
+        "--no-progress",
+    ]);
+    let report = device_sim::run(config, CancellationToken::new())
+        .await
+        .unwrap();
+    let fog = &report.strategies["fog"];
+    check_invariants("fog", fog);
+    assert!(fog.requests > 0, "{fog:?}");
+    assert_eq!(fog.answered, 0, "nobody answers: {fog:?}");
+    // Each request timed out twice (the first try and the retry) and then fell back.
+    assert_eq!(fog.timeouts, 2 * fog.requests, "{fog:?}");
+    assert_eq!(fog.fallbacks, fog.requests, "{fog:?}");
+    drop(brokers);
+}
