@@ -2,8 +2,8 @@
 //! that task. Persistent session, QoS 1, reconnect with back-off, and every
 //! subscription restored after each reconnect (the broker may have lost the session).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -34,10 +34,11 @@ pub struct Will {
     pub retain: bool,
 }
 
-/// Publishes through a [`Link`]'s connection from any task.
+/// Publishes through a [`Link`]'s connection from any task (also after the link has
+/// replaced its client on a reconnect).
 #[derive(Clone)]
 pub struct Publisher {
-    client: mqtt::AsyncClient,
+    client: Arc<RwLock<mqtt::AsyncClient>>,
 }
 
 impl Publisher {
@@ -48,7 +49,8 @@ impl Publisher {
         } else {
             mqtt::Message::new(topic, payload, qos)
         };
-        if let Err(e) = self.client.try_publish(msg) {
+        let client = self.client.read().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = client.try_publish(msg) {
             warn!(topic, error = %e, "publish failed");
         }
     }
@@ -66,7 +68,12 @@ impl Publisher {
         } else {
             mqtt::Message::new(topic, payload, qos)
         };
-        self.client
+        let client = self
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        client
             .publish(msg)
             .await
             .with_context(|| format!("publishing to {topic}"))
@@ -76,7 +83,11 @@ impl Publisher {
 /// A connected client plus what it needs to come back after a connection loss.
 pub struct Link {
     client: mqtt::AsyncClient,
+    /// The current client, for [`Publisher`]s.
+    shared: Arc<RwLock<mqtt::AsyncClient>>,
     stream: mqtt::AsyncReceiver<Option<mqtt::Message>>,
+    settings: LinkSettings,
+    capacity: usize,
     connect_opts: mqtt::ConnectOptions,
     subscriptions: Vec<(String, i32)>,
     connected: Arc<AtomicBool>,
@@ -86,6 +97,8 @@ pub struct Link {
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest wait for one reconnect or resubscribe.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Link {
     /// Connects (retrying until `shutdown`) and subscribes to every `(filter, qos)`.
@@ -94,21 +107,13 @@ impl Link {
         subscriptions: Vec<(String, i32)>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let mut client = mqtt::CreateOptionsBuilder::new_v3()
-            .server_uri(&settings.url)
-            .client_id(&settings.client_id)
-            .persistence(mqtt::PersistenceType::None)
-            .max_buffered_messages(100_000)
-            .send_while_disconnected(true)
-            .create_client()
-            .with_context(|| format!("invalid broker url {:?}", settings.url))?;
         // The channel is allocated up front: small for a client that only publishes.
         let capacity = if subscriptions.is_empty() {
             16
         } else {
             100_000
         };
-        let stream = client.get_stream(capacity);
+        let (client, stream) = create_client(settings, capacity)?;
         // The builder is not `Send`: keep it out of the awaits below.
         let connect_opts = {
             let mut builder = mqtt::ConnectOptionsBuilder::new_v3();
@@ -133,8 +138,11 @@ impl Link {
             builder.finalize()
         };
         let link = Self {
+            shared: Arc::new(RwLock::new(client.clone())),
             client,
             stream,
+            settings: settings.clone(),
+            capacity,
             connect_opts,
             subscriptions,
             connected: Arc::new(AtomicBool::new(false)),
@@ -209,33 +217,64 @@ impl Link {
         }
     }
 
+    /// Connects again with a new client (same id, same session): reusing a paho client
+    /// whose connection died with QoS 1 messages in flight sent malformed packets and
+    /// corrupted memory in paho.mqtt.c 1.3 after a broker crash. Messages queued in
+    /// the old client that the broker never acknowledged are dropped with it; every
+    /// device request is retried by its sender, every fog message is periodic or
+    /// answered again.
     async fn reconnect(&mut self, shutdown: &CancellationToken) -> bool {
         let mut backoff = MIN_BACKOFF;
         loop {
-            if !self.client.is_connected() {
-                let result = self.client.reconnect().await;
-                let _ = self.client.is_connected(); // see `connect`: let the callback finish
-                if let Err(e) = result {
-                    warn!(error = %e, retry_in = ?backoff, "reconnect failed");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
+            let (client, stream) = match create_client(&self.settings, self.capacity) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "cannot create an MQTT client");
+                    return false;
                 }
-            }
-            match self.subscribe_all().await {
-                Ok(()) => {
-                    self.connected.store(true, Ordering::Release);
-                    info!("reconnected and resubscribed");
-                    if let Some(cb) = &self.on_reconnect {
-                        cb();
+            };
+            let result =
+                tokio::time::timeout(STEP_TIMEOUT, client.connect(self.connect_opts.clone())).await;
+            let _ = client.is_connected(); // see `connect`: let the callback finish
+            let failed = match result {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {STEP_TIMEOUT:?}")),
+            };
+            let old = if failed.is_none() {
+                let old = std::mem::replace(&mut self.client, client);
+                self.stream = stream;
+                *self.shared.write().unwrap_or_else(|e| e.into_inner()) = self.client.clone();
+                Some(old)
+            } else {
+                // A client whose connect failed may still have a callback pending: it
+                // must never drop the last clone (paho.mqtt.rust#239), so it is kept.
+                std::mem::forget(client);
+                None
+            };
+            if let Some(old) = old {
+                // The same hazard for the old client's pending tokens.
+                std::mem::forget(old);
+                match tokio::time::timeout(STEP_TIMEOUT, self.subscribe_all()).await {
+                    Ok(Ok(())) => {
+                        self.connected.store(true, Ordering::Release);
+                        info!("reconnected and resubscribed");
+                        if let Some(cb) = &self.on_reconnect {
+                            cb();
+                        }
+                        return true;
                     }
-                    return true;
+                    Ok(Err(e)) => warn!(error = %e, "resubscribe failed"),
+                    Err(_) => warn!("resubscribe: no answer within {STEP_TIMEOUT:?}"),
                 }
-                Err(e) => warn!(error = %e, "resubscribe failed"),
+            } else if let Some(error) = failed {
+                warn!(%error, retry_in = ?backoff, "reconnect failed");
             }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -248,7 +287,7 @@ impl Link {
     /// A handle other tasks can publish through.
     pub fn publisher(&self) -> Publisher {
         Publisher {
-            client: self.client.clone(),
+            client: self.shared.clone(),
         }
     }
 
@@ -263,4 +302,24 @@ impl Link {
         }
         let _ = self.client.is_connected(); // see `connect`: let the callback finish
     }
+}
+
+/// A paho client for `settings` and its message stream.
+fn create_client(
+    settings: &LinkSettings,
+    capacity: usize,
+) -> anyhow::Result<(
+    mqtt::AsyncClient,
+    mqtt::AsyncReceiver<Option<mqtt::Message>>,
+)> {
+    let mut client = mqtt::CreateOptionsBuilder::new_v3()
+        .server_uri(&settings.url)
+        .client_id(&settings.client_id)
+        .persistence(mqtt::PersistenceType::None)
+        .max_buffered_messages(100_000)
+        .send_while_disconnected(true)
+        .create_client()
+        .with_context(|| format!("invalid broker url {:?}", settings.url))?;
+    let stream = client.get_stream(capacity);
+    Ok((client, stream))
 }

@@ -1,0 +1,189 @@
+//! The regional broker killed (SIGKILL) in the middle of a burst and started again: the
+//! fog server and the vehicles' gateway reconnect and resubscribe, requests sent while
+//! the broker was down go out after it is back, requests the dead broker swallowed are
+//! asked again under the same id, and every request ends up answered exactly once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use protocol::{ChargeRequest, Recommendation, StationState, StationStatus, topics};
+use serde_json::Value;
+use service::{Link, LinkSettings};
+use testkit::fog::Fog;
+use testkit::{Mosquitto, MosquittoConfig, TestClient, wait_until};
+use tokio_util::sync::CancellationToken;
+
+const REGION: &str = "north";
+const VEHICLES: usize = 50;
+const PER_VEHICLE: usize = 10;
+
+fn request(vehicle: usize, n: usize) -> (String, Vec<u8>) {
+    let req = ChargeRequest {
+        v: 1,
+        request_id: format!("r-{n}"),
+        lat: -12.25 + (vehicle % 10) as f64 * 0.004,
+        lon: -38.95 + (vehicle / 10) as f64 * 0.004,
+        soc: 0.3,
+        battery_kwh: 60.0,
+        kwh_per_km: 0.18,
+        target_soc: 0.8,
+        ts_ms: None,
+    };
+    (
+        topics::request(REGION, &format!("car-{vehicle:02}")),
+        serde_json::to_vec(&req).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_during_a_burst_loses_no_request_and_answers_none_twice() {
+    testkit::init_tracing();
+    let mut broker = Mosquitto::start(MosquittoConfig::new()).unwrap();
+    let fog = Fog::start(&broker.url(), REGION).await.unwrap();
+    let stations = TestClient::connect(&broker.url(), "stations")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let id = format!("n-{i:02}");
+        let s = StationStatus {
+            v: 1,
+            station_id: id.clone(),
+            lat: Some(-12.25 + f64::from(i % 5) * 0.01),
+            lon: Some(-38.95 + f64::from(i / 5) * 0.01),
+            chargers: Some(8),
+            power_kw: Some(150.0),
+            occupied: 0,
+            queue: 0,
+            state: StationState::Available,
+            ts_ms: None,
+        };
+        stations
+            .publish_json(&topics::station_status(REGION, &id), &s, 1, true)
+            .await
+            .unwrap();
+    }
+    wait_until(
+        "the fog knows the stations",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            fog.get_json::<Vec<Value>>("/api/stations")
+                .await
+                .is_ok_and(|s| s.len() == 20)
+        },
+    )
+    .await
+    .unwrap();
+    drop(stations);
+
+    // The vehicles' gateway: the same reconnecting link the servers use.
+    let shutdown = CancellationToken::new();
+    let settings = LinkSettings {
+        url: broker.url(),
+        client_id: "fleet".into(),
+        persistent: true,
+        username: None,
+        password: None,
+        will: None,
+    };
+    let filter = format!("ev/{REGION}/vehicles/+/recommendation");
+    let mut link = Link::connect(&settings, vec![(filter, 1)], &shutdown)
+        .await
+        .unwrap();
+    let publisher = link.publisher();
+    let answers: Arc<Mutex<HashMap<(String, String), usize>>> = Arc::default();
+    let seen = answers.clone();
+    let listener = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            while let Some(msg) = link.next(&shutdown).await {
+                let vehicle = msg.topic().split('/').nth(3).unwrap_or_default().to_owned();
+                let rec: Recommendation = serde_json::from_slice(msg.payload()).unwrap();
+                *seen
+                    .lock()
+                    .unwrap()
+                    .entry((vehicle, rec.request_id))
+                    .or_default() += 1;
+            }
+        }
+    });
+
+    // Half the burst, the broker dies, the other half is sent while it is down.
+    let all: Vec<(usize, usize)> = (0..PER_VEHICLE)
+        .flat_map(|n| (0..VEHICLES).map(move |v| (v, n)))
+        .collect();
+    let (before, during) = all.split_at(all.len() / 2);
+    for &(v, n) in before {
+        let (topic, payload) = request(v, n);
+        publisher.publish(&topic, &payload, 1, false);
+    }
+    broker.kill().unwrap();
+    for &(v, n) in during {
+        let (topic, payload) = request(v, n);
+        publisher.publish(&topic, &payload, 1, false);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // the outage
+    let restarted = Instant::now();
+    broker.restart().unwrap();
+
+    // Vehicles ask again, under the same id, what got no answer for 2 s; until every
+    // request has one.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut last_progress = (0, Instant::now());
+    loop {
+        let answered = answers.lock().unwrap().len();
+        if answered == all.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{answered} of {} requests answered 40 s after the restart; broker log:\n{}",
+            all.len(),
+            broker
+                .log()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        if answered != last_progress.0 {
+            last_progress = (answered, Instant::now());
+        } else if last_progress.1.elapsed() > Duration::from_secs(2) {
+            let missing: Vec<(usize, usize)> = {
+                let a = answers.lock().unwrap();
+                all.iter()
+                    .copied()
+                    .filter(|&(v, n)| !a.contains_key(&(format!("car-{v:02}"), format!("r-{n}"))))
+                    .collect()
+            };
+            for (v, n) in missing {
+                let (topic, payload) = request(v, n);
+                publisher.publish(&topic, &payload, 1, false);
+            }
+            last_progress.1 = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all_answered = restarted.elapsed();
+    // Nothing is answered twice, also after a quiet spell.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let twice: Vec<_> = answers
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, n)| (k.clone(), *n))
+        .collect();
+    assert!(twice.is_empty(), "answered more than once: {twice:?}");
+    // One reservation per vehicle.
+    let reservations: Vec<Value> = fog.get_json("/api/reservations").await.unwrap();
+    assert_eq!(reservations.len(), VEHICLES, "{reservations:?}");
+    println!(
+        "{} requests, broker killed half-way: all answered once, {all_answered:?} after its restart",
+        all.len()
+    );
+    shutdown.cancel();
+    listener.await.unwrap();
+}
