@@ -30,6 +30,10 @@ pub struct Config {
     #[arg(long, env = "CENTRAL_MQTT_PASSWORD", hide_env_values = true)]
     pub mqtt_password: Option<String>,
 
+    /// CA certificate (PEM) of an `ssl://` broker (default: the system's trust store).
+    #[arg(long, env = "CENTRAL_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<std::path::PathBuf>,
+
     /// Serve /healthz, /readyz, /metrics and /api/* on this address (port 0: any free port).
     #[arg(long, env = "CENTRAL_HTTP")]
     pub http: Option<SocketAddr>,

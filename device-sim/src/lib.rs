@@ -71,6 +71,10 @@ pub struct Config {
     #[arg(long, env = "SIM_MQTT_PASSWORD", hide_env_values = true)]
     pub mqtt_password: Option<String>,
 
+    /// CA certificate (PEM) of `ssl://` brokers (default: the system's trust store).
+    #[arg(long, env = "SIM_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<PathBuf>,
+
     /// Users of the brokers (TOML `[[user]]` entries, see docs/security.md): stations
     /// log in as themselves and fleets as `fleet-{region}`. The local run makes its
     /// own.
@@ -279,6 +283,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report> 
         username: config.mqtt_username.clone(),
         password: config.mqtt_password.clone(),
         credentials: credentials.clone(),
+        ca_file: config.mqtt_ca_file.clone(),
     };
 
     let mut in_service: BTreeMap<String, u32> =

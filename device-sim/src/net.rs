@@ -31,6 +31,8 @@ pub struct Brokers {
     /// Per-device users (stations log in as themselves, fleets as `fleet-{region}`);
     /// devices without an entry use `username`/`password`.
     pub credentials: Option<topology::auth::Credentials>,
+    /// CA certificate of `ssl://` brokers.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Brokers {
@@ -88,6 +90,7 @@ impl Net {
                 username,
                 password,
                 will: None,
+                ca_file: brokers.ca_file.clone(),
             };
             let filter = topics::filters::vehicles(region, VehicleChannel::Recommendation);
             let link = Link::connect(&settings, vec![(filter, 1)], &shutdown)
@@ -157,6 +160,7 @@ impl Net {
                     qos: 1,
                     retain: true,
                 }),
+                ca_file: brokers.ca_file.clone(),
             };
             let link = Link::connect(&settings, Vec::new(), &shutdown)
                 .await

@@ -36,6 +36,10 @@ pub struct Config {
     #[arg(long, env = "FOG_MQTT_PASSWORD", hide_env_values = true)]
     pub mqtt_password: Option<String>,
 
+    /// CA certificate (PEM) of an `ssl://` broker (default: the system's trust store).
+    #[arg(long, env = "FOG_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<PathBuf>,
+
     /// The region's bounding box: min_lat,min_lon,max_lat,max_lon.
     #[arg(long, env = "FOG_BOUNDS", value_parser = parse_bounds, conflicts_with = "polygon")]
     pub bounds: Option<Bounds>,

@@ -129,6 +129,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         username: config.mqtt_username.clone(),
         password: config.mqtt_password.clone(),
         will: None,
+        ca_file: config.mqtt_ca_file.clone(),
     };
     let mut link = Link::connect(&settings, subscriptions, &shutdown).await?;
     let reconnects = metrics.mqtt_reconnects.clone();

@@ -86,6 +86,7 @@ async fn a_broker_killed_during_a_burst_loses_no_request_and_answers_none_twice(
         username: None,
         password: None,
         will: None,
+        ca_file: None,
     };
     let filter = format!("ev/{REGION}/vehicles/+/recommendation");
     let mut link = Link::connect(&settings, vec![(filter, 1)], &shutdown)

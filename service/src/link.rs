@@ -23,6 +23,9 @@ pub struct LinkSettings {
     pub password: Option<String>,
     /// Published by the broker when this client vanishes without disconnecting.
     pub will: Option<Will>,
+    /// For `ssl://` brokers: the CA certificate (PEM) the broker's certificate must
+    /// chain to (default: the system's trust store).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A last-will message.
@@ -127,6 +130,14 @@ impl Link {
             }
             if let Some(password) = &settings.password {
                 builder.password(password.as_str());
+            }
+            if settings.url.starts_with("ssl://") || settings.url.starts_with("mqtts://") {
+                let mut ssl = mqtt::SslOptionsBuilder::new();
+                if let Some(ca) = &settings.ca_file {
+                    ssl.trust_store(ca)
+                        .with_context(|| format!("CA file {}", ca.display()))?;
+                }
+                builder.ssl_options(ssl.finalize());
             }
             if let Some(will) = &settings.will {
                 builder.will_message(if will.retain {

@@ -336,6 +336,17 @@ pub struct RenderOptions {
     /// Named in the header of every file.
     pub source: String,
     pub auth: Auth,
+    /// An extra TLS listener on each broker that has a port here.
+    pub tls: Option<Tls>,
+}
+
+/// TLS listeners: for broker `b` (`central` or a region id) a listener on `ports[b]`
+/// with `{dir}/ca.crt`, `{dir}/{b}.crt` and `{dir}/{b}.key` (PEM), as the broker sees
+/// the directory. The plain listener stays (for loopback or a private network).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    pub dir: PathBuf,
+    pub ports: std::collections::BTreeMap<String, u16>,
 }
 
 /// Where persistence files go.
@@ -391,6 +402,7 @@ impl RenderOptions {
             log_dest: None,
             source: "a test topology".into(),
             auth: Auth::Anonymous,
+            tls: None,
         }
     }
 
@@ -401,6 +413,7 @@ impl RenderOptions {
             log_dest: Some("stdout".into()),
             source: "the local topology".into(),
             auth: Auth::Anonymous,
+            tls: None,
         }
     }
 
@@ -412,6 +425,7 @@ impl RenderOptions {
             log_dest: Some("stdout".into()),
             source: source.into(),
             auth: Auth::Anonymous,
+            tls: None,
         }
     }
 
@@ -438,6 +452,23 @@ fn common(
         opts.source
     );
     let _ = writeln!(out, "listener {} {}", b.port, b.listen);
+    if let Some(tls) = &opts.tls {
+        if let Some(port) = tls.ports.get(name) {
+            let _ = writeln!(out, "listener {port} {}", b.listen);
+            let _ = writeln!(out, "cafile {}", tls.dir.join("ca.crt").display());
+            let _ = writeln!(
+                out,
+                "certfile {}",
+                tls.dir.join(format!("{name}.crt")).display()
+            );
+            let _ = writeln!(
+                out,
+                "keyfile {}",
+                tls.dir.join(format!("{name}.key")).display()
+            );
+            let _ = writeln!(out, "tls_version tlsv1.2");
+        }
+    }
     match &opts.auth {
         Auth::Anonymous => {
             let _ = writeln!(out, "allow_anonymous true");
