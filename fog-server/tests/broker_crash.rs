@@ -39,7 +39,10 @@ fn request(vehicle: usize, n: usize) -> (String, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_during_a_burst_loses_no_request_and_answers_none_twice() {
     testkit::init_tracing();
-    let mut broker = Mosquitto::start(MosquittoConfig::new()).unwrap();
+    // Saves its state every second (generated configs: every 10 s), so that the
+    // sessions of the fog and the gateway survive the crash.
+    let mut broker =
+        Mosquitto::start(MosquittoConfig::new().with_extra("autosave_interval 1")).unwrap();
     let fog = Fog::start(&broker.url(), REGION).await.unwrap();
     let stations = TestClient::connect(&broker.url(), "stations")
         .await
@@ -93,6 +96,22 @@ async fn a_broker_killed_during_a_burst_loses_no_request_and_answers_none_twice(
         .await
         .unwrap();
     let publisher = link.publisher();
+    let link_up = link.connected_flag();
+    // Both sessions (subscriptions included) are on disk before the crash.
+    let subscribed = std::time::SystemTime::now();
+    let db = broker.dir().join("mosquitto.db");
+    wait_until(
+        "the broker saved the sessions",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            std::fs::metadata(&db)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > subscribed)
+        },
+    )
+    .await
+    .unwrap();
     let answers: Arc<Mutex<HashMap<(String, String), usize>>> = Arc::default();
     let seen = answers.clone();
     let listener = tokio::spawn({
@@ -120,6 +139,14 @@ async fn a_broker_killed_during_a_burst_loses_no_request_and_answers_none_twice(
         publisher.publish(&topic, &payload, 1, false);
     }
     broker.kill().unwrap();
+    wait_until(
+        "the gateway notices the broker is gone",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || async { !link_up.load(std::sync::atomic::Ordering::Acquire) },
+    )
+    .await
+    .unwrap();
     for &(v, n) in during {
         let (topic, payload) = request(v, n);
         publisher.publish(&topic, &payload, 1, false);
@@ -132,6 +159,7 @@ async fn a_broker_killed_during_a_burst_loses_no_request_and_answers_none_twice(
     // request has one.
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut last_progress = (0, Instant::now());
+    let mut asked_again = 0;
     loop {
         let answered = answers.lock().unwrap().len();
         if answered == all.len() {
@@ -160,6 +188,7 @@ async fn a_broker_killed_during_a_burst_loses_no_request_and_answers_none_twice(
                     .collect()
             };
             for (v, n) in missing {
+                asked_again += 1;
                 let (topic, payload) = request(v, n);
                 publisher.publish(&topic, &payload, 1, false);
             }
@@ -168,6 +197,13 @@ async fn a_broker_killed_during_a_burst_loses_no_request_and_answers_none_twice(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let all_answered = restarted.elapsed();
+    // What was sent while the link was down went out after the reconnect by itself:
+    // only requests the dead broker swallowed had to be asked again.
+    assert!(
+        asked_again <= before.len(),
+        "{asked_again} asked again, more than the {} sent before the crash",
+        before.len()
+    );
     // Nothing is answered twice, also after a quiet spell.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let twice: Vec<_> = answers
@@ -182,7 +218,7 @@ async fn a_broker_killed_during_a_burst_loses_no_request_and_answers_none_twice(
     let reservations: Vec<Value> = fog.get_json("/api/reservations").await.unwrap();
     assert_eq!(reservations.len(), VEHICLES, "{reservations:?}");
     println!(
-        "{} requests, broker killed half-way: all answered once, {all_answered:?} after its restart",
+        "{} requests, broker killed half-way: all answered once, {all_answered:?} after its restart; {asked_again} asked again",
         all.len()
     );
     shutdown.cancel();

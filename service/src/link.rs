@@ -2,8 +2,9 @@
 //! that task. Persistent session, QoS 1, reconnect with back-off, and every
 //! subscription restored after each reconnect (the broker may have lost the session).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -42,16 +43,36 @@ pub struct Will {
 #[derive(Clone)]
 pub struct Publisher {
     client: Arc<RwLock<mqtt::AsyncClient>>,
+    connected: Arc<AtomicBool>,
+    /// Messages published while disconnected, sent by the new client once connected.
+    outbox: Arc<Mutex<VecDeque<mqtt::Message>>>,
 }
 
+/// Most messages kept while disconnected; beyond it the oldest are dropped (with a
+/// warning).
+const OUTBOX_LIMIT: usize = 100_000;
+
 impl Publisher {
-    /// Queues a message without waiting for the broker's acknowledgement.
+    /// Queues a message without waiting for the broker's acknowledgement; while the
+    /// link is down it waits in the link's outbox and goes out after the reconnect.
     pub fn publish(&self, topic: &str, payload: &[u8], qos: i32, retain: bool) {
         let msg = if retain {
             mqtt::Message::new_retained(topic, payload, qos)
         } else {
             mqtt::Message::new(topic, payload, qos)
         };
+        if !self.connected.load(Ordering::Acquire) {
+            let mut outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            if outbox.len() >= OUTBOX_LIMIT {
+                outbox.pop_front();
+                warn!(
+                    limit = OUTBOX_LIMIT,
+                    "outbox full while disconnected: oldest message dropped"
+                );
+            }
+            outbox.push_back(msg);
+            return;
+        }
         let client = self.client.read().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = client.try_publish(msg) {
             warn!(topic, error = %e, "publish failed");
@@ -88,6 +109,7 @@ pub struct Link {
     client: mqtt::AsyncClient,
     /// The current client, for [`Publisher`]s.
     shared: Arc<RwLock<mqtt::AsyncClient>>,
+    outbox: Arc<Mutex<VecDeque<mqtt::Message>>>,
     stream: mqtt::AsyncReceiver<Option<mqtt::Message>>,
     settings: LinkSettings,
     capacity: usize,
@@ -150,6 +172,7 @@ impl Link {
         };
         let link = Self {
             shared: Arc::new(RwLock::new(client.clone())),
+            outbox: Arc::default(),
             client,
             stream,
             settings: settings.clone(),
@@ -269,7 +292,21 @@ impl Link {
                 match tokio::time::timeout(STEP_TIMEOUT, self.subscribe_all()).await {
                     Ok(Ok(())) => {
                         self.connected.store(true, Ordering::Release);
-                        info!("reconnected and resubscribed");
+                        // What was published during the outage goes out now (later
+                        // publishes go straight to the new client).
+                        let queued: Vec<mqtt::Message> = self
+                            .outbox
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .drain(..)
+                            .collect();
+                        let sent = queued.len();
+                        for msg in queued {
+                            if let Err(e) = self.client.try_publish(msg) {
+                                warn!(error = %e, "publish after reconnect failed");
+                            }
+                        }
+                        info!(sent_from_outbox = sent, "reconnected and resubscribed");
                         if let Some(cb) = &self.on_reconnect {
                             cb();
                         }
@@ -299,6 +336,8 @@ impl Link {
     pub fn publisher(&self) -> Publisher {
         Publisher {
             client: self.shared.clone(),
+            connected: self.connected.clone(),
+            outbox: self.outbox.clone(),
         }
     }
 
