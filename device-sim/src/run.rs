@@ -14,7 +14,7 @@ use service::Clock;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::net::{Net, station_status};
+use crate::net::{Answer, Net, station_status};
 use crate::report::{self, StrategyReport};
 use crate::sim::{Event, Phase, Reservation, Sim};
 use crate::world::World;
@@ -74,6 +74,43 @@ pub enum Settle<'a> {
     ),
     /// This long (servers that cannot be asked).
     For(Duration),
+}
+
+/// Requests waiting for the fog's answer, and the round trips of those answered.
+#[derive(Default)]
+struct Requests {
+    pending: HashMap<usize, Pending>,
+    seq: u64,
+    rtts: Vec<f64>,
+}
+
+impl Requests {
+    /// Sends vehicle `v`'s request (a new request id each time) and waits for it.
+    fn ask(&mut self, net: &Net, sim: &Sim<'_>, v: usize, retried: bool) {
+        self.seq += 1;
+        let request_id = send_request(net, sim, v, self.seq);
+        self.pending.insert(
+            v,
+            Pending {
+                request_id,
+                sent: Instant::now(),
+                retried,
+            },
+        );
+    }
+
+    /// The vehicle `answer` is for, when it answers that vehicle's pending request
+    /// (which then ends, its round trip recorded).
+    fn answered(&mut self, vehicles: &HashMap<&str, usize>, answer: &Answer) -> Option<usize> {
+        let &v = vehicles.get(answer.vehicle_id.as_str())?;
+        if self.pending.get(&v)?.request_id != answer.recommendation.request_id {
+            return None;
+        }
+        let p = self.pending.remove(&v)?;
+        self.rtts
+            .push(answer.received.duration_since(p.sent).as_secs_f64() * 1000.0);
+        Some(v)
+    }
 }
 
 struct Pending {
@@ -156,13 +193,11 @@ pub async fn run(
 
     let wall_start = Instant::now();
     let messages_before = opts.net.as_deref().map_or(0, Net::messages);
-    let mut pending: HashMap<usize, Pending> = HashMap::new();
-    let mut rtts = Vec::new();
+    let mut requests = Requests::default();
     let mut r = StrategyReport {
         sim_hours: world.scenario.hours,
         ..StrategyReport::default()
     };
-    let mut request_seq = 0u64;
     let mut max_lag_ms: f64 = 0.0;
 
     for k in 1..=steps {
@@ -187,16 +222,10 @@ pub async fn run(
         // Answers that came in meanwhile.
         if let Some(net) = opts.net.as_deref_mut() {
             while let Ok(answer) = net.answers.try_recv() {
-                let Some(&v) = vehicle_index.get(answer.vehicle_id.as_str()) else {
-                    continue;
+                let Some(v) = requests.answered(&vehicle_index, &answer) else {
+                    continue; // not a vehicle of ours, or an answer to a retried request
                 };
                 let rec = answer.recommendation;
-                let Some(p) = pending.get(&v) else { continue };
-                if p.request_id != rec.request_id {
-                    continue; // an answer to an earlier, retried request
-                }
-                let p = pending.remove(&v).expect("present");
-                rtts.push(answer.received.duration_since(p.sent).as_secs_f64() * 1000.0);
                 r.answered += 1;
                 let station = rec
                     .station
@@ -230,32 +259,24 @@ pub async fn run(
             }
             // Requests nobody answered in time: ask once more, then fall back.
             let now = Instant::now();
-            let late: Vec<usize> = pending
+            let late: Vec<usize> = requests
+                .pending
                 .iter()
                 .filter(|(_, p)| now.duration_since(p.sent) > opts.answer_timeout)
                 .map(|(&v, _)| v)
                 .collect();
             for v in late {
                 r.timeouts += 1;
-                let retried = pending.get(&v).is_some_and(|p| p.retried);
+                let retried = requests.pending.get(&v).is_some_and(|p| p.retried);
                 if retried || matches!(sim.vehicles[v].phase, Phase::Stranded) {
-                    pending.remove(&v);
+                    requests.pending.remove(&v);
                     if !matches!(sim.vehicles[v].phase, Phase::Stranded) {
                         r.fallbacks += 1;
                         let s = sim.nearest(v);
                         sim.send_to(v, s, None);
                     }
                 } else {
-                    request_seq += 1;
-                    let id = send_request(net, &sim, v, request_seq);
-                    pending.insert(
-                        v,
-                        Pending {
-                            request_id: id,
-                            sent: Instant::now(),
-                            retried: true,
-                        },
-                    );
+                    requests.ask(net, &sim, v, true);
                 }
             }
         }
@@ -270,16 +291,7 @@ pub async fn run(
                     match strategy {
                         Strategy::Fog => {
                             if let Some(net) = opts.net.as_deref() {
-                                request_seq += 1;
-                                let id = send_request(net, &sim, v, request_seq);
-                                pending.insert(
-                                    v,
-                                    Pending {
-                                        request_id: id,
-                                        sent: Instant::now(),
-                                        retried: false,
-                                    },
-                                );
+                                requests.ask(net, &sim, v, false);
                             }
                         }
                         Strategy::Nearest | Strategy::LeastQueue => {
@@ -340,7 +352,7 @@ pub async fn run(
                     }
                 }
                 Event::Stranded(v) => {
-                    pending.remove(&v);
+                    requests.pending.remove(&v);
                     info!(vehicle = world.vehicles[v].id, "stranded");
                 }
             }
@@ -359,34 +371,26 @@ pub async fn run(
     // Answers still on their way count (the world is over: they are not applied).
     if let Some(net) = opts.net.as_deref_mut() {
         let deadline = tokio::time::Instant::now() + opts.answer_timeout;
-        while !pending.is_empty() {
+        while !requests.pending.is_empty() {
             let answer = tokio::select! {
                 a = net.answers.recv() => a,
                 _ = tokio::time::sleep_until(deadline) => None,
             };
             let Some(answer) = answer else { break };
-            let Some(&v) = vehicle_index.get(answer.vehicle_id.as_str()) else {
-                continue;
-            };
-            if pending
-                .get(&v)
-                .is_some_and(|p| p.request_id == answer.recommendation.request_id)
-            {
-                let p = pending.remove(&v).expect("present");
-                rtts.push(answer.received.duration_since(p.sent).as_secs_f64() * 1000.0);
+            if requests.answered(&vehicle_index, &answer).is_some() {
                 r.answered += 1;
                 if answer.recommendation.status == RecommendationStatus::Rerouted {
                     r.rerouted += 1;
                 }
             }
         }
-        r.timeouts += pending.len() as u32;
+        r.timeouts += requests.pending.len() as u32;
     }
 
     r.wall_s = wall_start.elapsed().as_secs_f64();
     r.max_lag_s = max_lag_ms / 1000.0;
     if strategy == Strategy::Fog {
-        r.rtt_ms = Some(report::rtt(rtts));
+        r.rtt_ms = Some(report::rtt(requests.rtts));
     }
     let mut waits: Vec<f64> = sim.tally.waits_ms.iter().map(|w| w / 1000.0).collect();
     waits.extend(sim.open_waits_ms().map(|w| w / 1000.0));

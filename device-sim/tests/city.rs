@@ -54,6 +54,17 @@ fn config(topology: &Path, args: &[&str]) -> Config {
     Config::parse_from(all)
 }
 
+/// `--brokers` for brokers that already run: `region=tcp://127.0.0.1:port,…`.
+fn broker_list(brokers: &launcher::LocalBrokers) -> String {
+    let list: Vec<String> = brokers
+        .topology
+        .regions
+        .iter()
+        .map(|r| format!("{}={}", r.id, r.broker.url()))
+        .collect();
+    list.join(",")
+}
+
 async fn run(config: Config) -> Report {
     testkit::init_tracing();
     device_sim::run(config, CancellationToken::new())
@@ -426,19 +437,14 @@ async fn runs_against_brokers_and_servers_that_already_exist() {
     let servers = launcher::LocalServers::start(&brokers.topology, &settings)
         .await
         .unwrap();
-    let list: Vec<String> = brokers
-        .topology
-        .regions
-        .iter()
-        .map(|r| format!("{}={}", r.id, r.broker.url()))
-        .collect();
+    let list = broker_list(&brokers);
     let topology_file = dir.path().join("topology.toml");
     let config = Config::parse_from([
         "device-sim",
         "--topology",
         topology_file.to_str().unwrap(),
         "--brokers",
-        &list.join(","),
+        &list,
         "--speed",
         "300",
         "--clock-epoch-ms",
@@ -478,16 +484,11 @@ async fn with_no_fog_server_answering_vehicles_retry_then_drive_to_the_nearest_s
     let topology = Topology::load(&three_regions(dir.path())).unwrap();
     // Brokers, but no fog server and no central: nobody answers.
     let brokers = launcher::LocalBrokers::start(&topology).unwrap();
-    let list: Vec<String> = brokers
-        .topology
-        .regions
-        .iter()
-        .map(|r| format!("{}={}", r.id, r.broker.url()))
-        .collect();
+    let list = broker_list(&brokers);
     let config = Config::parse_from([
         "device-sim",
         "--brokers",
-        &list.join(","),
+        &list,
         "--topology",
         dir.path().join("topology.toml").to_str().unwrap(),
         "--speed",

@@ -2,11 +2,11 @@
 //! users (topology/src/auth.rs), enforced by a real Mosquitto: nobody speaks for
 //! somebody else, and the fog never sees a forged message.
 
+mod common;
+
 use std::time::Duration;
 
-use protocol::{
-    ChargeRequest, Recommendation, RecommendationStatus, StationState, StationStatus, topics,
-};
+use protocol::{ChargeRequest, Recommendation, RecommendationStatus, StationStatus, topics};
 use serde_json::Value;
 use testkit::fog::Fog;
 use testkit::{Mosquitto, MosquittoConfig, TestClient, free_port, wait_until};
@@ -18,32 +18,11 @@ const T: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(500);
 
 fn request(id: &str) -> ChargeRequest {
-    ChargeRequest {
-        v: 1,
-        request_id: id.into(),
-        lat: -12.25,
-        lon: -38.95,
-        soc: 0.3,
-        battery_kwh: 60.0,
-        kwh_per_km: 0.18,
-        target_soc: 0.8,
-        ts_ms: None,
-    }
+    common::request(id, -12.25, -38.95, 0.3)
 }
 
 fn station(id: &str) -> StationStatus {
-    StationStatus {
-        v: 1,
-        station_id: id.into(),
-        lat: Some(-12.24),
-        lon: Some(-38.95),
-        chargers: Some(2),
-        power_kw: Some(50.0),
-        occupied: 0,
-        queue: 0,
-        state: StationState::Available,
-        ts_ms: None,
-    }
+    common::station(id, -12.24, -38.95, 2, 50.0)
 }
 
 #[tokio::test]

@@ -1,12 +1,12 @@
 //! A station that vanishes (its process killed, no DISCONNECT) is taken out of service
 //! by its retained last will, published by the broker.
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use protocol::{
-    ChargeRequest, Recommendation, RecommendationStatus, StationState, StationStatus, topics,
-};
+use protocol::{Recommendation, RecommendationStatus, topics};
 use serde_json::Value;
 use testkit::fog::Fog;
 use testkit::{Mosquitto, MosquittoConfig, TestClient, wait_until};
@@ -55,18 +55,7 @@ async fn a_killed_station_goes_offline_by_its_will_and_is_never_recommended() {
     )
     .await
     .unwrap();
-    let status = StationStatus {
-        v: 1,
-        station_id: "n-1".into(),
-        lat: Some(-12.24),
-        lon: Some(-38.95),
-        chargers: Some(2),
-        power_kw: Some(50.0),
-        occupied: 0,
-        queue: 0,
-        state: StationState::Available,
-        ts_ms: None,
-    };
+    let status = common::station("n-1", -12.24, -38.95, 2, 50.0);
     let devices = TestClient::connect(&broker.url(), "devices").await.unwrap();
     devices
         .publish_json(&topic, &status, 1, true)
@@ -76,17 +65,7 @@ async fn a_killed_station_goes_offline_by_its_will_and_is_never_recommended() {
     car.subscribe(&topics::recommendation(REGION, "car-1"), 1)
         .await
         .unwrap();
-    let ask = |id: &'static str| ChargeRequest {
-        v: 1,
-        request_id: id.into(),
-        lat: -12.25,
-        lon: -38.95,
-        soc: 0.4,
-        battery_kwh: 60.0,
-        kwh_per_km: 0.18,
-        target_soc: 0.8,
-        ts_ms: None,
-    };
+    let ask = |id: &'static str| common::request(id, -12.25, -38.95, 0.4);
     wait_until(
         "the fog knows the station",
         T,

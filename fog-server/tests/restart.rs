@@ -1,13 +1,13 @@
 //! A fog server process killed with SIGKILL and started again with the same command
 //! line in the same working directory comes back with its reservations.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use protocol::{
-    ChargeRequest, Recommendation, RecommendationStatus, StationState, StationStatus, topics,
-};
+use protocol::{ChargeRequest, Recommendation, RecommendationStatus, StationStatus, topics};
 use serde_json::Value;
 use testkit::{Mosquitto, MosquittoConfig, TestClient, free_port, wait_until};
 
@@ -15,32 +15,11 @@ const REGION: &str = "north";
 const T: Duration = Duration::from_secs(10);
 
 fn station(id: &str, km_north: f64, chargers: u32) -> StationStatus {
-    StationStatus {
-        v: 1,
-        station_id: id.into(),
-        lat: Some(-12.25 + km_north / 111.19),
-        lon: Some(-38.95),
-        chargers: Some(chargers),
-        power_kw: Some(50.0),
-        occupied: 0,
-        queue: 0,
-        state: StationState::Available,
-        ts_ms: None,
-    }
+    common::station(id, -12.25 + km_north / 111.19, -38.95, chargers, 50.0)
 }
 
 fn request(id: &str) -> ChargeRequest {
-    ChargeRequest {
-        v: 1,
-        request_id: id.into(),
-        lat: -12.25,
-        lon: -38.95,
-        soc: 0.3,
-        battery_kwh: 60.0,
-        kwh_per_km: 0.18,
-        target_soc: 0.8,
-        ts_ms: None,
-    }
+    common::request(id, -12.25, -38.95, 0.3)
 }
 
 /// `fog-server` as an operator starts it: no state flag, in `cwd`.

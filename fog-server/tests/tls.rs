@@ -2,14 +2,14 @@
 //! `openssl` for the test, the fog server and a vehicle over `ssl://`, and a client that
 //! does not trust the CA is turned away.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use protocol::{
-    ChargeRequest, Recommendation, RecommendationStatus, StationState, StationStatus, topics,
-};
+use protocol::{Recommendation, RecommendationStatus, topics};
 use service::{Link, LinkSettings};
 use testkit::fog::Fog;
 use testkit::{Mosquitto, MosquittoConfig, TestClient, free_port};
@@ -135,18 +135,7 @@ async fn fog_and_vehicles_talk_over_tls_and_an_untrusting_client_is_turned_away(
 
     // A station over the plain listener, the fog over TLS.
     let station = TestClient::connect(&broker.url(), "n-1").await.unwrap();
-    let status = StationStatus {
-        v: 1,
-        station_id: "n-1".into(),
-        lat: Some(-12.24),
-        lon: Some(-38.95),
-        chargers: Some(2),
-        power_kw: Some(50.0),
-        occupied: 0,
-        queue: 0,
-        state: StationState::Available,
-        ts_ms: None,
-    };
+    let status = common::station("n-1", -12.24, -38.95, 2, 50.0);
     station
         .publish_json(&topics::station_status(REGION, "n-1"), &status, 1, true)
         .await
@@ -173,17 +162,7 @@ async fn fog_and_vehicles_talk_over_tls_and_an_untrusting_client_is_turned_away(
     )
     .await
     .unwrap();
-    let request = ChargeRequest {
-        v: 1,
-        request_id: "r-tls".into(),
-        lat: -12.25,
-        lon: -38.95,
-        soc: 0.4,
-        battery_kwh: 60.0,
-        kwh_per_km: 0.18,
-        target_soc: 0.8,
-        ts_ms: None,
-    };
+    let request = common::request("r-tls", -12.25, -38.95, 0.4);
     car.publish(
         &topics::request(REGION, "car-1"),
         &serde_json::to_vec(&request).unwrap(),
