@@ -1,6 +1,7 @@
 //! Command line and environment: `central --help` is the reference.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -29,6 +30,10 @@ pub struct Config {
     /// MQTT password (prefer the environment variable to the flag).
     #[arg(long, env = "CENTRAL_MQTT_PASSWORD", hide_env_values = true)]
     pub mqtt_password: Option<String>,
+
+    /// File holding the MQTT password (a mounted secret), instead of `--mqtt-password`.
+    #[arg(long, env = "CENTRAL_MQTT_PASSWORD_FILE")]
+    pub mqtt_password_file: Option<PathBuf>,
 
     /// CA certificate (PEM) of an `ssl://` broker (default: the system's trust store).
     #[arg(long, env = "CENTRAL_MQTT_CA_FILE")]
@@ -67,6 +72,11 @@ pub struct Config {
     /// and speed read the same time: see docs/simulation.md.
     #[arg(long, env = "CENTRAL_CLOCK_EPOCH_MS")]
     pub clock_epoch_ms: Option<u64>,
+
+    /// A deployment's shared clock as JSON `{"speed": …, "epoch_ms": …}` (written by
+    /// `fogcharge setup`); replaces `--clock-speed` and `--clock-epoch-ms`.
+    #[arg(long, env = "CENTRAL_CLOCK_FILE")]
+    pub clock_file: Option<PathBuf>,
 
     #[command(flatten)]
     pub model: ModelParams,

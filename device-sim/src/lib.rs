@@ -71,6 +71,10 @@ pub struct Config {
     #[arg(long, env = "SIM_MQTT_PASSWORD", hide_env_values = true)]
     pub mqtt_password: Option<String>,
 
+    /// File holding the MQTT password (a mounted secret), instead of `--mqtt-password`.
+    #[arg(long, env = "SIM_MQTT_PASSWORD_FILE")]
+    pub mqtt_password_file: Option<PathBuf>,
+
     /// CA certificate (PEM) of `ssl://` brokers (default: the system's trust store).
     #[arg(long, env = "SIM_MQTT_CA_FILE")]
     pub mqtt_ca_file: Option<PathBuf>,
@@ -86,6 +90,12 @@ pub struct Config {
     /// give them the same `--clock-epoch-ms` and `--clock-speed`.
     #[arg(long, env = "SIM_CLOCK_EPOCH_MS")]
     pub clock_epoch_ms: Option<u64>,
+
+    /// A deployment's shared clock as JSON `{"speed": …, "epoch_ms": …}` (written by
+    /// `fogcharge setup`, read by the servers too); replaces `--speed` and
+    /// `--clock-epoch-ms`.
+    #[arg(long, env = "SIM_CLOCK_FILE")]
+    pub clock_file: Option<PathBuf>,
 
     /// Start the topology of `--topology` here (brokers on its ports, or free ones when
     /// taken), as without a topology file, instead of using existing brokers.
@@ -164,6 +174,20 @@ fn parse_brokers(s: &str) -> Result<BrokerList, String> {
 }
 
 impl Config {
+    /// Reads `--clock-file` and `--mqtt-password-file` into the options they replace.
+    pub fn read_files(&mut self) -> Result<()> {
+        if let Some(path) = self.clock_file.take() {
+            let file = service::clock::ClockFile::load(&path)?;
+            self.speed = file.speed;
+            self.clock_epoch_ms = Some(file.epoch_ms);
+        }
+        if let Some(path) = self.mqtt_password_file.take() {
+            self.mqtt_password =
+                service::secret::password(self.mqtt_password.as_deref(), Some(&path))?;
+        }
+        Ok(())
+    }
+
     pub fn check(&self) -> Result<()> {
         self.scenario.check()?;
         anyhow::ensure!(
@@ -218,7 +242,8 @@ impl Config {
 
 /// Runs the configured strategies and returns the report (also written with
 /// `--report-json`). `on_ready` is told the addresses to watch once servers run.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report> {
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Report> {
+    config.read_files()?;
     config.check()?;
     let topology = config.topology()?;
     let world = World::generate(&config.scenario, Regions::from_topology(&topology))?;

@@ -36,6 +36,10 @@ pub struct Config {
     #[arg(long, env = "FOG_MQTT_PASSWORD", hide_env_values = true)]
     pub mqtt_password: Option<String>,
 
+    /// File holding the MQTT password (a mounted secret), instead of `--mqtt-password`.
+    #[arg(long, env = "FOG_MQTT_PASSWORD_FILE")]
+    pub mqtt_password_file: Option<PathBuf>,
+
     /// CA certificate (PEM) of an `ssl://` broker (default: the system's trust store).
     #[arg(long, env = "FOG_MQTT_CA_FILE")]
     pub mqtt_ca_file: Option<PathBuf>,
@@ -70,6 +74,11 @@ pub struct Config {
     /// and speed read the same time: see docs/simulation.md.
     #[arg(long, env = "FOG_CLOCK_EPOCH_MS")]
     pub clock_epoch_ms: Option<u64>,
+
+    /// A deployment's shared clock as JSON `{"speed": …, "epoch_ms": …}` (written by
+    /// `fogcharge setup`); replaces `--clock-speed` and `--clock-epoch-ms`.
+    #[arg(long, env = "FOG_CLOCK_FILE")]
+    pub clock_file: Option<PathBuf>,
 
     /// Publish the region's aggregate for central at least this often, real ms (and
     /// sooner, at most every `--aggregate-min-ms`, when something changed).

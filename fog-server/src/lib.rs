@@ -92,10 +92,15 @@ impl FogServer {
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<FogServer> {
     config.check()?;
     let area = config.area()?;
-    let clock = match config.clock_epoch_ms {
-        Some(epoch) => Clock::scaled(epoch, config.clock_speed),
-        None => Clock::scaled(clock::wall_ms(), config.clock_speed),
-    };
+    let clock = clock::from_options(
+        config.clock_speed,
+        config.clock_epoch_ms,
+        config.clock_file.as_deref(),
+    )?;
+    let password = service::secret::password(
+        config.mqtt_password.as_deref(),
+        config.mqtt_password_file.as_deref(),
+    )?;
     let metrics = Arc::new(Metrics::new());
     let region_name = config.region.clone();
     let subscriptions = vec![
@@ -127,7 +132,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         client_id: config.client_id(),
         persistent: true,
         username: config.mqtt_username.clone(),
-        password: config.mqtt_password.clone(),
+        password,
         will: None,
         ca_file: config.mqtt_ca_file.clone(),
     };

@@ -101,3 +101,82 @@ mod tests {
         assert_eq!(Clock::scaled(0, -2.0).speed(), 1.0);
     }
 }
+
+/// A shared time scale written to a file, so that processes started at different times
+/// (containers of one deployment) read the same clock: `{"speed": 60.0, "epoch_ms": …}`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClockFile {
+    pub speed: f64,
+    pub epoch_ms: u64,
+}
+
+impl ClockFile {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the clock file {}", path.display()))?;
+        let file: Self = serde_json::from_str(&text)
+            .with_context(|| format!("the clock file {} is not valid", path.display()))?;
+        if !(file.speed.is_finite() && file.speed > 0.0) {
+            anyhow::bail!(
+                "the clock file {}: speed must be a positive number",
+                path.display()
+            );
+        }
+        Ok(file)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn clock(&self) -> Clock {
+        Clock::scaled(self.epoch_ms, self.speed)
+    }
+}
+
+/// The clock of a server's options: `--clock-file` when given, else `--clock-speed`
+/// from `--clock-epoch-ms` (default: now).
+pub fn from_options(
+    speed: f64,
+    epoch_ms: Option<u64>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Clock> {
+    Ok(match file {
+        Some(path) => ClockFile::load(path)?.clock(),
+        None => Clock::scaled(epoch_ms.unwrap_or_else(wall_ms), speed),
+    })
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_file_round_trips_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clock.json");
+        let file = ClockFile {
+            speed: 60.0,
+            epoch_ms: 1_000,
+        };
+        std::fs::write(&path, file.to_json()).unwrap();
+        assert_eq!(ClockFile::load(&path).unwrap(), file);
+        let clock = from_options(1.0, None, Some(&path)).unwrap();
+        assert_eq!(clock.speed(), 60.0);
+        std::fs::write(&path, r#"{"speed": -1, "epoch_ms": 0}"#).unwrap();
+        assert!(
+            ClockFile::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("speed")
+        );
+        std::fs::write(&path, "speed=2").unwrap();
+        assert!(format!("{:#}", ClockFile::load(&path).unwrap_err()).contains("not valid"));
+        let missing = dir.path().join("nope.json");
+        assert!(
+            format!("{:#}", from_options(1.0, None, Some(&missing)).unwrap_err())
+                .contains("nope.json")
+        );
+    }
+}

@@ -4,11 +4,13 @@
 //!   subscriptions restored after every reconnect).
 //! - [`logging`]: tracing set-up (`RUST_LOG`, text or JSON).
 //! - [`clock`]: the servers' notion of now (wall clock, or a simulation's scaled clock).
+//! - [`secret`]: passwords read from files (container secrets).
 //! - [`cancel_on_signal`]: SIGTERM / Ctrl-C cancel a shutdown token.
 
 pub mod clock;
 pub mod link;
 pub mod logging;
+pub mod secret;
 
 pub use clock::Clock;
 pub use link::{Link, LinkSettings, Publisher, Will};

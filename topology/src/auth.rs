@@ -9,13 +9,13 @@
 //! | `vehicle` (user = vehicle id) | every region's | write only its own `request`, `reservation`, `telemetry`; read only its own `recommendation` |
 //! | `bridge` (`bridge-{region}`) | central | read and write `regions/{region}/#` (the regional broker's bridge logs in with it) |
 //! | `central` | central | read and write `regions/#` |
+//! | `health` | every broker | read `$SYS/broker/uptime` only (container health checks) |
 //!
 //! Explicit `user` blocks, no `pattern` lines: a pattern applies to every user, so it
 //! would let a station publish requests as a vehicle of the same name.
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
@@ -26,12 +26,22 @@ use crate::{Topology, TopologyError};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "role", rename_all = "lowercase")]
 pub enum Role {
-    Fog { region: String },
-    Fleet { region: String },
-    Station { region: String },
+    Fog {
+        region: String,
+    },
+    Fleet {
+        region: String,
+    },
+    Station {
+        region: String,
+    },
     Vehicle,
-    Bridge { region: String },
+    Bridge {
+        region: String,
+    },
     Central,
+    /// Health checks: may connect and read the broker's uptime, nothing else.
+    Health,
 }
 
 /// A user and its password (plain: the password file stores only a hash).
@@ -54,11 +64,18 @@ impl Credentials {
     /// Servers, bridges and a fleet gateway per region with fresh random passwords, plus
     /// the given stations (`(region, id)`) and vehicles.
     pub fn generate(t: &Topology, stations: &[(String, String)], vehicles: &[String]) -> Self {
-        let mut users = vec![User {
-            name: "central".into(),
-            password: random_password(),
-            role: Role::Central,
-        }];
+        let mut users = vec![
+            User {
+                name: "central".into(),
+                password: random_password(),
+                role: Role::Central,
+            },
+            User {
+                name: "health".into(),
+                password: random_password(),
+                role: Role::Health,
+            },
+        ];
         for r in &t.regions {
             let region = r.id.clone();
             for (name, role) in [
@@ -137,7 +154,7 @@ impl Credentials {
     fn on_broker(&self, region: Option<&str>) -> impl Iterator<Item = &User> {
         self.users.iter().filter(move |u| match (&u.role, region) {
             (Role::Central | Role::Bridge { .. }, None) => true,
-            (Role::Vehicle, Some(_)) => true,
+            (Role::Vehicle, Some(_)) | (Role::Health, _) => true,
             (
                 Role::Fog { region: r } | Role::Fleet { region: r } | Role::Station { region: r },
                 Some(b),
@@ -156,6 +173,7 @@ impl Credentials {
             let r = region.unwrap_or_default();
             let rules: Vec<String> = match &u.role {
                 Role::Central => vec!["readwrite regions/#".into()],
+                Role::Health => vec!["read $SYS/broker/uptime".into()],
                 Role::Bridge { region } => vec![format!("readwrite regions/{region}/#")],
                 Role::Fog { .. } => vec![format!("readwrite ev/{r}/#"), "readwrite fog/#".into()],
                 Role::Fleet { .. } => vec![
@@ -179,49 +197,50 @@ impl Credentials {
         out
     }
 
-    /// Writes the password file of a broker to `path`, hashed with `mosquitto_passwd`.
+    /// The password file of the central broker (`region` = None) or of a regional
+    /// broker: `name:$7$101$salt$hash` lines, PBKDF2-SHA512 with 101 rounds and a
+    /// 12-byte random salt, as `mosquitto_passwd` writes them.
+    pub fn password_file(&self, region: Option<&str>) -> String {
+        let mut out = String::new();
+        for u in self.on_broker(region) {
+            let _ = writeln!(out, "{}:{}", u.name, hash_password(&u.password));
+        }
+        out
+    }
+
+    /// Writes [`password_file`](Self::password_file) to `path`.
     pub fn write_password_file(
         &self,
         region: Option<&str>,
         path: &Path,
     ) -> Result<(), TopologyError> {
-        let mut plain = String::new();
-        for u in self.on_broker(region) {
-            let _ = writeln!(plain, "{}:{}", u.name, u.password);
-        }
-        let io = |e: std::io::Error| TopologyError::Io {
+        std::fs::write(path, self.password_file(region)).map_err(|e| TopologyError::Io {
             path: path.display().to_string(),
             message: e.to_string(),
-        };
-        std::fs::write(path, plain).map_err(io)?;
-        let status = Command::new(mosquitto_passwd())
-            .arg("-U")
-            .arg(path)
-            .status()
-            .map_err(|e| TopologyError::Io {
-                path: "mosquitto_passwd".into(),
-                message: format!(
-                    "{e} (it comes with the mosquitto package: apt-get install -y mosquitto)"
-                ),
-            })?;
-        if !status.success() {
-            return Err(TopologyError::Io {
-                path: path.display().to_string(),
-                message: format!("mosquitto_passwd -U failed ({status})"),
-            });
+        })
+    }
+
+    /// Adds the users of `other` this set does not have (by name); existing users keep
+    /// their passwords.
+    pub fn merge_missing(&mut self, other: Credentials) {
+        for u in other.users {
+            if self.user(&u.name).is_none() {
+                self.users.push(u);
+            }
         }
-        Ok(())
     }
 }
 
-fn mosquitto_passwd() -> std::path::PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] {
-        let p = Path::new(dir).join("mosquitto_passwd");
-        if p.exists() {
-            return p;
-        }
-    }
-    "mosquitto_passwd".into()
+/// A Mosquitto 2 password hash (`$7$`): PBKDF2-HMAC-SHA512, 101 rounds, 12-byte salt,
+/// salt and hash in standard base64.
+pub fn hash_password(password: &str) -> String {
+    use base64::Engine as _;
+    const ROUNDS: u32 = 101;
+    let salt: [u8; 12] = rand::random();
+    let mut hash = [0u8; 64];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password.as_bytes(), &salt, ROUNDS, &mut hash);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    format!("$7${ROUNDS}${}${}", b64.encode(salt), b64.encode(hash))
 }
 
 /// 24 random characters of `[A-Za-z0-9]`.

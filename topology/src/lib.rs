@@ -23,6 +23,7 @@
 //! 2.0.11: see `docs/fog-central.md`).
 
 pub mod auth;
+pub mod deploy;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -371,6 +372,11 @@ pub enum Auth {
         /// Username and password of each region's bridge at the central broker.
         bridges: Vec<(String, String, String)>,
     },
+    /// Passwords and ACLs made at deploy time (`fogcharge setup`, see [`deploy`]):
+    /// `{dir}/{broker}.passwd`, `{dir}/{broker}.acl`, and each region's bridge section,
+    /// which holds the bridge's password, in `{dir}/bridge-{region}/bridge.conf`
+    /// (`include_dir`). Anonymous access off. The config itself holds no secret.
+    Secrets { dir: PathBuf },
 }
 
 impl Auth {
@@ -424,7 +430,9 @@ impl RenderOptions {
             persistence: Persistence::Dir("/mosquitto/data".into()),
             log_dest: Some("stdout".into()),
             source: source.into(),
-            auth: Auth::Anonymous,
+            auth: Auth::Secrets {
+                dir: deploy::BROKER_SECRETS.into(),
+            },
             tls: None,
         }
     }
@@ -473,7 +481,7 @@ fn common(
         Auth::Anonymous => {
             let _ = writeln!(out, "allow_anonymous true");
         }
-        Auth::Files { dir, .. } => {
+        Auth::Files { dir, .. } | Auth::Secrets { dir } => {
             let _ = writeln!(out, "allow_anonymous false");
             let _ = writeln!(
                 out,
@@ -521,8 +529,41 @@ pub fn region_broker_conf(
     let r = t.region(region)?;
     let mut out = String::new();
     common(&mut out, &r.id, &r.broker, &t.mosquitto, opts);
-    let id = &r.id;
     let _ = writeln!(out);
+    match &opts.auth {
+        Auth::Secrets { dir } => {
+            let _ = writeln!(
+                out,
+                "# The bridge to central (docs/fog-central.md) logs in with a password, so its\n# section is made at deploy time by `fogcharge setup` (topology::bridge_conf)."
+            );
+            let _ = writeln!(
+                out,
+                "include_dir {}",
+                dir.join(format!("bridge-{}", r.id)).display()
+            );
+        }
+        Auth::Files { bridges, .. } => {
+            let login = bridges
+                .iter()
+                .find(|(region, _, _)| region == &r.id)
+                .map(|(_, user, password)| (user.as_str(), password.as_str()));
+            out.push_str(&bridge_conf(t, &r.id, login)?);
+        }
+        Auth::Anonymous => out.push_str(&bridge_conf(t, &r.id, None)?),
+    }
+    Ok(out)
+}
+
+/// The bridge section of region `region`'s broker: to central by the fixed contract,
+/// logging in as `login` (user, password) when given.
+pub fn bridge_conf(
+    t: &Topology,
+    region: &str,
+    login: Option<(&str, &str)>,
+) -> Result<String, TopologyError> {
+    let r = t.region(region)?;
+    let id = &r.id;
+    let mut out = String::new();
     let _ = writeln!(
         out,
         "# bridge to central by the fixed contract (docs/fog-central.md)"
@@ -530,11 +571,9 @@ pub fn region_broker_conf(
     let _ = writeln!(out, "connection {}", r.bridge_name());
     let _ = writeln!(out, "address {}:{}", t.central.host, t.central.port);
     let _ = writeln!(out, "remote_clientid {id}-bridge");
-    if let Auth::Files { bridges, .. } = &opts.auth {
-        if let Some((_, user, password)) = bridges.iter().find(|(region, _, _)| region == id) {
-            let _ = writeln!(out, "remote_username {user}");
-            let _ = writeln!(out, "remote_password {password}");
-        }
+    if let Some((user, password)) = login {
+        let _ = writeln!(out, "remote_username {user}");
+        let _ = writeln!(out, "remote_password {password}");
     }
     let _ = writeln!(
         out,
@@ -564,12 +603,32 @@ pub fn generate_all(t: &Topology, opts: &RenderOptions) -> Vec<(String, String)>
     files
 }
 
-/// The checked-in config sets: (topology file, output folder, render options), paths
-/// relative to the repository root.
-pub fn checked_in_sets() -> Vec<(&'static str, &'static str, RenderOptions)> {
-    vec![(
-        "deploy/topology.compose.toml",
-        "deploy/mosquitto/compose",
-        RenderOptions::container("deploy/topology.compose.toml"),
-    )]
+/// The topology as TOML, as [`Topology::load`] reads it.
+pub fn to_toml(t: &Topology) -> String {
+    toml::to_string_pretty(t).unwrap_or_default()
+}
+
+/// The topology of the container deployments, relative to the repository root.
+pub const DEPLOY_TOPOLOGY: &str = "deploy/topology.toml";
+
+/// Every generated file that is checked in, by path relative to the repository root
+/// (`root`): the container broker configs (`deploy/mosquitto/compose/`), the compose
+/// file (`deploy/regions.yml`) and the Kubernetes manifests (`k8s/`), all from
+/// [`DEPLOY_TOPOLOGY`].
+pub fn checked_in_files(root: &Path) -> Result<Vec<(PathBuf, String)>, TopologyError> {
+    let t = Topology::load(&root.join(DEPLOY_TOPOLOGY))?;
+    let opts = RenderOptions::container(DEPLOY_TOPOLOGY);
+    let settings = deploy::Settings::demo(&t);
+    let mut files: Vec<(PathBuf, String)> = generate_all(&t, &opts)
+        .into_iter()
+        .map(|(name, text)| (Path::new("deploy/mosquitto/compose").join(name), text))
+        .collect();
+    files.push((
+        "deploy/regions.yml".into(),
+        deploy::compose(&t, &settings, DEPLOY_TOPOLOGY)?,
+    ));
+    for (name, text) in deploy::kubernetes(&t, &settings, &opts, DEPLOY_TOPOLOGY)? {
+        files.push((Path::new("k8s").join(name), text));
+    }
+    Ok(files)
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use topology::{RenderOptions, Topology, checked_in_sets, generate_all};
+use topology::{RenderOptions, Topology, checked_in_files, generate_all};
 
 /// The fogcharge deployment description and the broker configs made from it.
 #[derive(Parser)]
@@ -17,8 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Rewrite every checked-in config set under deploy/ (run from the repository root),
-    /// or one set with --topology and --out.
+    /// Rewrite every checked-in generated file (deploy/mosquitto/compose/, deploy/regions.yml,
+    /// k8s/; run from the repository root), or one set of broker configs with --topology and --out.
     Generate {
         #[arg(long, requires = "out")]
         topology: Option<PathBuf>,
@@ -56,8 +56,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             state_dir,
         } => {
-            let sets = match (topology, out) {
-                (Some(t), Some(o)) => {
+            match (topology, out) {
+                (Some(t), Some(out)) => {
                     let source = t.display().to_string();
                     let opts = match state_dir {
                         Some(dir) => {
@@ -67,20 +67,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                         None => RenderOptions::container(&source),
                     };
-                    vec![(t, o, opts)]
+                    let topo = Topology::load(&t)?;
+                    std::fs::create_dir_all(&out)?;
+                    for (name, text) in generate_all(&topo, &opts) {
+                        let path = out.join(name);
+                        std::fs::write(&path, text)?;
+                        println!("wrote {}", path.display());
+                    }
                 }
-                _ => checked_in_sets()
-                    .into_iter()
-                    .map(|(t, o, opts)| (PathBuf::from(t), PathBuf::from(o), opts))
-                    .collect(),
-            };
-            for (t, out, opts) in sets {
-                let topo = Topology::load(&t)?;
-                std::fs::create_dir_all(&out)?;
-                for (name, text) in generate_all(&topo, &opts) {
-                    let path = out.join(name);
-                    std::fs::write(&path, text)?;
-                    println!("wrote {}", path.display());
+                _ => {
+                    for (path, text) in checked_in_files(Path::new("."))? {
+                        if let Some(dir) = path.parent() {
+                            std::fs::create_dir_all(dir)?;
+                        }
+                        std::fs::write(&path, text)?;
+                        println!("wrote {}", path.display());
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -120,13 +122,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Checked-in files that differ from what the generator makes (or are missing).
 fn drifted(root: &Path) -> anyhow::Result<Vec<String>> {
     let mut drift = Vec::new();
-    for (t, out, opts) in checked_in_sets() {
-        let topo = Topology::load(&root.join(t))?;
-        for (name, text) in generate_all(&topo, &opts) {
-            let path = root.join(out).join(&name);
-            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-                drift.push(path.display().to_string());
-            }
+    for (path, text) in checked_in_files(root)? {
+        let path = root.join(path);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            drift.push(path.display().to_string());
         }
     }
     Ok(drift)

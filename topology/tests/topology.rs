@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use topology::{
-    Bounds, RenderOptions, Topology, TopologyError, central_broker_conf, checked_in_sets,
+    Bounds, RenderOptions, Topology, TopologyError, central_broker_conf, checked_in_files,
     generate_all, region_broker_conf,
 };
 
@@ -143,16 +143,73 @@ fn the_demo_city_tiles_forty_by_forty_km() {
 #[test]
 fn checked_in_configs_match_the_generator() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for (topology, out, opts) in checked_in_sets() {
-        let t = Topology::load(&root.join(topology)).unwrap();
-        for (name, text) in generate_all(&t, &opts) {
-            let path = root.join(out).join(&name);
-            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-            assert!(
-                on_disk == text,
-                "{} drifted from {topology}: run `cargo run -p topology -- generate` and commit",
-                path.display()
-            );
+    let files = checked_in_files(&root).unwrap();
+    assert!(files.iter().any(|(p, _)| p.ends_with("regions.yml")));
+    assert!(files.iter().any(|(p, _)| p.starts_with("k8s")));
+    for (path, text) in files {
+        let on_disk = std::fs::read_to_string(root.join(&path)).unwrap_or_default();
+        assert!(
+            on_disk == text,
+            "{} drifted from deploy/topology.toml: run `cargo run -p topology -- generate` and commit",
+            path.display()
+        );
+    }
+    // every file in k8s/ is generated: nothing stale stays behind
+    for entry in std::fs::read_dir(root.join("k8s")).unwrap() {
+        let name = entry.unwrap().file_name();
+        let rel = Path::new("k8s").join(&name);
+        assert!(
+            checked_in_files(&root)
+                .unwrap()
+                .iter()
+                .any(|(p, _)| p == &rel),
+            "k8s/{} is not generated any more: delete it",
+            name.to_string_lossy()
+        );
+    }
+}
+
+#[test]
+fn deployment_configs_refuse_anonymous_clients_and_hold_no_secret() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let t = Topology::load(&root.join(topology::DEPLOY_TOPOLOGY)).unwrap();
+    let creds = topology::auth::Credentials::generate(&t, &[], &[]);
+    let confs: Vec<(std::path::PathBuf, String)> = checked_in_files(&root)
+        .unwrap()
+        .into_iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "conf" || e == "yaml"))
+        .collect();
+    for (path, text) in &confs {
+        if path.extension().is_some_and(|e| e == "conf") {
+            assert!(text.contains("allow_anonymous false"), "{}", path.display());
+            assert!(!text.contains("allow_anonymous true"), "{}", path.display());
+        }
+        assert!(!text.contains("remote_password"), "{}", path.display());
+        for u in &creds.users {
+            assert!(!text.contains(&u.password));
         }
     }
+    // The secrets made at deploy time: each bridge logs in as its own user.
+    let files = topology::deploy::secret_files(&t, &creds).unwrap();
+    for r in &t.regions {
+        let bridge = &files[&format!("bridge-{}/bridge.conf", r.id)];
+        let user = format!("bridge-{}", r.id);
+        assert!(bridge.contains(&format!("remote_username {user}\n")));
+        assert!(bridge.contains(&format!(
+            "remote_password {}\n",
+            creds.password(&user).unwrap()
+        )));
+        assert!(files[&format!("{}.passwd", r.id)].contains("health:$7$101$"));
+        assert!(files[&format!("{}.acl", r.id)].contains(&format!("user fog-{}", r.id)));
+    }
+    assert!(files["central.passwd"].contains("central:$7$"));
+    assert_eq!(
+        files["central.password"].trim_end(),
+        creds.password("central").unwrap()
+    );
+    assert!(files.keys().all(|k| {
+        topology::deploy::secret_key(k)
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    }));
 }
