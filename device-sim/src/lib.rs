@@ -15,9 +15,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod net;
 pub mod report;
 pub mod run;
+pub mod setup;
 pub mod sim;
 pub mod world;
 
