@@ -5,7 +5,7 @@ use std::path::Path;
 
 use topology::{
     Bounds, RenderOptions, Topology, TopologyError, central_broker_conf, checked_in_files,
-    generate_all, region_broker_conf,
+    region_broker_conf,
 };
 
 const GOOD: &str = r#"
