@@ -426,8 +426,13 @@ pub fn compose(t: &Topology, settings: &Settings, source: &str) -> Result<String
         if !depends.is_empty() {
             svc.push(("depends_on", map(depends)));
         }
-        if let Some(h) = healthcheck {
-            svc.push(("healthcheck", h));
+        match healthcheck {
+            Some(h) => svc.push(("healthcheck", h)),
+            // one-shot containers: not the image's HTTP check
+            None if c.image == settings.image => {
+                svc.push(("healthcheck", map([("disable", Value::Bool(true))])));
+            }
+            None => {}
         }
         if let Some(g) = grace {
             svc.push(("stop_grace_period", str_v(g)));
