@@ -286,3 +286,94 @@ async fn bridges_log_in_to_central_and_reach_only_their_own_prefix() {
             .is_err()
     );
 }
+
+/// docs/security.md, "Rotating a credential": new password file, SIGHUP, and the old
+/// password stops working at once: Mosquitto re-checks the clients already connected
+/// and disconnects the ones whose password changed; they log in again with the new one.
+#[tokio::test]
+async fn a_rotated_password_takes_effect_on_sighup_without_a_restart() {
+    testkit::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let bounds = Bounds {
+        min_lat: -13.0,
+        min_lon: -39.0,
+        max_lat: -12.0,
+        max_lon: -38.0,
+    };
+    let (central_port, port) = (free_port().unwrap(), free_port().unwrap());
+    let t = Topology::local("rotate", &[(REGION, bounds)], central_port, &[port]).unwrap();
+    let mut creds = Credentials::generate(&t, &[], &["car-a".into()]);
+    let passwd = dir.path().join("north.passwd");
+    std::fs::write(dir.path().join("north.acl"), creds.acl(Some(REGION))).unwrap();
+    creds.write_password_file(Some(REGION), &passwd).unwrap();
+    let auth = Auth::files(dir.path(), &creds);
+    let conf_t = t.clone();
+    let broker = Mosquitto::start(
+        MosquittoConfig::from_template(move |_, d| {
+            let opts = RenderOptions {
+                auth: auth.clone(),
+                ..RenderOptions::test(d)
+            };
+            topology::region_broker_conf(&conf_t, REGION, &opts).unwrap()
+        })
+        .with_port(port),
+    )
+    .unwrap();
+    let url = broker.url();
+    let old = creds.password("car-a").unwrap().to_owned();
+    let connected = TestClient::connect_as(&url, "car-a-1", "car-a", &old)
+        .await
+        .unwrap();
+
+    // 1. new password, new password file; 2. SIGHUP.
+    let new = topology::auth::random_password();
+    creds
+        .users
+        .iter_mut()
+        .find(|u| u.name == "car-a")
+        .unwrap()
+        .password = new.clone();
+    creds.write_password_file(Some(REGION), &passwd).unwrap();
+    let pid = broker.pid().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    // The old password is refused from now on, and the new one works.
+    wait_until(
+        "the old password is refused",
+        T,
+        Duration::from_millis(100),
+        || {
+            let url = url.clone();
+            let old = old.clone();
+            async move {
+                TestClient::connect_as(&url, "car-a-2", "car-a", &old)
+                    .await
+                    .is_err()
+            }
+        },
+    )
+    .await
+    .unwrap();
+    TestClient::connect_as(&url, "car-a-3", "car-a", &new)
+        .await
+        .expect("the new password is accepted");
+    // The client connected with the old password has been put out.
+    let put_out = connected
+        .publish_json(
+            &topics::vehicle(REGION, "car-a", topics::VehicleChannel::Request),
+            &request("r-after-rotation"),
+            1,
+            false,
+        )
+        .await;
+    assert!(
+        put_out.is_err(),
+        "a client with the old password stayed connected"
+    );
+}
