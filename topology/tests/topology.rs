@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use serde::Deserialize as _;
+
 use topology::{
     Bounds, RenderOptions, Topology, TopologyError, central_broker_conf, checked_in_files,
     region_broker_conf,
@@ -212,4 +214,77 @@ fn deployment_configs_refuse_anonymous_clients_and_hold_no_secret() {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
     }));
+}
+
+/// The Kubernetes containers run what the compose smoke test runs: same command (plus
+/// setup's `--kubernetes-secret`), same environment, for every compose service.
+#[test]
+fn kubernetes_containers_match_the_compose_services() {
+    use serde_yaml_ng::Value;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let compose: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(root.join("deploy/regions.yml")).unwrap())
+            .unwrap();
+    let mut k8s = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(root.join("k8s")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let object = Value::deserialize(doc).unwrap();
+            let kind = object["kind"].as_str().unwrap().to_owned();
+            if !["Deployment", "StatefulSet", "Job"].contains(&kind.as_str()) {
+                continue;
+            }
+            for c in object["spec"]["template"]["spec"]["containers"]
+                .as_sequence()
+                .unwrap()
+            {
+                k8s.insert(c["name"].as_str().unwrap().to_owned(), c.clone());
+            }
+        }
+    }
+    let services = compose["services"].as_mapping().unwrap();
+    assert!(services.len() >= 8);
+    for (name, svc) in services {
+        let name = name.as_str().unwrap();
+        let c = k8s
+            .get(name)
+            .unwrap_or_else(|| panic!("no Kubernetes container for compose service {name}"));
+        assert_eq!(c["image"], svc["image"], "{name}");
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_sequence()
+                .map(|s| {
+                    s.iter()
+                        .map(|a| a.as_str().unwrap().replace("$$", "$"))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut command = strings(&svc["command"]);
+        if name == "setup" {
+            command.extend(["--kubernetes-secret".into(), "fogcharge-secrets".into()]);
+        }
+        assert_eq!(strings(&c["command"]), command, "{name}");
+        let compose_env: Vec<(String, String)> = svc["environment"]
+            .as_mapping()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.as_str().unwrap().into(), v.as_str().unwrap().into()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let k8s_env: Vec<(String, String)> = c["env"]
+            .as_sequence()
+            .map(|s| {
+                s.iter()
+                    .map(|e| {
+                        (
+                            e["name"].as_str().unwrap().into(),
+                            e["value"].as_str().unwrap().into(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(k8s_env, compose_env, "{name}");
+    }
 }
