@@ -78,6 +78,10 @@ pub struct Config {
     #[arg(long, env = "CENTRAL_CLOCK_FILE")]
     pub clock_file: Option<PathBuf>,
 
+    /// device-sim's JSON report (`--report-json`), shown at `/report`.
+    #[arg(long, env = "CENTRAL_REPORT_FILE")]
+    pub report_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub model: ModelParams,
 }

@@ -7,6 +7,8 @@
 //!   the vehicle can reach, least estimated total first (the estimate of
 //!   [`crate::regions::estimate`]). The vehicle defaults to 60 kWh, 0.18 kWh/km, soc
 //!   0.3 → 0.8. Bad or unknown parameters get a 400 with `{"error": "…"}`.
+//! - `GET /`, `/api/dashboard`, `/api/events`, `/report`, `/api/report`: the live
+//!   dashboard ([`crate::dashboard`]).
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 when connected to the central broker, else 503.
 //! - `GET /metrics`: Prometheus text (see [`crate::metrics`]).
@@ -23,8 +25,8 @@ use axum::routing::get;
 use protocol::{ChargeRequest, PROTOCOL_VERSION, Validate};
 use serde::Serialize;
 
-use crate::Shared;
 use crate::regions::{RegionView, StationEstimate, Vehicle};
+use crate::{Shared, dashboard};
 
 /// The vehicle assumed when the query does not describe one.
 pub const DEFAULT_VEHICLE: Vehicle = Vehicle {
@@ -47,6 +49,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/regions", get(regions))
         .route("/api/stations/best", get(best_stations))
+        .route("/", get(dashboard::index))
+        .route("/dashboard.js", get(dashboard::dashboard_js))
+        .route("/dashboard.css", get(dashboard::dashboard_css))
+        .route("/api/dashboard", get(dashboard::api_dashboard))
+        .route("/api/events", get(dashboard::events))
+        .route("/report", get(dashboard::report_page))
+        .route("/report.js", get(dashboard::report_js))
+        .route("/api/report", get(dashboard::api_report))
         .with_state(shared)
 }
 

@@ -13,6 +13,7 @@
 //! - [`reroute`]: the reroute decision (documented there), the handoff conversation,
 //!   duplicate suppression.
 //! - [`http`]: `/api/regions`, `/api/stations/best`, `/healthz`, `/readyz`, `/metrics`.
+//! - [`dashboard`]: the live web page at `/`, its JSON and event stream, `/report`.
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! [`start`] connects and returns a handle; [`run`] is what `main` calls. One task owns
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dashboard;
 pub mod http;
 pub mod metrics;
 pub mod regions;
@@ -63,6 +65,7 @@ pub struct Shared {
     pub registry: prometheus_client::registry::Registry,
     publisher: Publisher,
     connected: Arc<AtomicBool>,
+    pub dashboard: dashboard::Dashboard,
 }
 
 impl Shared {
@@ -153,6 +156,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics,
         publisher: link.publisher(),
         connected: link.connected_flag(),
+        dashboard: dashboard::Dashboard::new(config.report_file.clone(), shutdown.clone()),
     });
 
     let mut tasks = JoinSet::new();
@@ -237,6 +241,10 @@ fn handle(shared: &Shared, topic: &str, payload: &[u8]) -> Option<(String, Rerou
             on_aggregate(shared, region, payload);
             None
         }
+        FogMessage::Stations => {
+            on_stations(shared, region, payload);
+            None
+        }
         FogMessage::Reroute => on_reroute(shared, region, payload),
         FogMessage::HandoffReply => {
             on_handoff_reply(shared, region, payload);
@@ -256,6 +264,7 @@ fn on_aggregate(shared: &Shared, region: &str, payload: &[u8]) {
         if shared.regions().remove(region) {
             info!(region, "region withdrawn (retained aggregate cleared)");
         }
+        shared.dashboard.remove(region);
         return;
     }
     let aggregate = match protocol::decode::<Aggregate>(payload).and_then(|a| {
@@ -270,6 +279,7 @@ fn on_aggregate(shared: &Shared, region: &str, payload: &[u8]) {
         }
     };
     let seq = aggregate.seq;
+    let requests_total = aggregate.requests_total;
     let outcome = shared
         .regions()
         .ingest(aggregate, Instant::now(), shared.clock.now_ms());
@@ -291,6 +301,28 @@ fn on_aggregate(shared: &Shared, region: &str, payload: &[u8]) {
         }
         Ingest::Updated => {
             shared.metrics.aggregates.inc();
+        }
+    }
+    if !matches!(outcome, Ingest::Ignored { .. }) {
+        shared
+            .dashboard
+            .on_requests_total(region, requests_total, Instant::now());
+    }
+}
+
+/// A region's station list, for the dashboard.
+fn on_stations(shared: &Shared, region: &str, payload: &[u8]) {
+    if payload.is_empty() {
+        return;
+    }
+    match protocol::decode::<fog::Stations>(payload).and_then(|s| {
+        matches_topic("region", &s.region, region)?;
+        Ok(s)
+    }) {
+        Ok(stations) => shared.dashboard.on_stations(stations, Instant::now()),
+        Err(e) => {
+            shared.metrics.invalid("stations");
+            warn!(region, error = %e, "invalid station list");
         }
     }
 }

@@ -34,7 +34,7 @@ use prometheus_client::registry::Registry;
 use crate::regions::Regions;
 
 /// The `kind` values of `central_invalid_messages_total`.
-pub const INVALID_KINDS: [&str; 4] = ["topic", "aggregate", "reroute", "handoff_reply"];
+pub const INVALID_KINDS: [&str; 5] = ["topic", "aggregate", "stations", "reroute", "handoff_reply"];
 
 /// The `reason` values of `central_reroutes_failed_total`.
 pub const FAILURE_REASONS: [&str; 6] = [

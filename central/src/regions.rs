@@ -120,6 +120,10 @@ impl Regions {
         self.map.get(region)
     }
 
+    pub fn stale_after(&self) -> Duration {
+        self.stale_after
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -326,6 +330,7 @@ mod tests {
             outline: vec![],
             best: vec![],
             saturated_requests: 0,
+            requests_total: 0,
         }
     }
 

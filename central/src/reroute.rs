@@ -377,6 +377,21 @@ pub async fn run(
         .observe(received.elapsed().as_secs_f64());
     if reply.ok {
         shared.metrics.reroutes_succeeded.inc();
+        if let Some(station) = reply
+            .recommendation
+            .as_ref()
+            .and_then(|r| r.station.as_ref())
+        {
+            shared.dashboard.on_reroute(crate::dashboard::RerouteEvent {
+                at_ms: shared.clock.now_ms(),
+                origin_region: origin.clone(),
+                target_region: station.region.clone(),
+                vehicle_id: request.vehicle_id.clone(),
+                station_id: station.station_id.clone(),
+                from: [request.request.lat, request.request.lon],
+                to: [station.lat, station.lon],
+            });
+        }
     }
     info!(
         reroute = %request.reroute_id,
@@ -623,6 +638,7 @@ mod tests {
                 })
                 .collect(),
             saturated_requests: 0,
+            requests_total: 0,
         }
     }
 

@@ -111,6 +111,7 @@ fn aggregate(region: &str, seq: u64, ts_ms: u64, best: Vec<AggregateStation>) ->
         outline: vec![],
         best,
         saturated_requests: 0,
+        requests_total: 0,
     }
 }
 

@@ -329,6 +329,7 @@ async fn a_refused_handoff_falls_back_to_the_next_region() {
             predicted_wait_s: 0,
         }],
         saturated_requests: 0,
+        requests_total: 0,
     };
     fake.publish_json(
         &FogMessage::Aggregate.regional_topic(),

@@ -70,7 +70,10 @@ async fn simulate(mut config: Config) -> ExitCode {
                 config.speed
             );
             print!("{}", report.table());
-            if let Some(path) = &config.report_json {
+            for path in [&config.report_json, &config.report_html]
+                .into_iter()
+                .flatten()
+            {
                 println!("\nreport written to {}", path.display());
             }
             ExitCode::SUCCESS

@@ -126,6 +126,10 @@ pub struct Config {
     #[arg(long, env = "SIM_REPORT_JSON")]
     pub report_json: Option<PathBuf>,
 
+    /// Write the report as a self-contained HTML page with charts to this file.
+    #[arg(long, env = "SIM_REPORT_HTML")]
+    pub report_html: Option<PathBuf>,
+
     /// No progress bar.
     #[arg(long, env = "SIM_NO_PROGRESS")]
     pub no_progress: bool,
@@ -385,9 +389,13 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Repo
 }
 
 fn finish(report: Report, config: &Config) -> Result<Report> {
+    let text = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &config.report_json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &config.report_html {
+        std::fs::write(path, central::dashboard::report_html(&text))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(report)
 }

@@ -26,11 +26,25 @@ pub struct Rtt {
 
 /// Wait at the station from arrival to the start of charging, simulated seconds —
 /// vehicles still queued at the end count with their wait so far.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Wait {
     pub mean: f64,
     pub p95: f64,
     pub max: f64,
+    /// How many vehicles waited how long: bands of [`WAIT_BANDS_MIN`] minutes.
+    #[serde(default)]
+    pub hist: Vec<HistBin>,
+}
+
+/// Lower edges of the wait bands, minutes (the last band is open).
+pub const WAIT_BANDS_MIN: [u32; 8] = [0, 5, 10, 15, 30, 60, 90, 120];
+
+/// One wait band: `from_min` ≤ wait < `to_min` (no `to_min`: the open last band).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HistBin {
+    pub from_min: u32,
+    pub to_min: Option<u32>,
+    pub count: u32,
 }
 
 /// Share of charger time spent charging, over stations.
@@ -106,10 +120,30 @@ pub fn wait(mut values_s: Vec<f64>) -> Wait {
     } else {
         values_s.iter().sum::<f64>() / values_s.len() as f64
     };
+    let hist = WAIT_BANDS_MIN
+        .iter()
+        .enumerate()
+        .map(|(i, &from)| {
+            let to = WAIT_BANDS_MIN.get(i + 1).copied();
+            let count = values_s
+                .iter()
+                .filter(|&&w| {
+                    let min = w / 60.0;
+                    min >= f64::from(from) && to.is_none_or(|t| min < f64::from(t))
+                })
+                .count() as u32;
+            HistBin {
+                from_min: from,
+                to_min: to,
+                count,
+            }
+        })
+        .collect();
     Wait {
         mean,
         p95: percentile(&values_s, 0.95),
         max: values_s.last().copied().unwrap_or(0.0),
+        hist,
     }
 }
 

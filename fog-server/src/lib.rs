@@ -262,6 +262,7 @@ async fn publish_aggregates(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topic = protocol::fog::FogMessage::Aggregate.regional_topic();
+    let stations_topic = protocol::fog::FogMessage::Stations.regional_topic();
     let mut interval = tokio::time::interval(min_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<Instant> = None;
@@ -271,14 +272,20 @@ async fn publish_aggregates(
             _ = interval.tick() => {}
         }
         let due = last.is_none_or(|t| t.elapsed() >= period);
-        let aggregate = {
+        let (aggregate, stations) = {
             let mut region = shared.lock();
             if !(due || region.is_dirty()) {
                 continue;
             }
-            region.aggregate(shared.clock.now_ms())
+            let now = shared.clock.now_ms();
+            // Every station, for central's dashboard: with the periodic aggregate only.
+            let stations = due.then(|| region.stations_snapshot(now));
+            (region.aggregate(now), stations)
         };
         publisher.publish(&topic, &protocol::encode(&aggregate), 1, true);
+        if let Some(stations) = stations {
+            publisher.publish(&stations_topic, &protocol::encode(&stations), 1, true);
+        }
         shared.lock().metrics().aggregates_published.inc();
         last = Some(Instant::now());
     }

@@ -93,6 +93,8 @@ pub struct Region {
     pub outline: Vec<[f64; 2]>,
     aggregate_seq: u64,
     saturated_requests: u64,
+    /// Requests answered since start (any status), for the aggregates.
+    answered: std::cell::Cell<u64>,
     /// Something an aggregate shows changed since the last one.
     dirty: bool,
     /// Where reservations are kept across restarts (none: in memory only).
@@ -118,6 +120,7 @@ impl Region {
             outline: Vec::new(),
             aggregate_seq: 0,
             saturated_requests: 0,
+            answered: std::cell::Cell::new(0),
             dirty: true,
             store: None,
             restoring: HashMap::new(),
@@ -349,6 +352,7 @@ impl Region {
 
     /// The recommendation message for a vehicle, counted.
     fn reply(&self, vehicle_id: &str, answer: &Recommendation) -> Outgoing {
+        self.answered.set(self.answered.get() + 1);
         self.metrics
             .requests
             .get_or_create(&StatusLabel {
@@ -865,18 +869,38 @@ impl Region {
             outline: self.outline.clone(),
             best: Vec::new(),
             saturated_requests: self.saturated_requests,
+            requests_total: self.answered.get(),
         };
-        let mut best = Vec::new();
-        for (slot, s) in self.planner.stations.iter() {
-            if !s.state.is_in_service() {
-                continue;
-            }
+        let mut best = self.station_summaries(now_ms);
+        for s in &best {
             agg.chargers += s.chargers;
             agg.chargers_free += s.chargers - s.occupied.min(s.chargers);
             agg.queued += s.queue;
-            let wait = self.planner.expected_wait_s(slot, s, now_ms, 0.0).round() as u32;
-            agg.min_wait_s = Some(agg.min_wait_s.map_or(wait, |m: u32| m.min(wait)));
-            best.push(AggregateStation {
+        }
+        agg.min_wait_s = best.first().map(|s| s.predicted_wait_s);
+        best.truncate(AGGREGATE_BEST);
+        agg.best = best;
+        agg
+    }
+
+    /// Every in-service station, shortest predicted wait first (the `stations` message).
+    pub fn stations_snapshot(&self, now_ms: u64) -> protocol::fog::Stations {
+        protocol::fog::Stations {
+            v: protocol::PROTOCOL_VERSION,
+            region: self.name.clone(),
+            ts_ms: now_ms,
+            stations: self.station_summaries(now_ms),
+        }
+    }
+
+    /// The in-service stations as aggregates show them, best first.
+    fn station_summaries(&self, now_ms: u64) -> Vec<AggregateStation> {
+        let mut out: Vec<AggregateStation> = self
+            .planner
+            .stations
+            .iter()
+            .filter(|(_, s)| s.state.is_in_service())
+            .map(|(slot, s)| AggregateStation {
                 station_id: s.station_id.clone(),
                 lat: s.lat,
                 lon: s.lon,
@@ -885,18 +909,17 @@ impl Region {
                 occupied: s.occupied,
                 queue: s.queue,
                 reservations: self.planner.promised_at(slot) as u32,
-                predicted_wait_s: wait,
-            });
-        }
-        best.sort_by(|a, b| {
+                predicted_wait_s: self.planner.expected_wait_s(slot, s, now_ms, 0.0).round()
+                    as u32,
+            })
+            .collect();
+        out.sort_by(|a, b| {
             a.predicted_wait_s
                 .cmp(&b.predicted_wait_s)
                 .then(b.chargers.cmp(&a.chargers))
                 .then_with(|| a.station_id.cmp(&b.station_id))
         });
-        best.truncate(AGGREGATE_BEST);
-        agg.best = best;
-        agg
+        out
     }
 
     /// Reroutes waiting for central.

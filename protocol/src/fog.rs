@@ -7,6 +7,7 @@
 //! | message | regional topic | central topic | QoS | retained |
 //! | --- | --- | --- | --- | --- |
 //! | [`Aggregate`] | `fog/up/aggregate` | `regions/{r}/up/aggregate` | 1 | yes |
+//! | [`Stations`] | `fog/up/stations` | `regions/{r}/up/stations` | 1 | yes |
 //! | [`RerouteRequest`] | `fog/up/reroute` | `regions/{r}/up/reroute` | 1 | no |
 //! | [`Handoff`] | `fog/down/handoff` | `regions/{r}/down/handoff` | 1 | no |
 //! | [`HandoffReply`] | `fog/up/handoff-reply` | `regions/{r}/up/handoff-reply` | 1 | no |
@@ -22,6 +23,7 @@ use crate::{PROTOCOL_VERSION, ProtocolError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FogMessage {
     Aggregate,
+    Stations,
     Reroute,
     Handoff,
     HandoffReply,
@@ -38,8 +40,9 @@ pub enum Direction {
 }
 
 impl FogMessage {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Aggregate,
+        Self::Stations,
         Self::Reroute,
         Self::Handoff,
         Self::HandoffReply,
@@ -49,6 +52,7 @@ impl FogMessage {
     pub fn name(self) -> &'static str {
         match self {
             Self::Aggregate => "aggregate",
+            Self::Stations => "stations",
             Self::Reroute => "reroute",
             Self::Handoff => "handoff",
             Self::HandoffReply => "handoff-reply",
@@ -58,7 +62,7 @@ impl FogMessage {
 
     pub fn direction(self) -> Direction {
         match self {
-            Self::Aggregate | Self::Reroute | Self::HandoffReply => Direction::Up,
+            Self::Aggregate | Self::Stations | Self::Reroute | Self::HandoffReply => Direction::Up,
             Self::Handoff | Self::RerouteReply => Direction::Down,
         }
     }
@@ -160,6 +164,20 @@ pub struct Aggregate {
     /// Requests this fog server found saturated since it started.
     #[serde(default)]
     pub saturated_requests: u64,
+    /// Requests this fog server answered since it started (any status).
+    #[serde(default)]
+    pub requests_total: u64,
+}
+
+/// Every in-service station of a region, published retained with the periodic
+/// aggregate (for central's dashboard). A latest-value message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stations {
+    pub v: u32,
+    pub region: String,
+    /// When it was made (fog clock, ms since the epoch).
+    pub ts_ms: u64,
+    pub stations: Vec<AggregateStation>,
 }
 
 /// One of a region's best stations, as the aggregate lists it.
@@ -244,25 +262,38 @@ fn version(v: u32) -> Result<(), ProtocolError> {
     }
 }
 
+impl Validate for AggregateStation {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        validate_id("station_id", &self.station_id)?;
+        crate::validate::position(self.lat, self.lon)?;
+        if !(self.power_kw.is_finite()
+            && self.power_kw > 0.0
+            && self.power_kw <= crate::validate::limits::MAX_POWER_KW)
+        {
+            return Err(ProtocolError::OutOfRange {
+                field: "power_kw",
+                value: self.power_kw,
+                min: 0.0,
+                max: crate::validate::limits::MAX_POWER_KW,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Validate for Stations {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        version(self.v)?;
+        validate_id("region", &self.region)?;
+        self.stations.iter().try_for_each(Validate::validate)
+    }
+}
+
 impl Validate for Aggregate {
     fn validate(&self) -> Result<(), ProtocolError> {
         version(self.v)?;
         validate_id("region", &self.region)?;
-        for s in &self.best {
-            validate_id("best.station_id", &s.station_id)?;
-            crate::validate::position(s.lat, s.lon)?;
-            if !(s.power_kw.is_finite()
-                && s.power_kw > 0.0
-                && s.power_kw <= crate::validate::limits::MAX_POWER_KW)
-            {
-                return Err(ProtocolError::OutOfRange {
-                    field: "best.power_kw",
-                    value: s.power_kw,
-                    min: 0.0,
-                    max: crate::validate::limits::MAX_POWER_KW,
-                });
-            }
-        }
+        self.best.iter().try_for_each(Validate::validate)?;
         for [lat, lon] in &self.outline {
             crate::validate::position(*lat, *lon)?;
         }

@@ -1,0 +1,386 @@
+//! The live dashboard: what the page at `/` shows, and how it stays current.
+//!
+//! - `GET /` (`/dashboard.js`, `/dashboard.css`): the page, embedded in the binary (no
+//!   external assets, works offline): an SVG map of the region outlines shaded by
+//!   saturation, every station as a marker coloured by predicted wait and sized by
+//!   chargers (details on hover, focus or click), reroutes as arrows from the vehicle to
+//!   the station it was sent to, counters, and each region's data age with a warning
+//!   when it is stale (its fog server or bridge is down).
+//! - `GET /api/dashboard`: the page's JSON ([`Snapshot`]).
+//! - `GET /api/events`: Server-Sent Events: `snapshot` (a [`Snapshot`]) at once and then
+//!   every second, `reroute` (a [`RerouteEvent`]) the moment central answers one.
+//! - `GET /report` (`/report.js`) and `GET /api/report`: device-sim's JSON report drawn as
+//!   charts, when central was given `--report-file`; [`report_html`] makes the same page
+//!   as one self-contained file (`device-sim --report-html`).
+//!
+//! Stations come from the fogs' retained `stations` messages (every periodic
+//! aggregate); region figures from the aggregates ([`crate::regions`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Json, Response};
+use protocol::fog::{AggregateStation, Stations};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::Shared;
+use crate::metrics::FAILURE_REASONS;
+
+pub const INDEX_HTML: &str = include_str!("dashboard/index.html");
+pub const DASHBOARD_JS: &str = include_str!("dashboard/dashboard.js");
+pub const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
+pub const REPORT_HTML: &str = include_str!("dashboard/report.html");
+pub const REPORT_JS: &str = include_str!("dashboard/report.js");
+
+/// Reroutes kept for the page (the newest).
+const RECENT_REROUTES: usize = 50;
+
+/// A reroute central answered: drawn as an arrow from the vehicle to the station.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RerouteEvent {
+    /// Central's clock, ms since the epoch.
+    pub at_ms: u64,
+    pub origin_region: String,
+    pub target_region: String,
+    pub vehicle_id: String,
+    pub station_id: String,
+    /// Where the vehicle asked from.
+    pub from: [f64; 2],
+    /// The station it was sent to.
+    pub to: [f64; 2],
+}
+
+/// One station on the map.
+#[derive(Debug, Clone, Serialize)]
+pub struct StationView {
+    pub region: String,
+    #[serde(flatten)]
+    pub station: AggregateStation,
+    pub data_age_ms: u64,
+}
+
+/// One region on the map.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionSummary {
+    pub id: String,
+    pub outline: Vec<[f64; 2]>,
+    pub saturated: bool,
+    pub stale: bool,
+    pub data_age_ms: u64,
+    pub stations: u32,
+    pub stations_in_service: u32,
+    pub chargers: u32,
+    pub chargers_free: u32,
+    pub queued: u32,
+    pub reservations: u32,
+    pub min_wait_s: Option<u32>,
+    pub requests_total: u64,
+    pub requests_per_s: f64,
+    pub saturated_requests: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Counters {
+    pub requests_per_s: f64,
+    pub reroutes_succeeded: u64,
+    pub reroutes_failed: u64,
+    pub saturated_requests: u64,
+}
+
+/// What the page shows: `GET /api/dashboard` and each `snapshot` event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// Central's clock (a simulation's runs `clock_speed` times faster than real time).
+    pub now_ms: u64,
+    pub clock_speed: f64,
+    pub stale_after_ms: u64,
+    pub regions: Vec<RegionSummary>,
+    pub stations: Vec<StationView>,
+    pub counters: Counters,
+    pub reroutes: Vec<RerouteEvent>,
+}
+
+#[derive(Debug)]
+struct Rate {
+    total: u64,
+    at: Instant,
+    per_s: f64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    stations: BTreeMap<String, (Stations, Instant)>,
+    rates: BTreeMap<String, Rate>,
+    reroutes: VecDeque<RerouteEvent>,
+}
+
+/// The dashboard's state: fed by the message loop and the reroute tasks.
+#[derive(Debug)]
+pub struct Dashboard {
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<RerouteEvent>,
+    /// device-sim's report (`--report-file`), read when asked for.
+    pub report_file: Option<std::path::PathBuf>,
+    /// Ends the event streams, so that the HTTP server can stop.
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Dashboard {
+    pub fn new(
+        report_file: Option<std::path::PathBuf>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Mutex::default(),
+            events: broadcast::channel(256).0,
+            report_file,
+            shutdown,
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A region's latest station list.
+    pub fn on_stations(&self, stations: Stations, now: Instant) {
+        self.inner()
+            .stations
+            .insert(stations.region.clone(), (stations, now));
+    }
+
+    /// The region's request counter from an aggregate: the request rate.
+    pub fn on_requests_total(&self, region: &str, total: u64, now: Instant) {
+        let mut inner = self.inner();
+        let per_s = match inner.rates.get(region) {
+            Some(prev) if total >= prev.total => {
+                let dt = now.saturating_duration_since(prev.at).as_secs_f64();
+                if dt < 0.2 {
+                    // too close to the last one to say anything new
+                    return;
+                }
+                (total - prev.total) as f64 / dt
+            }
+            _ => 0.0,
+        };
+        inner.rates.insert(
+            region.to_owned(),
+            Rate {
+                total,
+                at: now,
+                per_s,
+            },
+        );
+    }
+
+    /// A region was withdrawn.
+    pub fn remove(&self, region: &str) {
+        let mut inner = self.inner();
+        inner.stations.remove(region);
+        inner.rates.remove(region);
+    }
+
+    /// Central answered a reroute: kept for the page and sent to every open stream.
+    pub fn on_reroute(&self, event: RerouteEvent) {
+        {
+            let mut inner = self.inner();
+            if inner.reroutes.len() == RECENT_REROUTES {
+                inner.reroutes.pop_front();
+            }
+            inner.reroutes.push_back(event.clone());
+        }
+        // No receiver (no page open) is fine.
+        let _ = self.events.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<RerouteEvent> {
+        self.events.subscribe()
+    }
+}
+
+/// What the page shows now.
+pub fn snapshot(shared: &Shared) -> Snapshot {
+    let now = Instant::now();
+    let views = shared.regions().views(now);
+    let stale_after_ms = shared.regions().stale_after().as_millis() as u64;
+    let inner = shared.dashboard.inner();
+    let mut regions = Vec::new();
+    let mut counters = Counters {
+        requests_per_s: 0.0,
+        reroutes_succeeded: shared.metrics.reroutes_succeeded.get(),
+        reroutes_failed: FAILURE_REASONS
+            .iter()
+            .map(|&reason| {
+                shared
+                    .metrics
+                    .reroutes_failed
+                    .get_or_create(&crate::metrics::ReasonLabel { reason })
+                    .get()
+            })
+            .sum(),
+        saturated_requests: 0,
+    };
+    for v in views {
+        let a = &v.aggregate;
+        let requests_per_s = inner.rates.get(&v.id).map_or(0.0, |r| r.per_s);
+        counters.requests_per_s += requests_per_s;
+        counters.saturated_requests += a.saturated_requests;
+        regions.push(RegionSummary {
+            id: v.id.clone(),
+            outline: a.outline.clone(),
+            saturated: v.saturated,
+            stale: v.stale,
+            data_age_ms: v.data_age_ms,
+            stations: a.stations,
+            stations_in_service: a.stations_in_service,
+            chargers: a.chargers,
+            chargers_free: a.chargers_free,
+            queued: a.queued,
+            reservations: a.reservations,
+            min_wait_s: a.min_wait_s,
+            requests_total: a.requests_total,
+            requests_per_s,
+            saturated_requests: a.saturated_requests,
+        });
+    }
+    let stations = inner
+        .stations
+        .iter()
+        // A withdrawn region's stations go with it.
+        .filter(|(region, _)| regions.iter().any(|r| &r.id == *region))
+        .flat_map(|(region, (list, received))| {
+            let age = now.saturating_duration_since(*received).as_millis() as u64;
+            list.stations.iter().map(move |s| StationView {
+                region: region.clone(),
+                station: s.clone(),
+                data_age_ms: age,
+            })
+        })
+        .collect();
+    Snapshot {
+        now_ms: shared.clock.now_ms(),
+        clock_speed: shared.clock.speed(),
+        stale_after_ms,
+        regions,
+        stations,
+        counters,
+        reroutes: inner.reroutes.iter().cloned().collect(),
+    }
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+pub async fn dashboard_js() -> Response {
+    asset("text/javascript; charset=utf-8", DASHBOARD_JS)
+}
+
+pub async fn dashboard_css() -> Response {
+    asset("text/css; charset=utf-8", DASHBOARD_CSS)
+}
+
+pub async fn report_page() -> Response {
+    asset("text/html; charset=utf-8", REPORT_HTML)
+}
+
+pub async fn report_js() -> Response {
+    asset("text/javascript; charset=utf-8", REPORT_JS)
+}
+
+pub async fn api_dashboard(State(shared): State<Arc<Shared>>) -> Json<Snapshot> {
+    Json(snapshot(&shared))
+}
+
+/// `GET /api/report`: the report file as JSON; 404 without `--report-file`.
+pub async fn api_report(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(path) = &shared.dashboard.report_file else {
+        return (
+            StatusCode::NOT_FOUND,
+            "no report: start central with --report-file (device-sim --report-json writes one)\n",
+        )
+            .into_response();
+    };
+    // a small local file: read in place
+    match std::fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(value) => Json(value).into_response(),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{} is not a JSON report: {e}\n", path.display()),
+            )
+                .into_response(),
+        },
+        Err(e) => (
+            StatusCode::NOT_FOUND,
+            format!("cannot read {}: {e}\n", path.display()),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /api/events`: a `snapshot` now and every second, a `reroute` as it happens.
+pub async fn events(
+    State(shared): State<Arc<Shared>>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let reroutes = shared.dashboard.subscribe();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stream = futures_util::stream::unfold(
+        (shared, reroutes, ticks),
+        |(shared, mut reroutes, mut ticks)| async move {
+            let stop = shared.dashboard.shutdown.clone();
+            let event = tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = ticks.tick() => json_event("snapshot", &snapshot(&shared)),
+                r = reroutes.recv() => match r {
+                    Ok(reroute) => json_event("reroute", &reroute),
+                    // Fell behind: the next snapshot lists the recent reroutes.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        json_event("snapshot", &snapshot(&shared))
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            Some((Ok(event), (shared, reroutes, ticks)))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn json_event(name: &str, value: &impl Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .data(serde_json::to_string(value).unwrap_or_default())
+}
+
+/// device-sim's report as one self-contained HTML page (the `/report` page with the
+/// report inlined).
+pub fn report_html(report_json: &str) -> String {
+    // `</` cannot end the script element early when written as `<\/`.
+    let data = report_json.replace("</", "<\\/");
+    REPORT_HTML
+        .replace(
+            "<script src=\"/report.js\"></script>",
+            &format!(
+                "<script id=\"report-data\" type=\"application/json\">{data}</script>\n<script>{REPORT_JS}</script>"
+            ),
+        )
+}
