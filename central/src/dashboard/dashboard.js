@@ -90,7 +90,10 @@ function drawRegions(snapshot, proj) {
     }, layer);
     el("title", {}, poly).textContent =
       `${r.id}: ${r.saturated ? "saturated" : "not saturated"}, data age ${fmtAge(r.data_age_ms)}`;
-    const c = pts.length ? centroid(pts) : stationPts.length ? centroid(stationPts) : null;
+    // The label sits at the top of the region, clear of the stations in its middle.
+    const base = pts.length ? centroid(pts) : stationPts.length ? centroid(stationPts) : null;
+    const top = pts.length ? Math.min(...pts.map((p) => p[1])) + 24 : null;
+    const c = base && [base[0], top === null ? base[1] : top];
     if (c) {
       const t = el("text", { class: "region-label", x: c[0], y: c[1], "text-anchor": "middle" }, labels);
       t.textContent = r.id + (r.saturated ? " — saturated" : "");
@@ -102,26 +105,35 @@ function drawRegions(snapshot, proj) {
   }
 }
 
+// Stations are updated in place (keyed by id), so that hover, focus and a selection
+// survive the snapshots that arrive every second.
 function drawStations(snapshot, proj) {
   const layer = $("stations-layer");
-  layer.replaceChildren();
+  const seen = new Set();
   for (const s of snapshot.stations) {
+    seen.add(s.station_id);
+    let c = layer.querySelector(`circle[data-station="${CSS.escape(s.station_id)}"]`);
+    if (!c) {
+      c = el("circle", { "data-station": s.station_id, tabindex: 0, role: "button" }, layer);
+      el("title", {}, c);
+      const id = s.station_id;
+      const select = () => { state.selected = id; showDetails(id); };
+      c.addEventListener("mouseenter", () => showDetails(id));
+      c.addEventListener("focus", select);
+      c.addEventListener("click", select);
+    }
     const [x, y] = proj.xy(s.lat, s.lon);
-    const c = el("circle", {
-      class: "station " + waitClass(s) + (state.selected === s.station_id ? " selected" : ""),
-      "data-station": s.station_id,
-      "data-region": s.region,
-      cx: x, cy: y, r: 4 + 2.2 * Math.sqrt(s.chargers),
-      tabindex: 0,
-      role: "button",
-      "aria-label": `station ${s.station_id}, ${s.chargers} chargers, predicted wait ${fmtWait(s.predicted_wait_s)}`,
-    }, layer);
-    el("title", {}, c).textContent =
+    c.setAttribute("class", "station " + waitClass(s) + (state.selected === s.station_id ? " selected" : ""));
+    c.setAttribute("data-region", s.region);
+    c.setAttribute("cx", x);
+    c.setAttribute("cy", y);
+    c.setAttribute("r", 4 + 2.2 * Math.sqrt(s.chargers));
+    c.setAttribute("aria-label", `station ${s.station_id}, ${s.chargers} chargers, predicted wait ${fmtWait(s.predicted_wait_s)}`);
+    c.firstChild.textContent =
       `${s.station_id} (${s.region}): ${s.occupied}/${s.chargers} busy, queue ${s.queue}, wait ${fmtWait(s.predicted_wait_s)}`;
-    const select = () => { state.selected = s.station_id; showDetails(s.station_id); };
-    c.addEventListener("mouseenter", () => showDetails(s.station_id));
-    c.addEventListener("focus", select);
-    c.addEventListener("click", select);
+  }
+  for (const c of [...layer.children]) {
+    if (!seen.has(c.getAttribute("data-station"))) c.remove();
   }
 }
 
