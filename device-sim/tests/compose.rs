@@ -56,11 +56,14 @@ async fn the_compose_deployment_runs_end_to_end() {
     let anonymous = testkit::TestClient::connect(&format!("tcp://{north}:1883"), "anon").await;
     assert!(anonymous.is_err(), "an anonymous client got in");
 
-    let status = tokio::task::block_in_place(|| {
-        run.wait_exit("device-sim", Duration::from_secs(300))
-    })
-    .unwrap_or_else(|e| panic!("device-sim: {e:#}"));
-    assert!(status.success(), "device-sim failed:\n{}", run.log("device-sim"));
+    let status =
+        tokio::task::block_in_place(|| run.wait_exit("device-sim", Duration::from_secs(300)))
+            .unwrap_or_else(|e| panic!("device-sim: {e:#}"));
+    assert!(
+        status.success(),
+        "device-sim failed:\n{}",
+        run.log("device-sim")
+    );
 
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(run.volume("reports").join("report.json")).unwrap(),
