@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use protocol::fog::{Aggregate, AggregateStation, FogMessage, Handoff, HandoffReply};
 use protocol::{
     ChargeRequest, Recommendation, RecommendationStatus, ReservationAction, ReservationUpdate,
-    StationState, StationStatus, topics,
+    StationStatus, topics,
 };
 use serde_json::Value;
 use testkit::city::{City, CitySpec};
@@ -19,33 +19,10 @@ use testkit::{TestClient, wait_until};
 const T: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
 
-fn status(id: &str, lon: f64, chargers: u32, occupied: u32, queue: u32) -> StationStatus {
-    StationStatus {
-        v: 1,
-        station_id: id.into(),
-        lat: Some(0.0),
-        lon: Some(lon),
-        chargers: Some(chargers),
-        power_kw: Some(50.0),
-        occupied,
-        queue,
-        state: StationState::Available,
-        ts_ms: None,
-    }
-}
+use testkit::messages::busy_station as status;
 
 fn request(id: &str, lon: f64) -> ChargeRequest {
-    ChargeRequest {
-        v: 1,
-        request_id: id.into(),
-        lat: 0.0,
-        lon,
-        soc: 0.3,
-        battery_kwh: 60.0,
-        kwh_per_km: 0.18,
-        target_soc: 0.8,
-        ts_ms: None,
-    }
+    testkit::messages::request(id, 0.0, lon, 0.3)
 }
 
 /// A device client on one region's broker, hearing its vehicles' recommendations.
@@ -169,8 +146,10 @@ async fn aggregates_reach_central_and_device_traffic_does_not() {
         .unwrap();
     assert!(!seen.is_empty());
     for m in &seen {
+        // Only the fog's latest-value messages: aggregates and station lists.
         assert!(
-            m.topic().starts_with("regions/") && m.topic().ends_with("/up/aggregate"),
+            m.topic().starts_with("regions/")
+                && (m.topic().ends_with("/up/aggregate") || m.topic().ends_with("/up/stations")),
             "unexpected on the central broker: {}",
             m.topic()
         );

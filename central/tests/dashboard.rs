@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use protocol::{ChargeRequest, StationState, StationStatus, topics};
+use protocol::topics;
 use serde_json::Value;
 use testkit::city::{City, CitySpec};
 use testkit::{TestClient, wait_until};
@@ -11,20 +11,7 @@ use testkit::{TestClient, wait_until};
 const T: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
 
-pub fn status(id: &str, lon: f64, chargers: u32, occupied: u32, queue: u32) -> StationStatus {
-    StationStatus {
-        v: 1,
-        station_id: id.into(),
-        lat: Some(0.0),
-        lon: Some(lon),
-        chargers: Some(chargers),
-        power_kw: Some(50.0),
-        occupied,
-        queue,
-        state: StationState::Available,
-        ts_ms: None,
-    }
-}
+use testkit::messages::busy_station as status;
 
 async fn publish_stations(city: &City) -> TestClient {
     let mut clients = Vec::new();
@@ -137,17 +124,7 @@ async fn the_dashboard_json_and_event_stream_show_the_city_live() {
     assert_eq!(name, "snapshot");
     assert_eq!(first["regions"].as_array().unwrap().len(), 3);
 
-    let request = ChargeRequest {
-        v: 1,
-        request_id: "r-1".into(),
-        lat: 0.0,
-        lon: 0.08,
-        soc: 0.3,
-        battery_kwh: 60.0,
-        kwh_per_km: 0.18,
-        target_soc: 0.8,
-        ts_ms: None,
-    };
+    let request = testkit::messages::request("r-1", 0.0, 0.08, 0.3);
     cars.publish_json(&topics::request("west", "car-1"), &request, 1, false)
         .await
         .unwrap();
@@ -156,11 +133,18 @@ async fn the_dashboard_json_and_event_stream_show_the_city_live() {
         .await
         .unwrap();
     assert_eq!(answer["status"], "rerouted", "{answer}");
+    let deadline = std::time::Instant::now() + T;
+    let mut seen = Vec::new();
     let reroute = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reroute event within 10 s; events: {seen:?}"
+        );
         let (name, data) = next_event().await;
         if name == "reroute" {
             break data;
         }
+        seen.push(format!("{name}: reroutes {}", data["reroutes"]));
     };
     assert_eq!(reroute["origin_region"], "west");
     assert_eq!(reroute["target_region"], "middle");

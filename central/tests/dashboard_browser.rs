@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{ClientBuilder, Locator};
-use protocol::{ChargeRequest, StationState, StationStatus, topics};
+use protocol::topics;
 use testkit::city::{City, CitySpec};
 use testkit::{TestClient, free_port, wait_until};
 
@@ -19,20 +19,7 @@ const T: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
 const INSTALL: &str = "apt-get install -y chromium chromium-driver";
 
-fn status(id: &str, lon: f64, chargers: u32, occupied: u32, queue: u32) -> StationStatus {
-    StationStatus {
-        v: 1,
-        station_id: id.into(),
-        lat: Some(0.0),
-        lon: Some(lon),
-        chargers: Some(chargers),
-        power_kw: Some(50.0),
-        occupied,
-        queue,
-        state: StationState::Available,
-        ts_ms: None,
-    }
-}
+use testkit::messages::busy_station as status;
 
 fn find(name: &str) -> PathBuf {
     ["/usr/bin", "/usr/local/bin", "/usr/lib/chromium"]
@@ -173,17 +160,7 @@ async fn the_dashboard_shows_the_city_and_what_happens_in_it() {
     cars.subscribe("ev/west/vehicles/+/recommendation", 1)
         .await
         .unwrap();
-    let request = ChargeRequest {
-        v: 1,
-        request_id: "r-1".into(),
-        lat: 0.0,
-        lon: 0.08,
-        soc: 0.3,
-        battery_kwh: 60.0,
-        kwh_per_km: 0.18,
-        target_soc: 0.8,
-        ts_ms: None,
-    };
+    let request = testkit::messages::request("r-1", 0.0, 0.08, 0.3);
     let asked = Instant::now();
     cars.publish_json(&topics::request("west", "car-1"), &request, 1, false)
         .await

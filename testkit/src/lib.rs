@@ -46,6 +46,7 @@
 pub use launcher::mosquitto as broker;
 pub mod city;
 pub mod compose;
+pub mod messages;
 pub mod mqtt;
 
 pub use broker::{Mosquitto, MosquittoConfig, find_mosquitto, find_mosquitto_in, free_port};
