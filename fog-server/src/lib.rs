@@ -266,22 +266,27 @@ async fn publish_aggregates(
     let mut interval = tokio::time::interval(min_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<Instant> = None;
+    let mut last_stations: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = interval.tick() => {}
         }
         let due = last.is_none_or(|t| t.elapsed() >= period);
+        // Every station, for central's dashboard: once a period, busy or not.
+        let stations_due = last_stations.is_none_or(|t| t.elapsed() >= period);
         let (aggregate, stations) = {
             let mut region = shared.lock();
-            if !(due || region.is_dirty()) {
+            if !(due || stations_due || region.is_dirty()) {
                 continue;
             }
             let now = shared.clock.now_ms();
-            // Every station, for central's dashboard: with the periodic aggregate only.
-            let stations = due.then(|| region.stations_snapshot(now));
+            let stations = stations_due.then(|| region.stations_snapshot(now));
             (region.aggregate(now), stations)
         };
+        if stations.is_some() {
+            last_stations = Some(Instant::now());
+        }
         publisher.publish(&topic, &protocol::encode(&aggregate), 1, true);
         if let Some(stations) = stations {
             publisher.publish(&stations_topic, &protocol::encode(&stations), 1, true);

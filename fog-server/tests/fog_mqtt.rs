@@ -525,3 +525,37 @@ async fn the_fog_reconnects_and_resubscribes_after_a_broker_restart() {
     assert_eq!(answer.status, RecommendationStatus::Assigned);
     fog.stop().await.unwrap();
 }
+
+/// The station list for central's dashboard goes out once an aggregate period even when
+/// the region changes all the time (aggregates then go out on change, every 250 ms).
+#[tokio::test]
+async fn the_station_list_is_published_every_period_even_in_a_busy_region() {
+    let w = world().await;
+    let mut spy = TestClient::connect(&w.broker.url(), "spy").await.unwrap();
+    spy.subscribe("fog/up/stations", 1).await.unwrap();
+    let mut config = Fog::config(&w.broker.url(), REGION);
+    config.aggregate_ms = 500;
+    config.aggregate_min_ms = 100;
+    let _fog = Fog::start_with(config).await.unwrap();
+    // A station whose queue changes every 100 ms for 2.5 s: the region is always dirty.
+    let mut lists = Vec::new();
+    let started = std::time::Instant::now();
+    let mut queue = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        queue = (queue + 1) % 5;
+        w.publish_station(&station("north-1", 0.5, 2, 2, queue))
+            .await;
+        if let Ok(m) = spy.recv_timeout(Duration::from_millis(100)).await {
+            lists.push(serde_json::from_slice::<protocol::fog::Stations>(m.payload()).unwrap());
+        }
+    }
+    assert!(
+        lists.len() >= 3,
+        "{} station lists in 2.5 s with a 500 ms period",
+        lists.len()
+    );
+    let last = lists.last().unwrap();
+    assert_eq!(last.region, REGION);
+    assert_eq!(last.stations.len(), 1);
+    assert_eq!(last.stations[0].station_id, "north-1");
+}

@@ -162,13 +162,13 @@ function drawReroutes(list, nowMs, speed) {
   // Reroutes in the snapshot: draw the ones not drawn yet and still recent (in wall
   // time: central's clock may run `speed` times faster).
   for (const r of list || []) {
-    if ((nowMs - r.at_ms) / speed < ARROW_MS) addReroute(r, false);
+    if ((nowMs - r.at_ms) / speed < ARROW_MS) addReroute(r);
   }
 }
 
 function rerouteKey(r) { return `${r.at_ms}/${r.vehicle_id}/${r.station_id}`; }
 
-function addReroute(r, live) {
+function addReroute(r) {
   const key = rerouteKey(r);
   if (state.shownReroutes.has(key) || !state.projection) return;
   const [x1, y1] = state.projection.xy(r.from[0], r.from[1]);
@@ -181,7 +181,7 @@ function addReroute(r, live) {
   state.shownReroutes.set(key, line);
   setTimeout(() => line.classList.add("old"), ARROW_MS / 2);
   setTimeout(() => { line.remove(); state.shownReroutes.delete(key); }, ARROW_MS);
-  if (live || $("reroutes-list").childElementCount === 0) {
+  {
     const li = document.createElement("li");
     li.textContent = `${r.vehicle_id}: ${r.origin_region} → ${r.target_region} (${r.station_id})`;
     $("reroutes-list").prepend(li);
@@ -231,7 +231,7 @@ function connect() {
     const stale = snap.regions.filter((r) => r.stale).map((r) => r.id);
     setStatus(stale.length ? `live — no fresh data from ${stale.join(", ")}` : `live — ${snap.regions.length} regions, ${snap.stations.length} stations`, stale.length > 0);
   });
-  events.addEventListener("reroute", (e) => addReroute(JSON.parse(e.data), true));
+  events.addEventListener("reroute", (e) => addReroute(JSON.parse(e.data)));
   events.addEventListener("error", () => setStatus("connection to central lost — retrying…", true));
 }
 
