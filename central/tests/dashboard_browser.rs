@@ -6,6 +6,7 @@
 //! Needs Debian's `chromium` and `chromium-driver` (CI installs them); without them the
 //! test fails with the install command.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,11 +30,14 @@ fn find(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{name} is not installed: {INSTALL}"))
 }
 
-/// ChromeDriver on a free port, killed on drop.
+/// ChromeDriver on a free port in a process group of its own: on drop the whole group
+/// goes, Chromium included, even when the test failed before closing the session.
 struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = format!("kill -KILL -- -{}", self.0.id());
+        let _ = Command::new("sh").args(["-c", &group]).status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -54,6 +58,7 @@ async fn the_dashboard_shows_the_city_and_what_happens_in_it() {
     let _driver = Driver(
         Command::new(&chromedriver)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
