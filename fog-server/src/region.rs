@@ -909,8 +909,7 @@ impl Region {
                 occupied: s.occupied,
                 queue: s.queue,
                 reservations: self.planner.promised_at(slot) as u32,
-                predicted_wait_s: self.planner.expected_wait_s(slot, s, now_ms, 0.0).round()
-                    as u32,
+                predicted_wait_s: self.planner.expected_wait_s(slot, s, now_ms, 0.0).round() as u32,
             })
             .collect();
         out.sort_by(|a, b| {
