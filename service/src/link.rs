@@ -3,6 +3,7 @@
 //! subscription restored after each reconnect (the broker may have lost the session).
 
 use std::collections::VecDeque;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -139,6 +140,10 @@ impl Link {
             100_000
         };
         let (client, stream) = create_client(settings, capacity)?;
+        // Until its connect is over, the client must outlive the connect token's
+        // callback, even if this future is dropped half-way (the runtime shutting
+        // down): see `reconnect`. So it is leaked then rather than dropped.
+        let client = ManuallyDrop::new(client);
         // The builder is not `Send`: keep it out of the awaits below.
         let connect_opts = {
             let mut builder = mqtt::ConnectOptionsBuilder::new_v3();
@@ -170,27 +175,15 @@ impl Link {
             }
             builder.finalize()
         };
-        let link = Self {
-            shared: Arc::new(RwLock::new(client.clone())),
-            outbox: Arc::default(),
-            client,
-            stream,
-            settings: settings.clone(),
-            capacity,
-            connect_opts,
-            subscriptions,
-            connected: Arc::new(AtomicBool::new(false)),
-            on_reconnect: None,
-        };
         let mut backoff = MIN_BACKOFF;
         loop {
-            let result = link.client.connect(link.connect_opts.clone()).await;
+            let result = client.connect(connect_opts.clone()).await;
             // paho-mqtt 0.14: the token's callback drops a clone of the client while
             // holding the C library's global lock; dropping the last clone before that
             // callback is over deadlocks every client in the process
             // (eclipse-paho/paho.mqtt.rust#239). This call takes the same lock, so it
             // returns only once the callback is done.
-            let _ = link.client.is_connected();
+            let _ = client.is_connected();
             match result {
                 Ok(_) => break,
                 Err(e) => {
@@ -203,6 +196,19 @@ impl Link {
                 }
             }
         }
+        let client = ManuallyDrop::into_inner(client);
+        let link = Self {
+            shared: Arc::new(RwLock::new(client.clone())),
+            outbox: Arc::default(),
+            client,
+            stream,
+            settings: settings.clone(),
+            capacity,
+            connect_opts,
+            subscriptions,
+            connected: Arc::new(AtomicBool::new(false)),
+            on_reconnect: None,
+        };
         link.subscribe_all().await?;
         link.connected.store(true, Ordering::Release);
         info!(url = %settings.url, client_id = %settings.client_id, "connected to the broker");
@@ -267,6 +273,11 @@ impl Link {
                     return false;
                 }
             };
+            // Not dropped while its connect may be in flight, even when this future is
+            // dropped at the await below (a runtime shutting down drops its tasks): the
+            // token's callback would then drop the last clone inside the C library's
+            // lock and deadlock the process (see `connect`). Leaked in that case.
+            let client = ManuallyDrop::new(client);
             let result =
                 tokio::time::timeout(STEP_TIMEOUT, client.connect(self.connect_opts.clone())).await;
             let _ = client.is_connected(); // see `connect`: let the callback finish
@@ -276,14 +287,14 @@ impl Link {
                 Err(_) => Some(format!("no answer within {STEP_TIMEOUT:?}")),
             };
             let old = if failed.is_none() {
-                let old = std::mem::replace(&mut self.client, client);
+                let old = std::mem::replace(&mut self.client, ManuallyDrop::into_inner(client));
                 self.stream = stream;
                 *self.shared.write().unwrap_or_else(|e| e.into_inner()) = self.client.clone();
                 Some(old)
             } else {
                 // A client whose connect failed may still have a callback pending: it
-                // must never drop the last clone (paho.mqtt.rust#239), so it is kept.
-                std::mem::forget(client);
+                // must never drop the last clone (paho.mqtt.rust#239), so it is kept
+                // (left in its `ManuallyDrop`).
                 None
             };
             if let Some(old) = old {

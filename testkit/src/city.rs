@@ -99,13 +99,15 @@ impl Drop for CentralServer {
 }
 
 /// The running city.
+///
+/// Fields drop in this order: the servers are told to stop before their brokers go.
 pub struct City {
     pub spec: CitySpec,
     pub topology: Topology,
-    pub central_broker: Mosquitto,
-    pub brokers: BTreeMap<String, Mosquitto>,
     pub fogs: BTreeMap<String, Fog>,
     pub central: Option<CentralServer>,
+    pub central_broker: Mosquitto,
+    pub brokers: BTreeMap<String, Mosquitto>,
     http: reqwest::Client,
 }
 

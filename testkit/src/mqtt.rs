@@ -113,6 +113,9 @@ impl TestClient {
             .with_context(|| format!("create MQTT client {client_id:?} for {url}"))?;
         // Before connect: a persistent session may deliver messages right away.
         let stream = client.get_stream(None);
+        // Leaked rather than dropped should this future be dropped while the connect is
+        // in flight (see below).
+        let client = std::mem::ManuallyDrop::new(client);
         let connected = tokio::time::timeout(
             CONNECT_TIMEOUT + Duration::from_secs(1),
             client.connect(opts),
@@ -127,12 +130,12 @@ impl TestClient {
         let Ok(result) = connected else {
             // The callback may still come: never let it own the last clone (leak it; tests
             // only, and only when a broker hangs for 10 s).
-            std::mem::forget(client);
             bail!("MQTT client {client_id:?}: no CONNACK from {url} within {CONNECT_TIMEOUT:?}");
         };
         // The token completed inside the callback; this takes the same global mutex, so it
         // returns only once the callback (and its drop of the token) is over.
         let _ = client.is_connected();
+        let client = std::mem::ManuallyDrop::into_inner(client);
         result.with_context(|| format!("MQTT client {client_id:?}: connect to {url}"))?;
         Ok(TestClient {
             client,
