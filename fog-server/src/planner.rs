@@ -154,13 +154,16 @@ pub struct Planner {
     pub params: PlannerParams,
     pub stations: StationIndex,
     reservations: HashMap<String, Reservation>,
-    /// Per station slot: reservation ids promised there, sorted by arrival.
-    promised: HashMap<Slot, Vec<(u64, u32, String)>>,
+    /// Per station slot (indexed by slot, grown on demand): `(arrival_ms, charge_s,
+    /// reservation id)` of the reservations promised there, sorted by arrival.
+    promised: Vec<Vec<(u64, u32, String)>>,
     /// Per vehicle: its one active reservation.
     by_vehicle: HashMap<String, String>,
     /// Reservations made and ended since [`take_changes`](Self::take_changes), for the
     /// state store.
     changes: Vec<ReservationChange>,
+    /// Nobody reads the changes (no state store): don't keep them.
+    changes_unread: bool,
 }
 
 /// A change to the set of reservations.
@@ -190,35 +193,72 @@ impl Planner {
     }
 
     /// Predicted wait, seconds, for a vehicle arriving `eta_s` from `now_ms`.
+    ///
+    /// The chargers' "free at" times live in a small array on the stack (no allocation
+    /// per candidate); the arithmetic is exactly the replay described above, in the same
+    /// order, so the result is bit-for-bit that of a min-heap replay:
+    /// - a station with a free charger, nobody queued and no earlier promise waits 0;
+    /// - queued vehicles all arrive now for one `session` each, so they take the
+    ///   chargers round-robin in order of their free times (each charger's time grows
+    ///   by `session` once per round): no heap needed;
+    /// - each earlier promise takes the charger that frees first.
     pub fn expected_wait_s(&self, slot: Slot, station: &Station, now_ms: u64, eta_s: f64) -> f64 {
         let session = self.params.session_kwh / station.power_kw.max(f64::MIN_POSITIVE) * 3600.0;
-        // Times below are seconds from now at which each charger becomes free.
-        let mut free: BinaryHeap<Reverse<OrdF64>> = (0..station.chargers)
-            .map(|i| {
-                let busy = if i < station.occupied {
-                    session / 2.0
-                } else {
-                    0.0
-                };
-                Reverse(OrdF64(busy))
-            })
-            .collect();
-        let mut serve = |arrival: f64, duration: f64| {
-            if let Some(Reverse(OrdF64(at))) = free.pop() {
-                free.push(Reverse(OrdF64(at.max(arrival) + duration)));
+        let chargers = station.chargers as usize;
+        let busy = (station.occupied as usize).min(chargers);
+        let queue = station.queue as usize;
+        let promises = match self.promised.get(slot) {
+            Some(list) if !list.is_empty() => {
+                let arrival_ms = now_ms + (eta_s * 1000.0) as u64;
+                &list[..list.partition_point(|(at, _, _)| *at <= arrival_ms)]
             }
+            _ => &[],
         };
-        for _ in 0..station.queue {
-            serve(0.0, session);
+        if chargers == 0 || (busy < chargers && queue == 0 && promises.is_empty()) {
+            // The first charger is free now (or there is none): nothing to replay.
+            return (0.0 - eta_s).max(0.0);
         }
-        if let Some(promises) = self.promised.get(&slot) {
-            let arrival_ms = now_ms + (eta_s * 1000.0) as u64;
-            for (at_ms, charge_s, _) in promises.iter().take_while(|(at, _, _)| *at <= arrival_ms) {
-                let at = at_ms.saturating_sub(now_ms) as f64 / 1000.0;
-                serve(at, f64::from(*charge_s));
+        let mut inline = [0.0f64; INLINE_CHARGERS];
+        let mut spilled = Vec::new();
+        let free: &mut [f64] = if chargers <= INLINE_CHARGERS {
+            &mut inline[..chargers]
+        } else {
+            spilled.resize(chargers, 0.0);
+            &mut spilled
+        };
+        // Times below are seconds from now at which each charger becomes free, in
+        // ascending order: the free ones, then those in use (half a session left).
+        free[chargers - busy..].fill(session / 2.0);
+        if queue > 0 {
+            let (rounds, extra) = (queue / chargers, queue % chargers);
+            for (i, at) in free.iter_mut().enumerate() {
+                for _ in 0..rounds + usize::from(i < extra) {
+                    *at += session;
+                }
             }
         }
-        let earliest = free.peek().map_or(0.0, |Reverse(OrdF64(at))| *at);
+        let serve = |free: &mut [f64], arrival: f64, duration: f64| {
+            let first = first_min(free);
+            free[first] = free[first].max(arrival) + duration;
+        };
+        if chargers <= INLINE_CHARGERS || promises.len() < 2 {
+            for (at_ms, charge_s, _) in promises {
+                let at = at_ms.saturating_sub(now_ms) as f64 / 1000.0;
+                serve(free, at, f64::from(*charge_s));
+            }
+            let earliest = free[first_min(free)];
+            return (earliest - eta_s).max(0.0);
+        }
+        // Many chargers and several promises: a heap.
+        let mut heap: BinaryHeap<Reverse<OrdF64>> =
+            free.iter().map(|at| Reverse(OrdF64(*at))).collect();
+        for (at_ms, charge_s, _) in promises {
+            let arrival = at_ms.saturating_sub(now_ms) as f64 / 1000.0;
+            if let Some(Reverse(OrdF64(at))) = heap.pop() {
+                heap.push(Reverse(OrdF64(at.max(arrival) + f64::from(*charge_s))));
+            }
+        }
+        let earliest = heap.peek().map_or(0.0, |Reverse(OrdF64(at))| *at);
         (earliest - eta_s).max(0.0)
     }
 
@@ -246,12 +286,22 @@ impl Planner {
                     break;
                 }
             }
+            let charge_s = Self::charge_s(req, road_km, station.power_kw);
+            // Nor can this one, even without any wait (its total would be at least
+            // `eta + charge`, and only a strictly smaller total replaces the best):
+            // skip replaying its chargers.
+            if best
+                .as_ref()
+                .is_some_and(|b| eta_s + charge_s >= b.total_s())
+            {
+                continue;
+            }
             let choice = Choice {
                 slot,
                 road_km,
                 eta_s,
                 wait_s: self.expected_wait_s(slot, station, now_ms, eta_s),
-                charge_s: Self::charge_s(req, road_km, station.power_kw),
+                charge_s,
             };
             let target = if choice.wait_s <= f64::from(p.max_wait_s) {
                 &mut best
@@ -282,13 +332,13 @@ impl Planner {
         now_ms: u64,
     ) -> Option<&Reservation> {
         let station_id = self.stations.get(choice.slot)?.station_id.clone();
-        if let Some(previous) = self.by_vehicle.get(vehicle_id).cloned() {
+        if let Some(previous) = self.by_vehicle.remove(vehicle_id) {
             self.release(&previous);
         }
         let arrival_ms = now_ms + (choice.eta_s * 1000.0) as u64;
         let charge_s = choice.charge_s.ceil() as u32;
         let expires_ms = arrival_ms + u64::from(self.params.reservation_grace_s) * 1000;
-        let list = self.promised.entry(choice.slot).or_default();
+        let list = self.promised_mut(choice.slot);
         let at = list.partition_point(|(a, _, _)| *a <= arrival_ms);
         list.insert(at, (arrival_ms, charge_s, reservation_id.clone()));
         self.by_vehicle
@@ -302,8 +352,10 @@ impl Planner {
             charge_s,
             expires_ms,
         };
-        self.changes
-            .push(ReservationChange::Made(reservation.clone()));
+        if !self.changes_unread {
+            self.changes
+                .push(ReservationChange::Made(reservation.clone()));
+        }
         self.reservations
             .insert(reservation_id.clone(), reservation);
         self.reservations.get(&reservation_id)
@@ -322,7 +374,7 @@ impl Planner {
             return false;
         }
         reservation.slot = slot;
-        let list = self.promised.entry(slot).or_default();
+        let list = self.promised_mut(slot);
         let at = list.partition_point(|(a, _, _)| *a <= reservation.arrival_ms);
         list.insert(
             at,
@@ -346,6 +398,15 @@ impl Planner {
         std::mem::take(&mut self.changes)
     }
 
+    /// Whether [`take_changes`](Self::take_changes) is used (default: yes). Without a
+    /// reader, the changes are not kept at all (saves copying every reservation).
+    pub fn keep_changes(&mut self, keep: bool) {
+        self.changes_unread = !keep;
+        if !keep {
+            self.changes = Vec::new();
+        }
+    }
+
     /// Ends a reservation on the vehicle's word (`arrived` or `cancel`).
     pub fn end(
         &mut self,
@@ -363,12 +424,15 @@ impl Planner {
 
     fn release(&mut self, reservation_id: &str) -> Option<Reservation> {
         let r = self.reservations.remove(reservation_id)?;
-        self.changes
-            .push(ReservationChange::Ended(reservation_id.to_owned()));
-        if let Some(list) = self.promised.get_mut(&r.slot) {
+        if !self.changes_unread {
+            self.changes
+                .push(ReservationChange::Ended(reservation_id.to_owned()));
+        }
+        if let Some(list) = self.promised.get_mut(r.slot) {
             list.retain(|(_, _, id)| id != reservation_id);
             if list.is_empty() {
-                self.promised.remove(&r.slot);
+                // Give the memory back, as removing the entry did.
+                *list = Vec::new();
             }
         }
         if self
@@ -396,7 +460,7 @@ impl Planner {
     pub fn release_station(&mut self, slot: Slot) -> usize {
         let ids: Vec<String> = self
             .promised
-            .get(&slot)
+            .get(slot)
             .map(|l| l.iter().map(|(_, _, id)| id.clone()).collect())
             .unwrap_or_default();
         ids.iter().filter_map(|id| self.release(id)).count()
@@ -417,12 +481,35 @@ impl Planner {
 
     /// Active reservations at a station.
     pub fn promised_at(&self, slot: Slot) -> usize {
-        self.promised.get(&slot).map_or(0, Vec::len)
+        self.promised.get(slot).map_or(0, Vec::len)
+    }
+
+    /// The promises at a slot, the table grown to hold it.
+    fn promised_mut(&mut self, slot: Slot) -> &mut Vec<(u64, u32, String)> {
+        if self.promised.len() <= slot {
+            self.promised.resize_with(slot + 1, Vec::new);
+        }
+        &mut self.promised[slot]
     }
 
     pub fn active_reservations(&self) -> usize {
         self.reservations.len()
     }
+}
+
+/// Chargers per station whose free times fit on the stack in
+/// [`Planner::expected_wait_s`] (the protocol allows up to 1000).
+const INLINE_CHARGERS: usize = 32;
+
+/// The index of the first smallest time (the times are finite and never negative).
+fn first_min(times: &[f64]) -> usize {
+    let mut first = 0;
+    for (i, t) in times.iter().enumerate().skip(1) {
+        if *t < times[first] {
+            first = i;
+        }
+    }
+    first
 }
 
 /// An `f64` ordered by `total_cmp`, for the charger heap.
@@ -440,5 +527,187 @@ impl PartialOrd for OrdF64 {
 impl Ord for OrdF64 {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&other.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fast paths of the planner against a plain replay of the model (the
+    //! planner's first implementation, kept here as the reference): bit-for-bit the
+    //! same waits and the same choices.
+
+    use super::*;
+    use crate::index::StationIndex;
+    use protocol::StationState;
+    use protocol::geo::unit_vector;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    const NOW: u64 = 1_750_000_000_000;
+
+    /// The wait as a min-heap replay of every charger, queued vehicle and promise.
+    fn reference_wait(p: &Planner, slot: Slot, station: &Station, now_ms: u64, eta_s: f64) -> f64 {
+        let session = p.params.session_kwh / station.power_kw.max(f64::MIN_POSITIVE) * 3600.0;
+        let mut free: BinaryHeap<Reverse<OrdF64>> = (0..station.chargers)
+            .map(|i| {
+                let busy = if i < station.occupied {
+                    session / 2.0
+                } else {
+                    0.0
+                };
+                Reverse(OrdF64(busy))
+            })
+            .collect();
+        let mut serve = |arrival: f64, duration: f64| {
+            if let Some(Reverse(OrdF64(at))) = free.pop() {
+                free.push(Reverse(OrdF64(at.max(arrival) + duration)));
+            }
+        };
+        for _ in 0..station.queue {
+            serve(0.0, session);
+        }
+        if let Some(promises) = p.promised.get(slot) {
+            let arrival_ms = now_ms + (eta_s * 1000.0) as u64;
+            for (at_ms, charge_s, _) in promises.iter().take_while(|(at, _, _)| *at <= arrival_ms) {
+                let at = at_ms.saturating_sub(now_ms) as f64 / 1000.0;
+                serve(at, f64::from(*charge_s));
+            }
+        }
+        let earliest = free.peek().map_or(0.0, |Reverse(OrdF64(at))| *at);
+        (earliest - eta_s).max(0.0)
+    }
+
+    /// Every candidate costed, with the reference wait.
+    fn reference_choose(p: &Planner, req: &ChargeRequest, now_ms: u64) -> Result<Choice, NoChoice> {
+        let range_km = req.range_km() * (1.0 - p.params.safety_margin);
+        let max_power = p.stations.max_power_kw().max(f64::MIN_POSITIVE);
+        let mut best: Option<Choice> = None;
+        let mut best_too_slow: Option<Choice> = None;
+        for (slot, station, gc_km) in p
+            .stations
+            .nearest(req.lat, req.lon)
+            .take(p.params.max_candidates)
+        {
+            let road_km = gc_km * p.params.road_factor;
+            if road_km > range_km {
+                break;
+            }
+            let eta_s = p.drive_s(road_km);
+            if let Some(b) = &best {
+                if eta_s + Planner::charge_s(req, road_km, max_power) >= b.total_s() {
+                    break;
+                }
+            }
+            let choice = Choice {
+                slot,
+                road_km,
+                eta_s,
+                wait_s: reference_wait(p, slot, station, now_ms, eta_s),
+                charge_s: Planner::charge_s(req, road_km, station.power_kw),
+            };
+            let target = if choice.wait_s <= f64::from(p.params.max_wait_s) {
+                &mut best
+            } else {
+                &mut best_too_slow
+            };
+            if target
+                .as_ref()
+                .is_none_or(|b| choice.total_s() < b.total_s())
+            {
+                *target = Some(choice);
+            }
+        }
+        match (best, best_too_slow) {
+            (Some(best), _) => Ok(best),
+            (None, Some(best)) => Err(NoChoice::TooSlow { best }),
+            (None, None) => Err(NoChoice::NothingReachable { range_km }),
+        }
+    }
+
+    fn random_planner(rng: &mut StdRng, stations: usize, session_kwh: f64) -> Planner {
+        let mut planner = Planner::new(PlannerParams {
+            session_kwh,
+            ..PlannerParams::default()
+        });
+        planner.stations = StationIndex::bulk_load((0..stations).map(|i| {
+            let (lat, lon) = (rng.random_range(0.0..0.2), rng.random_range(0.0..0.2));
+            // Mostly small stations, some above the inline size, a few odd ones.
+            let chargers = match rng.random_range(0..10) {
+                0 => rng.random_range(33..=80),
+                1 => 0,
+                _ => rng.random_range(1..=8),
+            };
+            Station {
+                station_id: format!("s{i}"),
+                lat,
+                lon,
+                unit: unit_vector(lat, lon),
+                chargers,
+                power_kw: [11.0, 22.0, 50.0, 150.0, 350.0][rng.random_range(0..5)],
+                occupied: rng.random_range(0..=chargers + 1),
+                queue: if rng.random_bool(0.5) {
+                    0
+                } else {
+                    rng.random_range(0..=60)
+                },
+                state: StationState::Available,
+                updated_ms: NOW,
+            }
+        }));
+        planner
+    }
+
+    fn random_request(rng: &mut StdRng, i: usize) -> ChargeRequest {
+        ChargeRequest {
+            v: 1,
+            request_id: format!("r{i}"),
+            lat: rng.random_range(0.0..0.2),
+            lon: rng.random_range(0.0..0.2),
+            soc: rng.random_range(0.02..0.6),
+            battery_kwh: rng.random_range(30.0..110.0),
+            kwh_per_km: rng.random_range(0.12..0.3),
+            target_soc: rng.random_range(0.5..1.0),
+            ts_ms: None,
+        }
+    }
+
+    #[test]
+    fn waits_and_choices_match_the_plain_replay() {
+        let mut rng = StdRng::seed_from_u64(17);
+        for (round, session_kwh) in [40.0, 7.3, 95.0].into_iter().enumerate() {
+            let mut planner = random_planner(&mut rng, 300, session_kwh);
+            for i in 0..1_500 {
+                let req = random_request(&mut rng, i);
+                let now = NOW + rng.random_range(0..600_000);
+                let got = planner.choose(&req, now);
+                let want = reference_choose(&planner, &req, now);
+                assert_eq!(
+                    format!("{got:?}"),
+                    format!("{want:?}"),
+                    "round {round} request {i}"
+                );
+                // Promise what was chosen (also the too-slow ones), piling promises up.
+                let choice = match got {
+                    Ok(c) | Err(NoChoice::TooSlow { best: c }) => c,
+                    Err(NoChoice::NothingReachable { .. }) => continue,
+                };
+                let vehicle = format!("car{}", rng.random_range(0..400));
+                planner.reserve(format!("res{round}-{i}"), &vehicle, &choice, now);
+            }
+            // Every station, at many arrival times.
+            let slots: Vec<Slot> = planner.stations.iter().map(|(slot, _)| slot).collect();
+            for slot in slots {
+                let station = planner.stations.get(slot).unwrap();
+                for eta_s in [0.0, 1.0, 59.5, 600.0, 1_799.9, 7_200.0, 86_400.0] {
+                    let got = planner.expected_wait_s(slot, station, NOW, eta_s);
+                    let want = reference_wait(&planner, slot, station, NOW, eta_s);
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "slot {slot} eta {eta_s}: {got} vs {want}"
+                    );
+                }
+            }
+        }
     }
 }

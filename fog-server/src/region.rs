@@ -16,7 +16,7 @@ use protocol::{
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use crate::index::Change;
+use crate::index::{Change, Slot, Station};
 use crate::metrics::{KindLabel, Metrics, StateLabel, StatusLabel};
 use crate::planner::{Choice, NoChoice, Planner, PlannerParams, ReservationChange};
 use crate::store::{Record, Restored, Saved, Store};
@@ -109,7 +109,12 @@ impl Region {
     pub fn new(name: impl Into<String>, params: PlannerParams, metrics: Arc<Metrics>) -> Self {
         Self {
             name: name.into(),
-            planner: Planner::new(params),
+            planner: {
+                // Changes are read only by a state store (see `attach_store`).
+                let mut planner = Planner::new(params);
+                planner.keep_changes(false);
+                planner
+            },
             vehicles: HashMap::new(),
             metrics,
             next_reservation: 0,
@@ -132,6 +137,7 @@ impl Region {
     /// soon as its station is known again).
     pub fn attach_store(&mut self, store: Store, restored: Restored, now_ms: u64) {
         self.store = Some(store);
+        self.planner.keep_changes(true);
         for entry in restored.reservations {
             self.restoring
                 .entry(entry.reservation.station_id.clone())
@@ -376,7 +382,11 @@ impl Region {
         answer: &Recommendation,
         now_ms: u64,
     ) {
-        let memory = self.vehicles.entry(vehicle_id.to_owned()).or_default();
+        // Only a vehicle seen for the first time costs a copy of its id.
+        let memory = match self.vehicles.get_mut(vehicle_id) {
+            Some(memory) => memory,
+            None => self.vehicles.entry(vehicle_id.to_owned()).or_default(),
+        };
         if memory.answers.len() == REMEMBERED_ANSWERS {
             memory.answers.pop_front();
         }
@@ -537,10 +547,10 @@ impl Region {
                 self.name.clone(),
             )
         };
-        let Some(reservation) = self
+        let Some((reservation_id, expires_ms)) = self
             .planner
             .reserve(reservation_id, vehicle_id, choice, now_ms)
-            .cloned()
+            .map(|r| (r.reservation_id.clone(), r.expires_ms))
         else {
             return refusal("internal error: chosen station vanished");
         };
@@ -562,8 +572,8 @@ impl Region {
             eta_s: Some(choice.eta_s.round() as u32),
             wait_s: Some(choice.wait_s.round() as u32),
             charge_s: Some(choice.charge_s.round() as u32),
-            reservation_id: Some(reservation.reservation_id),
-            expires_ms: Some(reservation.expires_ms),
+            reservation_id: Some(reservation_id),
+            expires_ms: Some(expires_ms),
             reason,
             served_by: Some(self.name.clone()),
             data_age_ms: Some(now_ms.saturating_sub(station.updated_ms)),
@@ -871,16 +881,53 @@ impl Region {
             saturated_requests: self.saturated_requests,
             requests_total: self.answered.get(),
         };
-        let mut best = self.station_summaries(now_ms);
-        for s in &best {
+        // Totals over every in-service station; only the best few are described
+        // (picked without sorting, or copying, all of them: this runs under the
+        // region's lock, every `--aggregate-min-ms` while requests come in).
+        let mut ranked: Vec<(u32, Slot, &Station)> = Vec::new();
+        for (slot, s) in self.planner.stations.iter() {
+            if !s.state.is_in_service() {
+                continue;
+            }
             agg.chargers += s.chargers;
             agg.chargers_free += s.chargers - s.occupied.min(s.chargers);
             agg.queued += s.queue;
+            ranked.push((self.predicted_wait_s(slot, s, now_ms), slot, s));
         }
-        agg.min_wait_s = best.first().map(|s| s.predicted_wait_s);
-        best.truncate(AGGREGATE_BEST);
-        agg.best = best;
+        let order = |a: &(u32, Slot, &Station), b: &(u32, Slot, &Station)| {
+            summary_order(a.0, a.2, b.0, b.2)
+        };
+        if ranked.len() > AGGREGATE_BEST {
+            ranked.select_nth_unstable_by(AGGREGATE_BEST - 1, order);
+            ranked.truncate(AGGREGATE_BEST);
+        }
+        ranked.sort_by(order);
+        agg.min_wait_s = ranked.first().map(|(wait, _, _)| *wait);
+        agg.best = ranked
+            .iter()
+            .map(|&(wait, slot, s)| self.summary(slot, s, wait))
+            .collect();
         agg
+    }
+
+    /// A station's predicted wait for a vehicle arriving now, whole seconds.
+    fn predicted_wait_s(&self, slot: Slot, s: &Station, now_ms: u64) -> u32 {
+        self.planner.expected_wait_s(slot, s, now_ms, 0.0).round() as u32
+    }
+
+    /// A station as aggregates show it.
+    fn summary(&self, slot: Slot, s: &Station, predicted_wait_s: u32) -> AggregateStation {
+        AggregateStation {
+            station_id: s.station_id.clone(),
+            lat: s.lat,
+            lon: s.lon,
+            chargers: s.chargers,
+            power_kw: s.power_kw,
+            occupied: s.occupied,
+            queue: s.queue,
+            reservations: self.planner.promised_at(slot) as u32,
+            predicted_wait_s,
+        }
     }
 
     /// Every in-service station, shortest predicted wait first (the `stations` message).
@@ -900,17 +947,7 @@ impl Region {
             .stations
             .iter()
             .filter(|(_, s)| s.state.is_in_service())
-            .map(|(slot, s)| AggregateStation {
-                station_id: s.station_id.clone(),
-                lat: s.lat,
-                lon: s.lon,
-                chargers: s.chargers,
-                power_kw: s.power_kw,
-                occupied: s.occupied,
-                queue: s.queue,
-                reservations: self.planner.promised_at(slot) as u32,
-                predicted_wait_s: self.planner.expected_wait_s(slot, s, now_ms, 0.0).round() as u32,
-            })
+            .map(|(slot, s)| self.summary(slot, s, self.predicted_wait_s(slot, s, now_ms)))
             .collect();
         out.sort_by(|a, b| {
             a.predicted_wait_s
@@ -1007,6 +1044,15 @@ enum Answer {
     AskCentral(Option<Outgoing>),
 }
 
+/// The order of stations in aggregates: shortest predicted wait, then most chargers,
+/// then by id (as the `stations` message sorts them).
+fn summary_order(a_wait: u32, a: &Station, b_wait: u32, b: &Station) -> std::cmp::Ordering {
+    a_wait
+        .cmp(&b_wait)
+        .then(b.chargers.cmp(&a.chargers))
+        .then_with(|| a.station_id.cmp(&b.station_id))
+}
+
 /// Why the region cannot serve a request well, in words for the vehicle.
 fn saturation_reason(no: &NoChoice, max_wait_s: u32) -> String {
     match no {
@@ -1039,4 +1085,60 @@ fn request_id_of(payload: &[u8]) -> String {
 
 fn truncate_id(s: &str, max: usize) -> &str {
     &s[..s.len().min(max)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// The aggregate picks its best stations without sorting them all: the same ones,
+    /// in the same order, as the full list (`stations` message), and the same totals.
+    #[test]
+    fn aggregate_best_is_the_head_of_the_full_list() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let now = 1_750_000_000_000;
+        for n in [0, 1, 5, 8, 9, 300] {
+            let mut region = Region::new("north", PlannerParams::default(), Arc::default());
+            for i in 0..n {
+                let chargers = rng.random_range(1..=4);
+                let status = StationStatus {
+                    v: 1,
+                    station_id: format!("s-{:03}", rng.random_range(0..1000)),
+                    lat: Some(rng.random_range(0.0..0.1)),
+                    lon: Some(rng.random_range(0.0..0.1)),
+                    chargers: Some(chargers),
+                    power_kw: Some(50.0),
+                    // Many ties: free stations all wait 0.
+                    occupied: rng.random_range(0..=chargers),
+                    queue: if i % 3 == 0 {
+                        rng.random_range(0..3)
+                    } else {
+                        0
+                    },
+                    state: if i % 7 == 0 {
+                        StationState::Faulted
+                    } else {
+                        StationState::Available
+                    },
+                    ts_ms: None,
+                };
+                let topic = topics::station_status("north", &status.station_id);
+                region.handle(&topic, &protocol::encode(&status), now);
+            }
+            let all = region.stations_snapshot(now).stations;
+            let agg = region.aggregate(now);
+            assert_eq!(agg.best, all[..all.len().min(AGGREGATE_BEST)], "n = {n}");
+            assert_eq!(agg.min_wait_s, all.first().map(|s| s.predicted_wait_s));
+            assert_eq!(agg.chargers, all.iter().map(|s| s.chargers).sum::<u32>());
+            assert_eq!(
+                agg.chargers_free,
+                all.iter()
+                    .map(|s| s.chargers - s.occupied.min(s.chargers))
+                    .sum::<u32>()
+            );
+            assert_eq!(agg.queued, all.iter().map(|s| s.queue).sum::<u32>());
+        }
+    }
 }
