@@ -384,7 +384,7 @@ async fn extra_lines_configure_a_bridge() -> Result<()> {
          local_cleansession false\n\
          restart_timeout 1 2\n\
          topic # out 1 fog/up/ regions/north/up/\n\
-         topic # in 1 fog/down/ regions/north/down/",
+         topic # in 0 fog/down/ regions/north/down/",
         central.port()
     );
     let north = Mosquitto::start(MosquittoConfig::new().with_extra(&bridge))?;

@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! topic # out 1 fog/up/ regions/{region}/up/
-//! topic # in 1 fog/down/ regions/{region}/down/
+//! topic # in 0 fog/down/ regions/{region}/down/
 //! ```
 //!
 //! so the fog server publishes under `fog/up/…` and subscribes to `fog/down/…` on its own
@@ -20,7 +20,11 @@
 //! by this contract works with the fog servers and central; the generated Mosquitto
 //! bridge adds `bridge_protocol_version mqttv311`, `cleansession false`,
 //! `local_cleansession false` and `restart_timeout 1 2` (facts measured on Mosquitto
-//! 2.0.11: see `docs/fog-central.md`).
+//! 2.0.11: see `docs/fog-central.md`). What goes down to the region crosses at QoS 0:
+//! Mosquitto's outgoing bridge socket has Nagle's algorithm on, and the PUBACKs a QoS 1
+//! downlink makes the regional broker send there held each next message back for a
+//! delayed ACK (40 ms); the downlink messages are time-bound and retried by timeouts
+//! (see `docs/fog-central.md`).
 
 pub mod auth;
 pub mod deploy;
@@ -588,7 +592,11 @@ pub fn bridge_conf(
     );
     let _ = writeln!(out, "restart_timeout 1 2");
     let _ = writeln!(out, "topic # out 1 fog/up/ regions/{id}/up/");
-    let _ = writeln!(out, "topic # in 1 fog/down/ regions/{id}/down/");
+    let _ = writeln!(
+        out,
+        "# QoS 0 down: a QoS 1 PUBACK on this (Nagle) socket holds the next message up to 40 ms"
+    );
+    let _ = writeln!(out, "topic # in 0 fog/down/ regions/{id}/down/");
     Ok(out)
 }
 

@@ -116,7 +116,7 @@ fn regional_configs_carry_the_bridge_contract() {
         "local_cleansession false",
         "restart_timeout 1 2",
         "topic # out 1 fog/up/ regions/north/up/",
-        "topic # in 1 fog/down/ regions/north/down/",
+        "topic # in 0 fog/down/ regions/north/down/",
     ] {
         assert!(
             conf.lines().any(|l| l == line),
