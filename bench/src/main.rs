@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
-use protocol::{ChargeRequest, StationState, StationStatus, topics};
+use protocol::{StationState, StationStatus, topics};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -359,18 +359,7 @@ async fn reroute(args: &Args, first_seq: u64) -> Result<Vec<Row>> {
         next_seq
     };
     let city = City::start(CitySpec::three_regions()).await?;
-    let status = |id: &str, lon: f64, chargers: u32, occupied: u32, queue: u32| StationStatus {
-        v: 1,
-        station_id: id.into(),
-        lat: Some(0.0),
-        lon: Some(lon),
-        chargers: Some(chargers),
-        power_kw: Some(50.0),
-        occupied,
-        queue,
-        state: StationState::Available,
-        ts_ms: None,
-    };
+    let status = testkit::messages::busy_station;
     publish_stations(
         &city.broker("west").url(),
         "west",
@@ -416,17 +405,7 @@ async fn reroute(args: &Args, first_seq: u64) -> Result<Vec<Row>> {
     )
     .await?;
     let request = |seq: u64, lon: f64| {
-        protocol::encode(&ChargeRequest {
-            v: 1,
-            request_id: request_id(seq),
-            lat: 0.0,
-            lon,
-            soc: 0.3,
-            battery_kwh: 60.0,
-            kwh_per_km: 0.18,
-            target_soc: 0.8,
-            ts_ms: None,
-        })
+        protocol::encode(&testkit::messages::request(&request_id(seq), 0.0, lon, 0.3))
     };
     const VEHICLES: usize = 10;
     const WARM_UP: usize = 5;
