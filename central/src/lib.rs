@@ -315,7 +315,7 @@ fn on_stations(shared: &Shared, region: &str, payload: &[u8]) {
     if payload.is_empty() {
         return;
     }
-    match protocol::decode::<fog::Stations>(payload).and_then(|s| {
+    match fog::Stations::decode(payload).and_then(|s| {
         matches_topic("region", &s.region, region)?;
         Ok(s)
     }) {

@@ -168,6 +168,54 @@ async fn the_dashboard_json_and_event_stream_show_the_city_live() {
     .unwrap();
 }
 
+/// A region's station list grows with it (~170 bytes a station): a region of 400
+/// stations (~70 KB, far above the devices' 16 KiB message limit) still reaches the
+/// dashboard whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_region_shows_all_its_stations() {
+    const N: usize = 400;
+    let city = City::start(CitySpec::three_regions()).await.unwrap();
+    let stations = TestClient::connect(&city.broker("middle").url(), "st-many")
+        .await
+        .unwrap();
+    let tokens: Vec<_> = (0..N)
+        .map(|i| {
+            let s = testkit::messages::station(
+                &format!("middle-{i:03}"),
+                -0.04 + 0.08 * (i % 20) as f64 / 20.0,
+                0.101 + 0.098 * (i / 20) as f64 / 20.0,
+                2,
+                50.0,
+            );
+            stations.publish_no_wait(
+                &topics::station_status("middle", &s.station_id),
+                protocol::encode(&s),
+                1,
+                true,
+            )
+        })
+        .collect();
+    for t in tokens {
+        t.await.unwrap();
+    }
+    wait_until(
+        "all the middle region's stations on the dashboard",
+        T,
+        POLL,
+        || async {
+            let d = dashboard(&city).await;
+            let shown = d["stations"]
+                .as_array()?
+                .iter()
+                .filter(|s| s["region"] == "middle")
+                .count();
+            (shown == N).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_page_and_its_assets_are_served_by_central_itself() {
     let city = City::start(CitySpec::three_regions()).await.unwrap();

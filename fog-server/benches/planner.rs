@@ -6,7 +6,9 @@
 //!   reservations already promised around the request points;
 //! - `region/request`: the same through [`Region::handle`], as the MQTT loop calls it
 //!   (topic parse, JSON decode + validation, plan, reserve, remember the answer,
-//!   encode it, metrics).
+//!   encode it, metrics);
+//! - `fog_messages`: the aggregate and the station list for central: built, encoded,
+//!   decoded.
 //!
 //! The world mirrors device-sim's: stations uniform over a ~40 × 40 km region with 1-8
 //! chargers of 22-150 kW, partly occupied; vehicles at 25% charge.
@@ -95,6 +97,36 @@ fn region_request(c: &mut Criterion) {
     group.finish();
 }
 
+/// The messages a fog server sends central, built from a region of 1,000 stations:
+/// the aggregate (every 2 s and on change; its best 8 stations) and the station list
+/// (once a period, every station).
+fn fog_messages(c: &mut Criterion) {
+    let mut region = region(1_000);
+    let aggregate = region.aggregate(world::NOW_MS);
+    let stations = region.stations_snapshot(world::NOW_MS);
+    let mut group = c.benchmark_group("fog_messages");
+    let payload = protocol::encode(&aggregate);
+    group.throughput(Throughput::Bytes(payload.len() as u64));
+    group.bench_function("aggregate/build", |b| {
+        b.iter(|| region.aggregate(black_box(world::NOW_MS)))
+    });
+    group.bench_function("aggregate/encode", |b| {
+        b.iter(|| protocol::encode(black_box(&aggregate)))
+    });
+    group.bench_function("aggregate/decode", |b| {
+        b.iter(|| protocol::decode::<protocol::fog::Aggregate>(black_box(&payload)).expect("valid"))
+    });
+    let payload = protocol::encode(&stations);
+    group.throughput(Throughput::Bytes(payload.len() as u64));
+    group.bench_function("stations_1000/encode", |b| {
+        b.iter(|| protocol::encode(black_box(&stations)))
+    });
+    group.bench_function("stations_1000/decode", |b| {
+        b.iter(|| protocol::fog::Stations::decode(black_box(&payload)).expect("valid"))
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -105,6 +137,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bulk_load, plan, region_request
+    targets = bulk_load, plan, region_request, fog_messages
 }
 criterion_main!(benches);

@@ -170,7 +170,9 @@ pub struct Aggregate {
 }
 
 /// Every in-service station of a region, published retained with the periodic
-/// aggregate (for central's dashboard). A latest-value message.
+/// aggregate (for central's dashboard). A latest-value message. It grows with the
+/// region (~170 bytes a station): decode it with [`Stations::decode`], whose size limit
+/// is [`MAX_STATIONS_PAYLOAD_BYTES`], not the devices' 16 KiB.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stations {
     pub v: u32,
@@ -178,6 +180,16 @@ pub struct Stations {
     /// When it was made (fog clock, ms since the epoch).
     pub ts_ms: u64,
     pub stations: Vec<AggregateStation>,
+}
+
+/// Largest station list accepted: 32 MiB, ~190,000 stations.
+pub const MAX_STATIONS_PAYLOAD_BYTES: usize = 32 * 1024 * 1024;
+
+impl Stations {
+    /// Decodes and validates a station list (see [`MAX_STATIONS_PAYLOAD_BYTES`]).
+    pub fn decode(payload: &[u8]) -> Result<Self, ProtocolError> {
+        crate::decode_at_most(payload, MAX_STATIONS_PAYLOAD_BYTES)
+    }
 }
 
 /// One of a region's best stations, as the aggregate lists it.

@@ -20,7 +20,7 @@ pub mod validate;
 pub use error::ProtocolError;
 pub use messages::*;
 pub use topics::{Topic, VehicleChannel};
-pub use validate::{Validate, decode, encode, validate_id};
+pub use validate::{Validate, decode, decode_at_most, encode, validate_id};
 
 /// The only protocol version this crate speaks; every payload carries it as `"v"`.
 pub const PROTOCOL_VERSION: u32 = 1;

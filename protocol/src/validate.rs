@@ -15,10 +15,19 @@ pub trait Validate {
 /// A payload with another `"v"` is reported as a version error even when the rest of
 /// it does not parse, so a device from the future learns what is wrong.
 pub fn decode<T: DeserializeOwned + Validate>(payload: &[u8]) -> Result<T, ProtocolError> {
-    if payload.len() > MAX_PAYLOAD_BYTES {
+    decode_at_most(payload, MAX_PAYLOAD_BYTES)
+}
+
+/// [`decode`] with another size limit: for the few messages that grow with the
+/// region (the fog's station list), never for what devices send.
+pub fn decode_at_most<T: DeserializeOwned + Validate>(
+    payload: &[u8],
+    max: usize,
+) -> Result<T, ProtocolError> {
+    if payload.len() > max {
         return Err(ProtocolError::TooLarge {
             size: payload.len(),
-            max: MAX_PAYLOAD_BYTES,
+            max,
         });
     }
     let msg: T = serde_json::from_slice(payload).map_err(|e| {

@@ -1185,3 +1185,40 @@ fn documented_error_texts() {
         "{e}"
     );
 }
+
+/// The fog's station list grows with its region: it has a limit of its own, far above
+/// the 16 KiB every device message is held to (and still a limit).
+#[test]
+fn a_large_station_list_decodes_under_its_own_limit() {
+    let list = fog::Stations {
+        v: 1,
+        region: "north".into(),
+        ts_ms: 1_732_400_000_000,
+        stations: (0..1_000)
+            .map(|i| fog::AggregateStation {
+                station_id: format!("north-{i:04}"),
+                lat: -12.5 + f64::from(i) * 1e-4,
+                lon: -38.5,
+                chargers: 4,
+                power_kw: 50.0,
+                occupied: 1,
+                queue: 0,
+                reservations: 0,
+                predicted_wait_s: 0,
+            })
+            .collect(),
+    };
+    let payload = encode(&list);
+    assert!(payload.len() > 100_000, "{} bytes", payload.len());
+    assert!(matches!(
+        decode::<fog::Stations>(&payload),
+        Err(ProtocolError::TooLarge { .. })
+    ));
+    assert_eq!(fog::Stations::decode(&payload).unwrap(), list);
+    let mut huge = payload.clone();
+    huge.resize(fog::MAX_STATIONS_PAYLOAD_BYTES + 1, b' ');
+    assert!(matches!(
+        fog::Stations::decode(&huge),
+        Err(ProtocolError::TooLarge { .. })
+    ));
+}
