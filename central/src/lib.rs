@@ -31,7 +31,6 @@ pub mod regions;
 pub mod reroute;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -48,6 +47,7 @@ use metrics::Metrics;
 use regions::{Ingest, Regions};
 use reroute::{Handoffs, Memory, Seen};
 use service::clock;
+use service::link::LinkStatus;
 pub use service::{Clock, cancel_on_signal};
 use service::{Link, LinkSettings, Publisher};
 
@@ -64,7 +64,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub registry: prometheus_client::registry::Registry,
     publisher: Publisher,
-    connected: Arc<AtomicBool>,
+    link: Arc<LinkStatus>,
     pub dashboard: dashboard::Dashboard,
 }
 
@@ -80,7 +80,7 @@ impl Shared {
 
     /// Whether central is connected to the central broker and subscribed.
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+        self.link.is_connected()
     }
 
     /// Publishes with QoS 1, not retained (queued by the client; never blocks).
@@ -138,12 +138,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         password,
         will: None,
         ca_file: config.mqtt_ca_file.clone(),
+        ..Default::default()
     };
     let subscriptions = vec![(fog::filters::CENTRAL_UP.to_owned(), 1)];
     let mut link = Link::connect(&settings, subscriptions, &shutdown).await?;
     let reconnects = metrics.mqtt_reconnects.clone();
     link.on_reconnect = Some(Box::new(move || {
         reconnects.inc();
+    }));
+    let takeovers = metrics.mqtt_takeovers.clone();
+    link.on_takeover = Some(Box::new(move || {
+        takeovers.inc();
     }));
     let shared = Arc::new(Shared {
         regions: Mutex::new(Regions::new(config.stale_after(), config.max_wait_s)),
@@ -155,7 +160,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         registry: metrics.registry(),
         metrics,
         publisher: link.publisher(),
-        connected: link.connected_flag(),
+        link: link.status(),
         dashboard: dashboard::Dashboard::new(config.report_file.clone(), shutdown.clone()),
     });
 

@@ -18,6 +18,7 @@
 //! | `central_regions_saturated` | gauge | — regions saturated |
 //! | `central_region_data_age_seconds` | gauge | `region` |
 //! | `central_mqtt_reconnects_total` | counter | — |
+//! | `central_mqtt_takeovers_total` | counter | — |
 //!
 //! The region gauges are computed when `/metrics` is scraped.
 
@@ -88,6 +89,8 @@ pub struct Metrics {
     pub regions_saturated: Gauge,
     pub region_data_age_seconds: Family<RegionLabel, Gauge<f64, AtomicU64>>,
     pub mqtt_reconnects: Counter,
+    /// Connections taken over by another client with this client id.
+    pub mqtt_takeovers: Counter,
 }
 
 impl Metrics {
@@ -114,6 +117,7 @@ impl Metrics {
             regions_saturated: Gauge::default(),
             region_data_age_seconds: Family::default(),
             mqtt_reconnects: Counter::default(),
+            mqtt_takeovers: Counter::default(),
         };
         // Every label value exists from the start (at 0), so that dashboards and
         // `rate()` see the series before the first event.
@@ -207,6 +211,11 @@ impl Metrics {
             "mqtt_reconnects",
             "Reconnections to the central broker",
             self.mqtt_reconnects.clone(),
+        );
+        r.register(
+            "mqtt_takeovers",
+            "Connections to the central broker taken over by another client with the same client id (a second instance)",
+            self.mqtt_takeovers.clone(),
         );
         r
     }

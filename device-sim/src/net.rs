@@ -91,6 +91,7 @@ impl Net {
                 password,
                 will: None,
                 ca_file: brokers.ca_file.clone(),
+                ..Default::default()
             };
             let filter = topics::filters::vehicles(region, VehicleChannel::Recommendation);
             let link = Link::connect(&settings, vec![(filter, 1)], &shutdown)
@@ -161,6 +162,7 @@ impl Net {
                     retain: true,
                 }),
                 ca_file: brokers.ca_file.clone(),
+                ..Default::default()
             };
             let link = Link::connect(&settings, Vec::new(), &shutdown)
                 .await

@@ -20,7 +20,6 @@ pub mod region;
 pub mod store;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,6 +34,7 @@ pub use config::Config;
 use metrics::Metrics;
 use region::{Region, RerouteSettings};
 use service::clock;
+use service::link::LinkStatus;
 pub use service::{Clock, cancel_on_signal};
 use service::{Link, LinkSettings, Publisher};
 
@@ -49,7 +49,7 @@ pub struct Shared {
     pub clock: Clock,
     pub area: Option<Area>,
     pub registry: prometheus_client::registry::Registry,
-    connected: Arc<AtomicBool>,
+    link: Arc<LinkStatus>,
     subscribed_at: Instant,
 }
 
@@ -62,7 +62,13 @@ impl Shared {
     /// Ready when connected and subscribed, and either stations are known or the
     /// retained statuses had time to arrive.
     pub fn readiness(&self) -> (bool, &'static str) {
-        if !self.connected.load(Ordering::Acquire) {
+        if self.link.is_taken_over() {
+            return (
+                false,
+                "connection taken over by another client with this client id (a second instance?)",
+            );
+        }
+        if !self.link.is_connected() {
             return (false, "not connected to the broker");
         }
         if self.lock().planner.stations.is_empty() && self.subscribed_at.elapsed() < SETTLE {
@@ -135,11 +141,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         password,
         will: None,
         ca_file: config.mqtt_ca_file.clone(),
+        ..Default::default()
     };
     let mut link = Link::connect(&settings, subscriptions, &shutdown).await?;
     let reconnects = metrics.mqtt_reconnects.clone();
     link.on_reconnect = Some(Box::new(move || {
         reconnects.inc();
+    }));
+    let takeovers = metrics.mqtt_takeovers.clone();
+    link.on_takeover = Some(Box::new(move || {
+        takeovers.inc();
     }));
     let mut region = Region::new(&region_name, config.planner.clone(), metrics.clone());
     region.reroute = RerouteSettings {
@@ -159,7 +170,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         clock,
         area,
         registry: metrics.registry(),
-        connected: link.connected_flag(),
+        link: link.status(),
         subscribed_at: Instant::now(),
     });
 

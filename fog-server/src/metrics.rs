@@ -43,6 +43,8 @@ pub struct Metrics {
     pub aggregates_published: Counter,
     pub telemetry: Counter,
     pub mqtt_reconnects: Counter,
+    /// Connections taken over by another client with this client id.
+    pub mqtt_takeovers: Counter,
 }
 
 impl Metrics {
@@ -62,6 +64,7 @@ impl Metrics {
             aggregates_published: Counter::default(),
             telemetry: Counter::default(),
             mqtt_reconnects: Counter::default(),
+            mqtt_takeovers: Counter::default(),
         }
     }
 
@@ -123,6 +126,11 @@ impl Metrics {
             "mqtt_reconnects",
             "Reconnections to the regional broker",
             self.mqtt_reconnects.clone(),
+        );
+        r.register(
+            "mqtt_takeovers",
+            "Connections to the regional broker taken over by another client with the same client id (a second instance)",
+            self.mqtt_takeovers.clone(),
         );
         r
     }

@@ -154,6 +154,7 @@ async fn fog_and_vehicles_talk_over_tls_and_an_untrusting_client_is_turned_away(
         password: None,
         will: None,
         ca_file,
+        ..Default::default()
     };
     let mut car = Link::connect(
         &settings(Some(ca.clone())),

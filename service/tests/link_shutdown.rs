@@ -26,6 +26,7 @@ fn settings(url: &str, client_id: &str) -> LinkSettings {
         password: None,
         will: None,
         ca_file: None,
+        ..Default::default()
     }
 }
 
