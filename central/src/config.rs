@@ -52,6 +52,11 @@ pub struct Config {
     #[arg(long, env = "CENTRAL_STALE_AFTER_MS", default_value_t = 6000)]
     pub stale_after_ms: u64,
 
+    /// How often central tells every region it is there (and which regions can take
+    /// vehicles), real milliseconds. Fog servers that miss a few treat central as gone.
+    #[arg(long, env = "CENTRAL_HEARTBEAT_MS", default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+
     /// Longest acceptable predicted wait, seconds: a region whose shortest predicted
     /// wait is longer (or that has no station in service) is saturated.
     #[arg(long, env = "CENTRAL_MAX_WAIT_S", default_value_t = 1800)]
@@ -159,6 +164,9 @@ impl Config {
         if self.client_id.is_empty() {
             bail!("--client-id must not be empty");
         }
+        if self.heartbeat_ms == 0 {
+            bail!("--heartbeat-ms must be positive");
+        }
         if self.stale_after_ms == 0 {
             bail!("--stale-after-ms must be positive");
         }
@@ -173,6 +181,10 @@ impl Config {
 
     pub fn stale_after(&self) -> Duration {
         Duration::from_millis(self.stale_after_ms)
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
     }
 
     pub fn handoff_timeout(&self) -> Duration {

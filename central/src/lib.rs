@@ -65,6 +65,8 @@ pub struct Shared {
     pub registry: prometheus_client::registry::Registry,
     publisher: Publisher,
     link: Arc<LinkStatus>,
+    /// Wakes the heartbeat task early (an aggregate may have changed the open regions).
+    heartbeat_wake: tokio::sync::Notify,
     pub dashboard: dashboard::Dashboard,
 }
 
@@ -161,6 +163,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics,
         publisher: link.publisher(),
         link: link.status(),
+        heartbeat_wake: tokio::sync::Notify::new(),
         dashboard: dashboard::Dashboard::new(config.report_file.clone(), shutdown.clone()),
     });
 
@@ -181,6 +184,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         }
         None => None,
     };
+    tasks.spawn(heartbeats(
+        shared.clone(),
+        config.heartbeat(),
+        shutdown.clone(),
+    ));
     let loop_shared = shared.clone();
     let task = tokio::spawn(async move {
         let mut reroutes = JoinSet::new();
@@ -256,7 +264,7 @@ fn handle(shared: &Shared, topic: &str, payload: &[u8]) -> Option<(String, Rerou
             None
         }
         // parse_central refuses down-direction messages on up topics.
-        FogMessage::Handoff | FogMessage::RerouteReply => {
+        FogMessage::Handoff | FogMessage::RerouteReply | FogMessage::Heartbeat => {
             shared.metrics.invalid("topic");
             None
         }
@@ -312,6 +320,56 @@ fn on_aggregate(shared: &Shared, region: &str, payload: &[u8]) {
         shared
             .dashboard
             .on_requests_total(region, requests_total, Instant::now());
+        shared.heartbeat_wake.notify_one();
+    }
+}
+
+/// Tells every known region that central is there, every `period` and as soon as the
+/// set of regions that can take vehicles changes ([`fog::CentralHeartbeat`]).
+async fn heartbeats(
+    shared: Arc<Shared>,
+    period: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let started_ms = shared.clock.now_ms();
+    let mut seq = 0;
+    let mut last: Option<(Vec<String>, Vec<String>)> = None;
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let periodic = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = interval.tick() => true,
+            _ = shared.heartbeat_wake.notified() => false,
+        };
+        let (regions, open) = {
+            let regions = shared.regions();
+            (regions.ids(), regions.open_regions(Instant::now()))
+        };
+        let now = (regions, open);
+        if !periodic && last.as_ref() == Some(&now) {
+            continue;
+        }
+        let (regions, open) = now;
+        seq += 1;
+        let heartbeat = fog::CentralHeartbeat {
+            v: PROTOCOL_VERSION,
+            started_ms,
+            seq,
+            ts_ms: shared.clock.now_ms(),
+            period_ms: period.as_millis().max(1) as u64,
+            open_regions: open.clone(),
+        };
+        let payload = protocol::encode(&heartbeat);
+        for region in &regions {
+            shared.publisher.publish(
+                &FogMessage::Heartbeat.central_topic(region),
+                &payload,
+                0,
+                false,
+            );
+        }
+        last = Some((regions, open));
     }
 }
 

@@ -160,6 +160,25 @@ impl Regions {
             .collect()
     }
 
+    /// The regions that can take vehicles from others now: fresh and not saturated,
+    /// sorted (what central's heartbeat lists).
+    pub fn open_regions(&self, now: Instant) -> Vec<String> {
+        let mut open: Vec<String> = self
+            .iter()
+            .filter(|(_, s)| !self.is_stale(s, now) && !self.is_saturated(&s.aggregate))
+            .map(|(id, _)| id.to_owned())
+            .collect();
+        open.sort();
+        open
+    }
+
+    /// Every region central has heard of, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.map.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
     /// How many regions are stale now.
     pub fn stale_count(&self, now: Instant) -> usize {
         self.map.values().filter(|s| self.is_stale(s, now)).count()

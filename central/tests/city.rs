@@ -146,10 +146,13 @@ async fn aggregates_reach_central_and_device_traffic_does_not() {
         .unwrap();
     assert!(!seen.is_empty());
     for m in &seen {
-        // Only the fog's latest-value messages: aggregates and station lists.
+        // Only the fog's latest-value messages (aggregates and station lists) and
+        // central's heartbeat to the regions.
         assert!(
             m.topic().starts_with("regions/")
-                && (m.topic().ends_with("/up/aggregate") || m.topic().ends_with("/up/stations")),
+                && (m.topic().ends_with("/up/aggregate")
+                    || m.topic().ends_with("/up/stations")
+                    || m.topic().ends_with("/down/heartbeat")),
             "unexpected on the central broker: {}",
             m.topic()
         );

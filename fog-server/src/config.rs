@@ -94,6 +94,12 @@ pub struct Config {
     #[arg(long, env = "FOG_REROUTE_TIMEOUT_MS", default_value_t = 1500)]
     pub reroute_timeout_ms: u64,
 
+    /// Central counts as unreachable when no heartbeat of its came for this long (real
+    /// milliseconds; central sends one a second): saturated requests are then answered
+    /// at once with the best local choice, not asked of central.
+    #[arg(long, env = "FOG_CENTRAL_TIMEOUT_MS", default_value_t = 3500)]
+    pub central_timeout_ms: u64,
+
     /// Where the active reservations are kept across restarts (`{region}.jsonl` in
     /// it), relative to the working directory unless absolute: started again in the
     /// same directory, the server comes back with its reservations.

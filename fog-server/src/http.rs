@@ -68,6 +68,8 @@ struct RegionView {
     stations: usize,
     stations_in_service: usize,
     reservations_active: usize,
+    /// Central's heartbeat heard within `--central-timeout-ms`.
+    central_present: bool,
     now_ms: u64,
 }
 
@@ -79,6 +81,7 @@ async fn region(State(shared): State<Arc<Shared>>) -> Json<RegionView> {
         stations: region.planner.stations.len(),
         stations_in_service: region.planner.stations.in_service(),
         reservations_active: region.planner.active_reservations(),
+        central_present: region.central_present(),
         now_ms: shared.clock.now_ms(),
     })
 }

@@ -27,7 +27,7 @@ use anyhow::Context as _;
 use protocol::{VehicleChannel, topics};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 use config::Area;
 pub use config::Config;
@@ -157,6 +157,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         enabled: !config.no_reroute,
         timeout: Duration::from_millis(config.reroute_timeout_ms),
         clock_speed: clock.speed(),
+        central_timeout: Duration::from_millis(config.central_timeout_ms),
     };
     region.outline = area.as_ref().map(Area::outline).unwrap_or_default();
     if !config.no_state {
@@ -229,13 +230,74 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 /// The message loop: one message at a time, answered before the next is read.
+///
+/// Right after the start, requests wait until the stations are in: a persistent
+/// session delivers what was queued for the server as soon as it connects, before the
+/// broker sends the retained station statuses that follow the subscription. So until
+/// the first station is known and the burst of retained statuses is read (or
+/// [`SETTLE`] has passed), requests are held, then answered in order.
 async fn serve(link: &mut Link, shared: &Shared, shutdown: &CancellationToken) {
-    while let Some(msg) = link.next(shutdown).await {
-        let now = shared.clock.now_ms();
-        let out = shared.lock().handle(msg.topic(), msg.payload(), now);
-        if let Some(out) = out {
-            link.publish(&out.topic, &out.payload, 1, out.retain);
+    let mut held: Vec<paho_mqtt::Message> = Vec::new();
+    let settled = tokio::time::Instant::from_std(shared.subscribed_at + SETTLE);
+    let loading = |link: &Link| {
+        Instant::now() < shared.subscribed_at + SETTLE
+            && (shared.lock().planner.stations.is_empty() || link.queued() > 0)
+    };
+    loop {
+        let next = if held.is_empty() {
+            Some(link.next(shutdown).await)
+        } else {
+            tokio::select! {
+                m = link.next(shutdown) => Some(m),
+                _ = tokio::time::sleep_until(settled) => None,
+            }
+        };
+        let msg = match next {
+            Some(Some(msg)) => msg,
+            Some(None) => return, // shut down
+            None => {
+                answer_held(link, shared, &mut held); // settled
+                continue;
+            }
+        };
+        if !held.is_empty() || loading(link) {
+            let is_request = matches!(
+                protocol::Topic::parse(msg.topic()),
+                Ok(protocol::Topic::Vehicle {
+                    channel: VehicleChannel::Request,
+                    ..
+                })
+            );
+            if is_request {
+                held.push(msg);
+                continue;
+            }
         }
+        handle(link, shared, &msg);
+        if !held.is_empty() && !loading(link) {
+            answer_held(link, shared, &mut held);
+        }
+    }
+}
+
+fn handle(link: &Link, shared: &Shared, msg: &paho_mqtt::Message) {
+    let now = shared.clock.now_ms();
+    let out = shared.lock().handle(msg.topic(), msg.payload(), now);
+    if let Some(out) = out {
+        link.publish(&out.topic, &out.payload, 1, out.retain);
+    }
+}
+
+fn answer_held(link: &Link, shared: &Shared, held: &mut Vec<paho_mqtt::Message>) {
+    if !held.is_empty() {
+        debug!(
+            requests = held.len(),
+            stations = shared.lock().planner.stations.len(),
+            "stations loaded: answering the requests held since the start"
+        );
+    }
+    for msg in held.drain(..) {
+        handle(link, shared, &msg);
     }
 }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use protocol::fog::{
-    Aggregate, AggregateStation, FogMessage, Handoff, HandoffReply, RerouteReply, RerouteRequest,
+    Aggregate, AggregateStation, CentralHeartbeat, FogMessage, Handoff, HandoffReply, RerouteReply,
+    RerouteRequest,
 };
 use protocol::{
     ChargeRequest, ProtocolError, Recommendation, RecommendationStatus, ReservationAction,
@@ -40,6 +41,9 @@ pub struct RerouteSettings {
     pub timeout: std::time::Duration,
     /// Clock ms per real ms: the deadline sent to central is on the (scaled) clock.
     pub clock_speed: f64,
+    /// Central counts as unreachable when its last heartbeat is older than this (or
+    /// none came yet): saturated requests are then answered at once, not asked.
+    pub central_timeout: std::time::Duration,
 }
 
 impl Default for RerouteSettings {
@@ -48,6 +52,7 @@ impl Default for RerouteSettings {
             enabled: true,
             timeout: std::time::Duration::from_millis(1500),
             clock_speed: 1.0,
+            central_timeout: std::time::Duration::from_millis(3500),
         }
     }
 }
@@ -103,6 +108,19 @@ pub struct Region {
     restoring: HashMap<String, Vec<Saved>>,
     /// Answers to publish at the next tick (requests superseded while with central).
     deferred: Vec<Outgoing>,
+    /// Central's last heartbeat and when it came.
+    central: Option<(Instant, CentralHeartbeat)>,
+}
+
+/// What the fog knows of central when a request is saturated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CentralView {
+    /// Heard recently, and another region can take vehicles: ask.
+    Ask,
+    /// Heard recently, but no other region can take vehicles now.
+    NoOpenRegion,
+    /// Not heard within the timeout (or never).
+    Unreachable { silent_ms: Option<u128> },
 }
 
 impl Region {
@@ -130,7 +148,52 @@ impl Region {
             store: None,
             restoring: HashMap::new(),
             deferred: Vec::new(),
+            central: None,
         }
+    }
+
+    /// What asking central for a saturated request would do now.
+    pub fn central_view(&self) -> CentralView {
+        match &self.central {
+            None => CentralView::Unreachable { silent_ms: None },
+            Some((at, _)) if at.elapsed() > self.reroute.central_timeout => {
+                CentralView::Unreachable {
+                    silent_ms: Some(at.elapsed().as_millis()),
+                }
+            }
+            Some((_, hb)) if hb.open_regions.iter().any(|r| *r != self.name) => CentralView::Ask,
+            Some(_) => CentralView::NoOpenRegion,
+        }
+    }
+
+    /// Whether central's heartbeat was heard within the timeout.
+    pub fn central_present(&self) -> bool {
+        !matches!(self.central_view(), CentralView::Unreachable { .. })
+    }
+
+    fn on_heartbeat(&mut self, payload: &[u8]) {
+        let hb = match decode::<CentralHeartbeat>(payload) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %e, "central heartbeat refused");
+                self.metrics.invalid("heartbeat");
+                return;
+            }
+        };
+        match &self.central {
+            None => {
+                info!(open_regions = ?hb.open_regions, "central heard: saturated requests are rerouted")
+            }
+            Some((at, _)) if at.elapsed() > self.reroute.central_timeout => {
+                info!(
+                    silent_ms = at.elapsed().as_millis() as u64,
+                    "central heard again: saturated requests are rerouted again"
+                )
+            }
+            Some((_, old)) if old.started_ms != hb.started_ms => info!("central restarted"),
+            Some(_) => {}
+        }
+        self.central = Some((Instant::now(), hb));
     }
 
     /// Keeps reservations in `store` from now on, and puts back those it held (each as
@@ -462,12 +525,32 @@ impl Region {
             Err(no) => {
                 self.saturated_requests += 1;
                 self.dirty = true;
-                if self.reroute.enabled {
-                    return Answer::AskCentral(Some(
-                        self.ask_central(vehicle_id, req, &no, now_ms),
-                    ));
+                if !self.reroute.enabled {
+                    self.unavailable(&req, &no)
+                } else {
+                    let why = match self.central_view() {
+                        CentralView::Ask => {
+                            return Answer::AskCentral(Some(
+                                self.ask_central(vehicle_id, req, &no, now_ms),
+                            ));
+                        }
+                        CentralView::NoOpenRegion => {
+                            self.count_reroute("no_open_region");
+                            "no other region can take vehicles now (central's heartbeat lists none)"
+                                .to_owned()
+                        }
+                        CentralView::Unreachable { silent_ms } => {
+                            self.count_reroute("central_unreachable");
+                            match silent_ms {
+                                Some(ms) => {
+                                    format!("central unreachable (no heartbeat for {ms} ms)")
+                                }
+                                None => "central unreachable (no heartbeat heard yet)".to_owned(),
+                            }
+                        }
+                    };
+                    self.answer_locally(vehicle_id, &req, &why, now_ms)
                 }
-                self.unavailable(&req, &no)
             }
         };
         self.remember(vehicle_id, &req.request_id, &answer, now_ms);
@@ -584,14 +667,14 @@ impl Region {
     /// time): the best local station despite its wait, or `unavailable`.
     fn answer_locally(
         &mut self,
-        pending: &PendingReroute,
+        vehicle_id: &str,
+        req: &ChargeRequest,
         why: &str,
         now_ms: u64,
     ) -> Recommendation {
-        let req = &pending.request;
         match self.planner.choose(req, now_ms) {
             Ok(choice) => self.assign(
-                &pending.vehicle_id,
+                vehicle_id,
                 req,
                 &choice,
                 now_ms,
@@ -604,7 +687,7 @@ impl Region {
                     best.wait_s
                 );
                 self.assign(
-                    &pending.vehicle_id,
+                    vehicle_id,
                     req,
                     &best,
                     now_ms,
@@ -624,6 +707,10 @@ impl Region {
         match FogMessage::parse_regional(topic) {
             Ok(FogMessage::Handoff) => self.on_handoff(payload, now_ms),
             Ok(FogMessage::RerouteReply) => self.on_reroute_reply(payload, now_ms),
+            Ok(FogMessage::Heartbeat) => {
+                self.on_heartbeat(payload);
+                None
+            }
             Ok(_) | Err(_) => {
                 warn!(topic, "unexpected message on a fog topic dropped");
                 self.metrics.invalid("fog");
@@ -742,7 +829,7 @@ impl Region {
                     "no other region could take the vehicle: {}",
                     reply.reason.as_deref().unwrap_or("central gave no reason")
                 );
-                self.answer_locally(&pending, &why, now_ms)
+                self.answer_locally(&pending.vehicle_id, &pending.request, &why, now_ms)
             }
         };
         self.remember(
@@ -828,7 +915,7 @@ impl Region {
                 "central unreachable (no reroute answer within {} ms)",
                 self.reroute.timeout.as_millis()
             );
-            let answer = self.answer_locally(&pending, &why, now_ms);
+            let answer = self.answer_locally(&pending.vehicle_id, &pending.request, &why, now_ms);
             self.remember(
                 &pending.vehicle_id,
                 &pending.request.request_id,
@@ -961,6 +1048,13 @@ impl Region {
     /// Reroutes waiting for central.
     pub fn pending_reroutes(&self) -> usize {
         self.pending.len()
+    }
+
+    fn count_reroute(&self, kind: &'static str) {
+        self.metrics
+            .reroutes
+            .get_or_create(&KindLabel { kind })
+            .inc();
     }
 
     fn count_ended(&self, kind: &'static str, n: usize) {

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use fog_server::metrics::Metrics;
 use fog_server::planner::PlannerParams;
-use fog_server::region::{Outgoing, Region, RerouteSettings};
-use protocol::fog::{Aggregate, FogMessage, Handoff, HandoffReply, RerouteReply, RerouteRequest};
+use fog_server::region::{CentralView, Outgoing, Region, RerouteSettings};
+use protocol::fog::{
+    Aggregate, CentralHeartbeat, FogMessage, Handoff, HandoffReply, RerouteReply, RerouteRequest,
+};
 use protocol::{
     ChargeRequest, Recommendation, RecommendationStatus, StationRef, StationState, StationStatus,
     decode, encode, topics,
@@ -23,7 +25,23 @@ fn region(name: &str, reroute_timeout: Duration) -> Region {
         timeout: reroute_timeout,
         ..RerouteSettings::default()
     };
+    // Central is there, and another region can take vehicles.
+    heartbeat(&mut r, &["other"]);
     r
+}
+
+/// Central's heartbeat, listing `open` as the regions that can take vehicles.
+fn heartbeat(r: &mut Region, open: &[&str]) {
+    let hb = CentralHeartbeat {
+        v: 1,
+        started_ms: NOW - 60_000,
+        seq: 1,
+        ts_ms: NOW,
+        period_ms: 1000,
+        open_regions: open.iter().map(|s| s.to_string()).collect(),
+    };
+    let topic = FogMessage::Heartbeat.regional_topic();
+    assert!(r.handle(&topic, &encode(&hb), NOW).is_none());
 }
 
 fn add_station(r: &mut Region, id: &str, km_north: f64, chargers: u32, occupied: u32, queue: u32) {
@@ -364,4 +382,69 @@ fn a_newer_request_supersedes_one_still_with_central() {
             .iter()
             .all(|o| !o.topic.ends_with("/recommendation"))
     );
+}
+
+#[test]
+fn with_no_heartbeat_from_central_a_saturated_request_is_answered_at_once() {
+    let mut a = Region::new("a", PlannerParams::default(), Arc::new(Metrics::new()));
+    add_station(&mut a, "a-busy", 1.0, 1, 1, 6);
+    assert_eq!(
+        a.central_view(),
+        CentralView::Unreachable { silent_ms: None }
+    );
+    let out = ask(&mut a, "car-1", &request("r-1")).expect("an answer, not a reroute request");
+    let rec = recommendation(&out);
+    assert_eq!(rec.status, RecommendationStatus::Assigned);
+    assert_eq!(rec.station.unwrap().station_id, "a-busy");
+    let reason = rec.reason.unwrap();
+    assert!(
+        reason.contains("central unreachable (no heartbeat heard yet)"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("best local station despite a predicted wait"),
+        "{reason}"
+    );
+    assert_eq!(a.pending_reroutes(), 0);
+    // Central comes: the next saturated request goes to it.
+    heartbeat(&mut a, &["b"]);
+    assert_eq!(a.central_view(), CentralView::Ask);
+    let out = ask(&mut a, "car-2", &request("r-2")).unwrap();
+    assert_eq!(out.topic, FogMessage::Reroute.regional_topic());
+}
+
+#[test]
+fn a_heartbeat_too_old_means_central_is_gone() {
+    let mut a = saturated("a", Duration::from_secs(5));
+    a.reroute.central_timeout = Duration::ZERO;
+    assert!(matches!(
+        a.central_view(),
+        CentralView::Unreachable { silent_ms: Some(_) }
+    ));
+    let rec = recommendation(&ask(&mut a, "car-1", &request("r-1")).unwrap());
+    let reason = rec.reason.unwrap();
+    assert!(
+        reason.contains("central unreachable (no heartbeat for"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn when_central_lists_no_other_open_region_the_fog_does_not_ask() {
+    let mut a = saturated("a", Duration::from_secs(5));
+    // Only this region itself is "open" (it is not, for this request): nobody else.
+    heartbeat(&mut a, &["a"]);
+    assert_eq!(a.central_view(), CentralView::NoOpenRegion);
+    let rec = recommendation(&ask(&mut a, "car-1", &request("r-1")).unwrap());
+    assert_eq!(rec.status, RecommendationStatus::Assigned);
+    assert!(
+        rec.reason
+            .unwrap()
+            .contains("no other region can take vehicles now"),
+    );
+    assert_eq!(a.pending_reroutes(), 0);
+    // A bad heartbeat changes nothing.
+    let topic = FogMessage::Heartbeat.regional_topic();
+    assert!(a.handle(&topic, b"{\"v\":1}", NOW).is_none());
+    assert_eq!(a.central_view(), CentralView::NoOpenRegion);
 }

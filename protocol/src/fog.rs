@@ -12,6 +12,7 @@
 //! | [`Handoff`] | `fog/down/handoff` | `regions/{r}/down/handoff` | 1 | no |
 //! | [`HandoffReply`] | `fog/up/handoff-reply` | `regions/{r}/up/handoff-reply` | 1 | no |
 //! | [`RerouteReply`] | `fog/down/reroute-reply` | `regions/{r}/down/reroute-reply` | 1 | no |
+//! | [`CentralHeartbeat`] | `fog/down/heartbeat` | `regions/{r}/down/heartbeat` | 0 | no |
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,7 @@ pub enum FogMessage {
     Handoff,
     HandoffReply,
     RerouteReply,
+    Heartbeat,
 }
 
 /// Which way a message crosses the bridge.
@@ -40,13 +42,14 @@ pub enum Direction {
 }
 
 impl FogMessage {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Aggregate,
         Self::Stations,
         Self::Reroute,
         Self::Handoff,
         Self::HandoffReply,
         Self::RerouteReply,
+        Self::Heartbeat,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,13 +60,14 @@ impl FogMessage {
             Self::Handoff => "handoff",
             Self::HandoffReply => "handoff-reply",
             Self::RerouteReply => "reroute-reply",
+            Self::Heartbeat => "heartbeat",
         }
     }
 
     pub fn direction(self) -> Direction {
         match self {
             Self::Aggregate | Self::Stations | Self::Reroute | Self::HandoffReply => Direction::Up,
-            Self::Handoff | Self::RerouteReply => Direction::Down,
+            Self::Handoff | Self::RerouteReply | Self::Heartbeat => Direction::Down,
         }
     }
 
@@ -266,6 +270,45 @@ pub struct RerouteReply {
     pub tried: Vec<String>,
 }
 
+/// Central → every region it knows, every `period_ms` and whenever `open_regions`
+/// changes (QoS 0, not retained: only a live central sends it). A fog server that has
+/// not heard one for a few periods treats central as unreachable and answers saturated
+/// requests at once instead of asking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CentralHeartbeat {
+    pub v: u32,
+    /// When this central process started (central's clock, ms since the epoch): a new
+    /// value means central restarted.
+    pub started_ms: u64,
+    /// Increases by one with every heartbeat of this process.
+    pub seq: u64,
+    /// When it was sent (central's clock).
+    pub ts_ms: u64,
+    /// How often central sends it (real milliseconds).
+    pub period_ms: u64,
+    /// The regions that can take vehicles from others now (fresh data, not
+    /// saturated), sorted. A saturated region with no other region here need not ask.
+    #[serde(default)]
+    pub open_regions: Vec<String>,
+}
+
+impl Validate for CentralHeartbeat {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        version(self.v)?;
+        if self.period_ms == 0 {
+            return Err(ProtocolError::OutOfRange {
+                field: "period_ms",
+                value: 0.0,
+                min: 1.0,
+                max: f64::MAX,
+            });
+        }
+        self.open_regions
+            .iter()
+            .try_for_each(|r| validate_id("open_regions", r))
+    }
+}
+
 fn version(v: u32) -> Result<(), ProtocolError> {
     if v == PROTOCOL_VERSION {
         Ok(())
@@ -375,6 +418,7 @@ mod tests {
         for bad in [
             "fog/down/aggregate",
             "fog/up/handoff",
+            "fog/up/heartbeat",
             "fog/up/nope",
             "fog/up/aggregate/x",
             "regions/no rth/up/aggregate",

@@ -66,6 +66,9 @@ pub struct LinkSettings {
     /// MQTT keep-alive: a broker that stops answering (host gone, process stopped,
     /// connection half-open) is noticed within twice this.
     pub keep_alive: Duration,
+    /// The longest wait before connecting again after a takeover (see the module
+    /// docs); the first wait is a thirtieth of it, doubling with each takeover.
+    pub max_takeover_backoff: Duration,
 }
 
 /// The keep-alive of [`LinkSettings::default`].
@@ -82,6 +85,7 @@ impl Default for LinkSettings {
             will: None,
             ca_file: None,
             keep_alive: DEFAULT_KEEP_ALIVE,
+            max_takeover_backoff: MAX_TAKEOVER_BACKOFF,
         }
     }
 }
@@ -296,9 +300,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest wait for one connect (paho gives up after its own 5 s first) or resubscribe.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-/// The first wait after a takeover; it doubles with every takeover of an episode.
-const MIN_TAKEOVER_BACKOFF: Duration = Duration::from_secs(1);
-/// The longest wait after a takeover.
+/// The longest wait after a takeover, by default ([`LinkSettings::max_takeover_backoff`]).
 pub const MAX_TAKEOVER_BACKOFF: Duration = Duration::from_secs(30);
 /// A connection that lasted this long ends a takeover episode.
 const STABLE: Duration = Duration::from_secs(60);
@@ -378,7 +380,12 @@ impl Link {
         Ok(())
     }
 
-    /// A flag that is true while connected and subscribed.
+    /// Messages received and not yet taken by [`Link::next`].
+    pub fn queued(&self) -> usize {
+        self.incoming.len()
+    }
+
+    /// What the link is doing (connected, taken over, counters).
     pub fn status(&self) -> Arc<LinkStatus> {
         self.shared.status.clone()
     }
@@ -427,11 +434,12 @@ impl Link {
                         "the broker handed this client's connection to another client with the same client id: \
                          most likely a second instance of this server is running (check for a double start, \
                          or a rolling update whose old instance has not stopped); not ready while it lasts, \
-                         retrying with a back-off of up to {MAX_TAKEOVER_BACKOFF:?}"
+                         retrying with a back-off of up to {:?}",
+                        self.settings.max_takeover_backoff
                     );
-                    MIN_TAKEOVER_BACKOFF
+                    self.settings.max_takeover_backoff / 30
                 }
-                Some(previous) => (previous * 2).min(MAX_TAKEOVER_BACKOFF),
+                Some(previous) => (previous * 2).min(self.settings.max_takeover_backoff),
             };
             self.takeover_backoff = Some(wait);
             warn!(client_id = %self.settings.client_id, after = ?lasted, retry_in = ?wait, "connection taken over");

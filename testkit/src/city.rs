@@ -229,6 +229,27 @@ impl City {
                 }
             },
         )
+        .await?;
+        self.wait_fogs_hear_central(timeout).await
+    }
+
+    /// Waits until every fog server hears central's heartbeat (the way down the
+    /// bridges works too).
+    pub async fn wait_fogs_hear_central(&self, timeout: Duration) -> Result<()> {
+        wait_until(
+            "every fog server hears central",
+            timeout,
+            Duration::from_millis(50),
+            || async {
+                for fog in self.fogs.values() {
+                    match fog.get_json::<serde_json::Value>("/api/region").await {
+                        Ok(v) if v["central_present"] == true => {}
+                        _ => return false,
+                    }
+                }
+                true
+            },
+        )
         .await
     }
 
