@@ -290,6 +290,8 @@ pub struct Link {
     connected_at: Instant,
     /// The wait before the next connect after a takeover, while an episode lasts.
     takeover_backoff: Option<Duration>,
+    /// The last loss after which the broker took the link back at once.
+    last_kick: Option<Instant>,
     /// Called after every reconnection (for metrics).
     pub on_reconnect: Option<Box<dyn Fn() + Send + Sync>>,
     /// Called after every takeover (for metrics).
@@ -321,63 +323,51 @@ impl Link {
     ) -> anyhow::Result<Self> {
         let connect_opts = connect_options(settings)?;
         let (incoming_tx, incoming) = mpsc::channel(INCOMING_LIMIT);
-        let mut backoff = MIN_BACKOFF;
-        let (client, loss) = loop {
-            let attempt = tokio::select! {
-                _ = shutdown.cancelled() => anyhow::bail!("shut down before the broker at {} answered", settings.url),
-                a = attempt(settings, &connect_opts, &incoming_tx) => a,
-            };
-            match attempt {
-                Ok(connected) => break connected,
-                Err(Failed::Fatal(e)) => return Err(e),
-                Err(Failed::Retry(e)) => {
-                    warn!(url = %settings.url, error = %e, retry_in = ?backoff, "cannot reach the broker yet");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => anyhow::bail!("shut down before the broker at {} answered", settings.url),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        };
-        let link = Self {
+        let mut link = Self {
             shared: Arc::new(Shared {
-                client: RwLock::new(client.clone()),
+                client: RwLock::new(create_client(settings, &incoming_tx)?.0),
                 status: Arc::default(),
                 outbox: Mutex::default(),
                 inflight: Mutex::default(),
             }),
             incoming_tx,
             incoming,
-            loss,
+            loss: Arc::default(),
             settings: settings.clone(),
             connect_opts,
             subscriptions,
             connected_at: Instant::now(),
             takeover_backoff: None,
+            last_kick: None,
             on_reconnect: None,
             on_takeover: None,
         };
-        link.subscribe_all(&client).await?;
+        let mut backoff = MIN_BACKOFF;
+        let (client, loss) = loop {
+            match link.connect_once(shutdown).await {
+                Some(Ok(connected)) => break connected,
+                Some(Err(e)) => {
+                    warn!(url = %settings.url, error = %e, retry_in = ?backoff, "cannot reach the broker yet");
+                }
+                None => anyhow::bail!("shut down before the broker at {} answered", settings.url),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => anyhow::bail!("shut down before the broker at {} answered", settings.url),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        };
+        // The placeholder client never connected: nothing of the C library holds it.
+        let placeholder = std::mem::replace(
+            &mut *link.shared.client.write().unwrap_or_else(|e| e.into_inner()),
+            client,
+        );
+        reaper::retire(placeholder, None);
+        link.loss = loss;
+        link.connected_at = Instant::now();
         link.shared.status.connected.store(true, Ordering::Release);
         info!(url = %settings.url, client_id = %settings.client_id, "connected to the broker");
         Ok(link)
-    }
-
-    async fn subscribe_all(&self, client: &mqtt::AsyncClient) -> anyhow::Result<()> {
-        if self.subscriptions.is_empty() {
-            return Ok(());
-        }
-        let (filters, qos): (Vec<&str>, Vec<i32>) = self
-            .subscriptions
-            .iter()
-            .map(|(f, q)| (f.as_str(), *q))
-            .unzip();
-        client
-            .subscribe_many(&filters, &qos)
-            .await
-            .context("subscribing")?;
-        Ok(())
     }
 
     /// Messages received and not yet taken by [`Link::next`].
@@ -413,14 +403,23 @@ impl Link {
 
     /// After a connection loss: waits if the connection was taken over, then connects
     /// a new client. False if `shutdown` came first.
+    ///
+    /// A takeover is known when the broker says so (MQTT 5 reason 0x8E), or inferred:
+    /// a loss after which the broker takes the link back at the first attempt (so it
+    /// was up: somebody closed the connection) is a *kick*; a second kick within
+    /// [`STABLE`] of the first means another client keeps taking this client id.
     async fn recover(&mut self, shutdown: &CancellationToken) -> bool {
-        let status = &self.shared.status;
+        let status = self.shared.status.clone();
         status.connected.store(false, Ordering::Release);
         let lasted = self.connected_at.elapsed();
         if lasted >= STABLE {
+            // A connection that lasted ends an episode.
             self.takeover_backoff = None;
         }
-        if self.loss.taken_over.load(Ordering::Acquire) {
+        let told = self.loss.taken_over.load(Ordering::Acquire);
+        let kicked_recently = self.last_kick.is_some_and(|t| t.elapsed() < STABLE);
+        if told || kicked_recently {
+            self.last_kick = Some(Instant::now());
             status.taken_over.store(true, Ordering::Release);
             status.takeovers.fetch_add(1, Ordering::Relaxed);
             if let Some(cb) = &self.on_takeover {
@@ -447,10 +446,22 @@ impl Link {
                 _ = shutdown.cancelled() => return false,
                 _ = tokio::time::sleep(wait) => {}
             }
-        } else {
-            warn!(after = ?lasted, "connection to the broker lost; reconnecting");
+            return self.reconnect(shutdown).await;
         }
-        self.reconnect(shutdown).await
+        warn!(after = ?lasted, "connection to the broker lost; reconnecting");
+        match self.connect_once(shutdown).await {
+            Some(Ok((client, loss))) => {
+                // Back at the first attempt: the broker was up all along.
+                self.last_kick = Some(Instant::now());
+                self.activate(client, loss);
+                true
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "reconnect failed");
+                self.reconnect(shutdown).await
+            }
+            None => false,
+        }
     }
 
     /// Connects again with a new client (same id, same session), resubscribes, and
@@ -458,36 +469,53 @@ impl Link {
     async fn reconnect(&mut self, shutdown: &CancellationToken) -> bool {
         let mut backoff = MIN_BACKOFF;
         loop {
-            let attempt = tokio::select! {
-                _ = shutdown.cancelled() => return false,
-                a = attempt(&self.settings, &self.connect_opts, &self.incoming_tx) => a,
-            };
-            let failure = match attempt {
-                Ok((client, loss)) => {
-                    match tokio::time::timeout(STEP_TIMEOUT, self.subscribe_all(&client)).await {
-                        Ok(Ok(())) => {
-                            self.activate(client, loss);
-                            return true;
-                        }
-                        Ok(Err(e)) => {
-                            reaper::retire(client, None);
-                            format!("resubscribe failed: {e:#}")
-                        }
-                        Err(_) => {
-                            reaper::retire(client, None);
-                            format!("resubscribe: no answer within {STEP_TIMEOUT:?}")
-                        }
-                    }
+            match self.connect_once(shutdown).await {
+                Some(Ok((client, loss))) => {
+                    self.activate(client, loss);
+                    return true;
                 }
-                Err(Failed::Fatal(e)) => format!("{e:#}"),
-                Err(Failed::Retry(e)) => e,
-            };
-            warn!(error = %failure, retry_in = ?backoff, "reconnect failed");
+                Some(Err(e)) => warn!(error = %e, retry_in = ?backoff, "reconnect failed"),
+                None => return false,
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One connect and resubscribe with a new client. `None` if `shutdown` came first.
+    async fn connect_once(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<(mqtt::AsyncClient, Arc<Loss>), String>> {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            a = attempt(&self.settings, &self.connect_opts, &self.incoming_tx) => a,
+        };
+        let (client, loss) = match attempt {
+            Ok(connected) => connected,
+            Err(Failed::Fatal(e)) => return Some(Err(format!("{e:#}"))),
+            Err(Failed::Retry(e)) => return Some(Err(e)),
+        };
+        let subscribed = tokio::select! {
+            _ = shutdown.cancelled() => {
+                reaper::retire(client, None);
+                return None;
+            }
+            s = tokio::time::timeout(STEP_TIMEOUT, subscribe_all(&client, &self.subscriptions)) => s,
+        };
+        match subscribed {
+            Ok(Ok(())) => Some(Ok((client, loss))),
+            Ok(Err(e)) => {
+                reaper::retire(client, None);
+                Some(Err(format!("resubscribe failed: {e:#}")))
+            }
+            Err(_) => {
+                reaper::retire(client, None);
+                Some(Err(format!("resubscribe: no answer within {STEP_TIMEOUT:?}")))
+            }
         }
     }
 
@@ -576,6 +604,23 @@ impl Link {
             Err(_) => warn!("disconnect: no answer within 3 s"),
         }
     }
+}
+
+/// Subscribes `client` to every `(filter, qos)`.
+async fn subscribe_all(
+    client: &mqtt::AsyncClient,
+    subscriptions: &[(String, i32)],
+) -> anyhow::Result<()> {
+    if subscriptions.is_empty() {
+        return Ok(());
+    }
+    let (filters, qos): (Vec<&str>, Vec<i32>) =
+        subscriptions.iter().map(|(f, q)| (f.as_str(), *q)).unzip();
+    client
+        .subscribe_many(&filters, &qos)
+        .await
+        .context("subscribing")?;
+    Ok(())
 }
 
 /// The connect options for `settings` (MQTT 5; a persistent session never expires).
