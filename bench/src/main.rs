@@ -18,6 +18,10 @@
 //!   request's *scheduled* send time (no coordinated omission);
 //! - **reroute**: a three-region city bridged to central (testkit's city); a request in
 //!   the saturated region comes back `rerouted` to a station in the next region.
+//! - **saturated**: the burst again, into a region whose stations are all far over the
+//!   wait limit, rerouting on: once with no central at all, once bridged to central
+//!   with the only other region out of every vehicle's reach — to set beside the
+//!   unsaturated burst of the same run.
 //!
 //! Prints one table and writes the numbers as JSON (`--json`).
 
@@ -59,8 +63,8 @@ struct Args {
     /// Where the JSON report goes (default: target/bench/e2e.json in the workspace).
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Scenarios to run: rtt (with echo), burst, rate, reroute.
-    #[arg(long, value_delimiter = ',', default_values = ["rtt", "burst", "rate", "reroute"])]
+    /// Scenarios to run: rtt (with echo), burst, rate, reroute, saturated.
+    #[arg(long, value_delimiter = ',', default_values = ["rtt", "burst", "rate", "reroute", "saturated"])]
     only: Vec<String>,
     /// Stations in the fog's region.
     #[arg(long, default_value_t = 1_000)]
@@ -445,6 +449,121 @@ async fn reroute(args: &Args, first_seq: u64) -> Result<Vec<Row>> {
     Ok(vec![reroute_row, local_row])
 }
 
+/// Two stations of eight chargers with 60 vehicles queued at each: every request in
+/// the region is far over the wait limit.
+fn saturated_stations(region: &str) -> Vec<StationStatus> {
+    (0..2)
+        .map(|i| StationStatus {
+            queue: 60,
+            occupied: 8,
+            chargers: Some(8),
+            lat: Some(-12.97 + 0.02 * f64::from(i)),
+            lon: Some(-38.5),
+            ..station_statuses(region, 1).remove(0)
+        })
+        .enumerate()
+        .map(|(i, mut s)| {
+            s.station_id = format!("{region}-busy-{i}");
+            s
+        })
+        .collect()
+}
+
+/// The burst into a saturated region: with no central, then with central present and
+/// the only other region out of reach.
+async fn saturated(args: &Args, first_seq: [u64; 2]) -> Result<Vec<Row>> {
+    let burst = |url: String, first_seq: u64| devices::Spec {
+        scenario: "burst".into(),
+        url,
+        first_seq,
+        seed: first_seq,
+        stations: 2,
+        round_trips: 0,
+        pause_ms: 0.0,
+        burst: args.burst,
+        burst_vehicles: args.burst_vehicles,
+        rate: 0,
+        step_s: 0.0,
+        rate_vehicles: 1,
+        connections: 1,
+        echo: false,
+        echo_task: args.echo_task,
+    };
+    let mut rows = Vec::new();
+
+    // No central anywhere: the fog has never heard its heartbeat.
+    let broker = Mosquitto::start(MosquittoConfig::new())?;
+    let fog = Fog::start(&broker.url(), REGION).await?;
+    publish_stations(&broker.url(), REGION, &saturated_stations(REGION)).await?;
+    wait_stations(&fog, 2).await?;
+    let mut row = in_child(&burst(broker.url(), first_seq[0]), broker.pid())
+        .await?
+        .remove(0);
+    row.scenario = format!("saturated burst, no central ({} req)", args.burst);
+    row.note = "every station far over the limit; rerouting on, central never heard".into();
+    rows.push(row);
+    fog.stop().await?;
+    drop(broker);
+
+    // Central present, the other region ~2,000 km away: out of every vehicle's reach.
+    let far = topology::Bounds {
+        min_lat: 5.0,
+        min_lon: -38.7,
+        max_lat: 5.4,
+        max_lon: -38.3,
+    };
+    let spec = CitySpec {
+        regions: vec![
+            (
+                REGION.into(),
+                topology::Bounds {
+                    min_lat: LAT.0,
+                    min_lon: LON.0,
+                    max_lat: LAT.1,
+                    max_lon: LON.1,
+                },
+            ),
+            ("far".into(), far),
+        ],
+        ..CitySpec::three_regions()
+    };
+    let city = City::start(spec).await?;
+    publish_stations(
+        &city.broker(REGION).url(),
+        REGION,
+        &saturated_stations(REGION),
+    )
+    .await?;
+    let far_station = StationStatus {
+        lat: Some(5.2),
+        lon: Some(-38.5),
+        ..station_statuses("far", 1).remove(0)
+    };
+    publish_stations(&city.broker("far").url(), "far", &[far_station]).await?;
+    wait_until(
+        "central sees north saturated and far open",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || async {
+            let Ok(regions) = city.regions().await else {
+                return false;
+            };
+            let north = regions.get(REGION).is_some_and(|v| v["saturated"] == true);
+            let far = regions.get("far").is_some_and(|v| v["saturated"] == false);
+            north && far
+        },
+    )
+    .await?;
+    city.wait_fogs_hear_central(Duration::from_secs(20)).await?;
+    let url = city.broker(REGION).url();
+    let pid = city.broker(REGION).pid();
+    let mut row = in_child(&burst(url, first_seq[1]), pid).await?.remove(0);
+    row.scenario = format!("saturated burst, central present ({} req)", args.burst);
+    row.note = "the other region out of reach: central's answer holds for like requests".into();
+    rows.push(row);
+    Ok(rows)
+}
+
 fn machine() -> BTreeMap<String, String> {
     let run = |cmd: &str, args: &[&str]| {
         std::process::Command::new(cmd)
@@ -567,8 +686,8 @@ fn main() -> Result<()> {
 
 async fn run(args: Args) -> Result<()> {
     for s in &args.only {
-        if !["rtt", "burst", "rate", "reroute"].contains(&s.as_str()) {
-            bail!("unknown scenario {s:?} (rtt, burst, rate, reroute)");
+        if !["rtt", "burst", "rate", "reroute", "saturated"].contains(&s.as_str()) {
+            bail!("unknown scenario {s:?} (rtt, burst, rate, reroute, saturated)");
         }
     }
     ensure!(args.burst_vehicles > 0 && args.rate_vehicles > 0 && args.rate_connections > 0);
@@ -689,6 +808,13 @@ async fn run(args: Args) -> Result<()> {
     if runs("reroute") {
         eprintln!("reroute: {} cross-region round trips", args.reroutes);
         rows.extend(reroute(&args, seq_range()).await?);
+    }
+    if runs("saturated") {
+        eprintln!(
+            "saturated: bursts of {} requests into a saturated region, without and with central",
+            args.burst
+        );
+        rows.extend(saturated(&args, [seq_range(), seq_range()]).await?);
     }
     println!();
     print_table(&rows);

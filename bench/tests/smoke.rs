@@ -52,6 +52,8 @@ fn every_scenario_runs_and_is_reported() {
         "burst",
         "open loop 100 req/s",
         "cross-region reroute",
+        "saturated burst, no central",
+        "saturated burst, central present",
     ] {
         assert!(
             scenarios.iter().any(|s| s.starts_with(wanted)),

@@ -447,6 +447,8 @@ fn reject_reroute(shared: &Shared, origin: &str, payload: &[u8], error: &Protoco
         recommendation: None,
         reason: Some(format!("invalid reroute request: {error}")),
         tried: Vec::new(),
+        no_region_within_km: None,
+        hold_ms: None,
     };
     shared.publish(
         &FogMessage::RerouteReply.central_topic(origin),

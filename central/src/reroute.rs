@@ -209,6 +209,28 @@ pub fn candidates(
     Ok(out)
 }
 
+/// How long a "no region within" hint holds for the origin fog.
+pub const HINT_HOLD: Duration = Duration::from_secs(2);
+
+/// The great-circle distance from `vehicle` to the nearest listed station of any other
+/// region that can take vehicles now (fresh, not saturated), km;
+/// [`protocol::fog::EVERYWHERE_KM`] when there is none.
+pub fn open_station_distance_km(
+    regions: &Regions,
+    origin: &str,
+    vehicle: &Vehicle,
+    now: Instant,
+) -> f64 {
+    regions
+        .iter()
+        .filter(|(id, s)| {
+            *id != origin && !regions.is_stale(s, now) && !regions.is_saturated(&s.aggregate)
+        })
+        .flat_map(|(_, s)| s.aggregate.best.iter())
+        .map(|st| protocol::geo::haversine_km(vehicle.lat, vehicle.lon, st.lat, st.lon))
+        .fold(protocol::fog::EVERYWHERE_KM, f64::min)
+}
+
 /// Handoffs waiting for their reply, keyed by `handoff_id`.
 #[derive(Debug, Default)]
 pub struct Handoffs {
@@ -419,6 +441,8 @@ async fn decide(
             recommendation: None,
             reason: Some(reason),
             tried,
+            no_region_within_km: None,
+            hold_ms: None,
         }
     };
     let vehicle = Vehicle::from(&request.request);
@@ -435,7 +459,22 @@ async fn decide(
     };
     let candidates = match ranked {
         Ok(c) => c,
-        Err(none) => return failed(none.to_string(), Vec::new(), "no_region"),
+        Err(none) => {
+            let mut reply = failed(none.to_string(), Vec::new(), "no_region");
+            if !matches!(none, NoCandidate::NoneBetter { .. }) {
+                // Like vehicles need not ask again for a while: say how far the
+                // nearest region that can take vehicles is.
+                let regions = shared.regions();
+                reply.no_region_within_km = Some(open_station_distance_km(
+                    &regions,
+                    origin,
+                    &vehicle,
+                    Instant::now(),
+                ));
+                reply.hold_ms = Some(HINT_HOLD.as_millis() as u64);
+            }
+            return reply;
+        }
     };
     debug!(
         reroute = %request.reroute_id,
@@ -599,6 +638,8 @@ async fn handoff(
         recommendation: Some(recommendation),
         reason: None,
         tried: Vec::new(),
+        no_region_within_km: None,
+        hold_ms: None,
     }))
 }
 

@@ -597,6 +597,11 @@ async fn no_region_in_range_is_a_failure_with_a_reason() {
     assert!(reply.recommendation.is_none());
     let reason = reply.reason.unwrap();
     assert!(reason.starts_with("no region in range"), "{reason}");
+    // The origin learns how far the nearest region that could take vehicles is, so
+    // that it need not ask for like vehicles for a while.
+    let km = reply.no_region_within_km.expect("a hint");
+    assert!((km - 500.0).abs() < 1.0, "{km}");
+    assert_eq!(reply.hold_ms, Some(2000));
     w.fogs
         .expect_silence(
             &FogMessage::Handoff.central_topic("+"),
@@ -874,4 +879,29 @@ async fn shutdown_is_clean() {
         .await
         .expect("central stops in time")
         .expect("central stops cleanly");
+}
+
+#[tokio::test]
+async fn central_tells_every_region_it_is_there_and_which_regions_are_open() {
+    let mut w = world().await;
+    w.publish_aggregate("a", vec![station("a1", 0.1, 3000)])
+        .await;
+    w.publish_aggregate("b", vec![station("b1", 5.0, 0)]).await;
+    let topic = FogMessage::Heartbeat.central_topic("a");
+    let first: protocol::fog::CentralHeartbeat = w.fogs.wait_for_json(&topic, T).await.unwrap();
+    let mut hb = first.clone();
+    // "a" is saturated (3000 s over the 1800 s limit), "b" is open.
+    while hb.open_regions != vec!["b".to_string()] {
+        hb = w.fogs.wait_for_json(&topic, T).await.unwrap();
+    }
+    assert!(hb.period_ms > 0);
+    assert_eq!(hb.started_ms, first.started_ms);
+    assert!(hb.seq > first.seq || hb == first);
+    // Every known region gets it, also the open one.
+    let hb_b: protocol::fog::CentralHeartbeat = w
+        .fogs
+        .wait_for_json(&FogMessage::Heartbeat.central_topic("b"), T)
+        .await
+        .unwrap();
+    assert_eq!(hb_b.started_ms, first.started_ms);
 }

@@ -404,6 +404,30 @@ async fn without_central_regions_still_answer_and_rerouting_resumes_when_it_is_b
     let plain = ask(&mut east, "east", "car-2", &request("r-2", 0.25)).await;
     assert_eq!(plain.status, RecommendationStatus::Assigned);
     assert_eq!(plain.reason, None);
+    // Within a few heartbeat periods west knows central is gone, and answers saturated
+    // requests at once instead of asking.
+    wait_until("west notices central is gone", T, POLL, || async {
+        city.fog("west")
+            .get_json::<serde_json::Value>("/api/region")
+            .await
+            .is_ok_and(|v| v["central_present"] == false)
+    })
+    .await
+    .unwrap();
+    let noticed = started.elapsed();
+    let t = Instant::now();
+    let answer = ask(&mut west, "west", "car-1b", &request("r-1b", 0.08)).await;
+    let fast = t.elapsed();
+    assert_eq!(answer.status, RecommendationStatus::Assigned, "{answer:?}");
+    let reason = answer.reason.unwrap_or_default();
+    assert!(
+        reason.contains("central unreachable (no heartbeat for"),
+        "{reason}"
+    );
+    assert!(fast < Duration::from_millis(500), "{fast:?}");
+    println!(
+        "central stopped: west noticed after {noticed:?}; a saturated request then answered in {fast:?}"
+    );
 
     // Central back: rerouting works again, nothing else restarted.
     city.start_central().await.unwrap();

@@ -110,7 +110,24 @@ pub struct Region {
     deferred: Vec<Outgoing>,
     /// Central's last heartbeat and when it came.
     central: Option<(Instant, CentralHeartbeat)>,
+    /// Central's recent "no region within" answers (see [`NoRegionHint`]).
+    hints: VecDeque<NoRegionHint>,
 }
+
+/// Central said that no region that can take vehicles lists a station within `km` of
+/// (`lat`, `lon`): until `until`, a request that could not reach past that either is
+/// answered at once.
+#[derive(Debug, Clone)]
+struct NoRegionHint {
+    lat: f64,
+    lon: f64,
+    km: f64,
+    at: Instant,
+    until: Instant,
+}
+
+/// Most hints kept.
+const HINTS: usize = 32;
 
 /// What the fog knows of central when a request is saturated.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,7 +166,21 @@ impl Region {
             restoring: HashMap::new(),
             deferred: Vec::new(),
             central: None,
+            hints: VecDeque::new(),
         }
+    }
+
+    /// A recent hint of central's that covers `req`: it can reach no region that could
+    /// take it. Its age, if so.
+    fn hint_for(&mut self, req: &ChargeRequest) -> Option<std::time::Duration> {
+        let now = Instant::now();
+        self.hints.retain(|h| h.until > now);
+        let p = &self.planner.params;
+        let reach_km = req.range_km() * (1.0 - p.safety_margin) / p.road_factor;
+        self.hints
+            .iter()
+            .find(|h| protocol::geo::haversine_km(req.lat, req.lon, h.lat, h.lon) + reach_km < h.km)
+            .map(|h| h.at.elapsed())
     }
 
     /// What asking central for a saturated request would do now.
@@ -192,6 +223,14 @@ impl Region {
             }
             Some((_, old)) if old.started_ms != hb.started_ms => info!("central restarted"),
             Some(_) => {}
+        }
+        if self
+            .central
+            .as_ref()
+            .is_none_or(|(_, old)| old.open_regions != hb.open_regions)
+        {
+            // Which regions can take vehicles changed: central's hints are out of date.
+            self.hints.clear();
         }
         self.central = Some((Instant::now(), hb));
     }
@@ -529,11 +568,20 @@ impl Region {
                     self.unavailable(&req, &no)
                 } else {
                     let why = match self.central_view() {
-                        CentralView::Ask => {
-                            return Answer::AskCentral(Some(
-                                self.ask_central(vehicle_id, req, &no, now_ms),
-                            ));
-                        }
+                        CentralView::Ask => match self.hint_for(&req) {
+                            None => {
+                                return Answer::AskCentral(Some(
+                                    self.ask_central(vehicle_id, req, &no, now_ms),
+                                ));
+                            }
+                            Some(age) => {
+                                self.count_reroute("no_region_in_reach");
+                                format!(
+                                    "no other region that can take vehicles is in reach (central, {} ms ago)",
+                                    age.as_millis()
+                                )
+                            }
+                        },
                         CentralView::NoOpenRegion => {
                             self.count_reroute("no_open_region");
                             "no other region can take vehicles now (central's heartbeat lists none)"
@@ -810,6 +858,21 @@ impl Region {
             debug!(reroute = %reply.reroute_id, "reroute reply for no pending request (late or repeated)");
             return None;
         };
+        if let (false, Some(km), Some(hold_ms)) =
+            (reply.ok, reply.no_region_within_km, reply.hold_ms)
+        {
+            let at = Instant::now();
+            if self.hints.len() >= HINTS {
+                self.hints.pop_front();
+            }
+            self.hints.push_back(NoRegionHint {
+                lat: pending.request.lat,
+                lon: pending.request.lon,
+                km,
+                at,
+                until: at + std::time::Duration::from_millis(hold_ms.min(60_000)),
+            });
+        }
         let answer = match reply.recommendation {
             Some(mut rec) if reply.ok && rec.station.is_some() => {
                 rec.request_id = pending.request.request_id.clone();

@@ -559,3 +559,35 @@ async fn the_station_list_is_published_every_period_even_in_a_busy_region() {
     assert_eq!(last.stations.len(), 1);
     assert_eq!(last.stations[0].station_id, "north-1");
 }
+
+#[tokio::test]
+async fn with_no_central_ever_saturated_requests_are_answered_at_once_with_the_reason() {
+    let mut w = world().await;
+    // One station, far over the wait limit: every request is saturated.
+    w.publish_station(&station("north-busy", 0.5, 1, 1, 40))
+        .await;
+    let fog = w.fog().await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let t = std::time::Instant::now();
+        let answer = w
+            .ask(&format!("car-{i}"), &request(&format!("r-{i}")))
+            .await;
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(answer.status, RecommendationStatus::Assigned, "{answer:?}");
+        let reason = answer.reason.unwrap_or_default();
+        assert!(
+            reason.contains("central unreachable (no heartbeat heard yet)"),
+            "{reason}"
+        );
+    }
+    // Nothing waited for the 1.5 s reroute timeout (a debug build on a busy machine:
+    // milliseconds, not seconds).
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+    let (_, metrics) = fog.get_text("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("fog_reroutes_total{kind=\"central_unreachable\"} 20"),
+        "{metrics}"
+    );
+    fog.stop().await.unwrap();
+}

@@ -138,6 +138,8 @@ fn a_saturated_request_goes_to_central_and_a_reroute_is_forwarded() {
         recommendation: Some(target.clone()),
         reason: None,
         tried: vec!["b".into()],
+        no_region_within_km: None,
+        hold_ms: None,
     };
     let out = a
         .handle(
@@ -204,6 +206,8 @@ fn a_failed_reroute_is_answered_locally_with_centrals_reason() {
         recommendation: None,
         reason: Some("every region in range refused".into()),
         tried: vec!["b".into(), "c".into()],
+        no_region_within_km: None,
+        hold_ms: None,
     };
     let out = a
         .handle(
@@ -367,6 +371,8 @@ fn a_newer_request_supersedes_one_still_with_central() {
         recommendation: None,
         reason: Some("nothing better".into()),
         tried: Vec::new(),
+        no_region_within_km: None,
+        hold_ms: None,
     };
     assert!(
         a.handle(
@@ -447,4 +453,44 @@ fn when_central_lists_no_other_open_region_the_fog_does_not_ask() {
     let topic = FogMessage::Heartbeat.regional_topic();
     assert!(a.handle(&topic, b"{\"v\":1}", NOW).is_none());
     assert_eq!(a.central_view(), CentralView::NoOpenRegion);
+}
+
+#[test]
+fn when_central_says_no_region_is_in_reach_like_requests_are_answered_at_once() {
+    let mut a = saturated("a", Duration::from_secs(5));
+    let rr: RerouteRequest =
+        decode(&ask(&mut a, "car-1", &request("r-1")).unwrap().payload).unwrap();
+    // request() can drive 0.4 * 60 / 0.18 = 133 km (less the margin): nothing within
+    // 500 km is out of its reach from anywhere near here.
+    let reply = RerouteReply {
+        v: 1,
+        reroute_id: rr.reroute_id,
+        ok: false,
+        recommendation: None,
+        reason: Some("no region in range".into()),
+        tried: Vec::new(),
+        no_region_within_km: Some(500.0),
+        hold_ms: Some(60_000),
+    };
+    let topic = FogMessage::RerouteReply.regional_topic();
+    recommendation(&a.handle(&topic, &encode(&reply), NOW).unwrap());
+    // The next saturated request from about there is not asked of central.
+    let answer = recommendation(&ask(&mut a, "car-2", &request("r-2")).unwrap());
+    assert_eq!(answer.status, RecommendationStatus::Assigned);
+    let reason = answer.reason.unwrap();
+    assert!(
+        reason.contains("no other region that can take vehicles is in reach"),
+        "{reason}"
+    );
+    assert_eq!(a.pending_reroutes(), 0);
+    // A vehicle with a longer reach still asks.
+    let mut far = request("r-3");
+    far.soc = 1.0;
+    far.battery_kwh = 200.0;
+    let out = ask(&mut a, "car-3", &far).unwrap();
+    assert_eq!(out.topic, FogMessage::Reroute.regional_topic());
+    // And when the regions that can take vehicles change, everyone asks again.
+    heartbeat(&mut a, &["other", "b"]);
+    let out = ask(&mut a, "car-4", &request("r-4")).unwrap();
+    assert_eq!(out.topic, FogMessage::Reroute.regional_topic());
 }

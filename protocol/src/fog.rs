@@ -186,6 +186,9 @@ pub struct Stations {
     pub stations: Vec<AggregateStation>,
 }
 
+/// Farther than any two points on Earth, km: "no region anywhere".
+pub const EVERYWHERE_KM: f64 = 20_100.0;
+
 /// Largest station list accepted: 32 MiB, ~190,000 stations.
 pub const MAX_STATIONS_PAYLOAD_BYTES: usize = 32 * 1024 * 1024;
 
@@ -268,6 +271,16 @@ pub struct RerouteReply {
     /// Regions asked, in order.
     #[serde(default)]
     pub tried: Vec<String>,
+    /// When no region could be asked at all: no region that can take vehicles (fresh,
+    /// not saturated) lists a station within this great-circle distance of the
+    /// request, km. For `hold_ms`, the origin may answer a saturated request at once
+    /// when this distance exceeds the request's own distance from this one plus its
+    /// reach (it could not reach any of them either) instead of asking again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_region_within_km: Option<f64>,
+    /// How long `no_region_within_km` holds, real milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_ms: Option<u64>,
 }
 
 /// Central → every region it knows, every `period_ms` and whenever `open_regions`
@@ -393,6 +406,16 @@ impl Validate for RerouteReply {
     fn validate(&self) -> Result<(), ProtocolError> {
         version(self.v)?;
         validate_id("reroute_id", &self.reroute_id)?;
+        if let Some(km) = self.no_region_within_km {
+            if !(km.is_finite() && km >= 0.0) {
+                return Err(ProtocolError::OutOfRange {
+                    field: "no_region_within_km",
+                    value: km,
+                    min: 0.0,
+                    max: f64::MAX,
+                });
+            }
+        }
         if let Some(r) = &self.recommendation {
             r.validate()?;
         }

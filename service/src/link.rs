@@ -63,8 +63,11 @@ pub struct LinkSettings {
     /// For `ssl://` brokers: the CA certificate (PEM) the broker's certificate must
     /// chain to (default: the system's trust store).
     pub ca_file: Option<std::path::PathBuf>,
-    /// MQTT keep-alive: a broker that stops answering (host gone, process stopped,
-    /// connection half-open) is noticed within twice this.
+    /// A broker that stops answering (host gone, process stopped, connection
+    /// half-open) is noticed within twice this. paho declares the connection dead when
+    /// a ping goes unanswered for one MQTT keep-alive after an idle keep-alive, and
+    /// checks once a second: so the keep-alive sent to the broker is this less one
+    /// second (at least one second).
     pub keep_alive: Duration,
     /// The longest wait before connecting again after a takeover (see the module
     /// docs); the first wait is a thirtieth of it, doubling with each takeover.
@@ -359,7 +362,11 @@ impl Link {
         };
         // The placeholder client never connected: nothing of the C library holds it.
         let placeholder = std::mem::replace(
-            &mut *link.shared.client.write().unwrap_or_else(|e| e.into_inner()),
+            &mut *link
+                .shared
+                .client
+                .write()
+                .unwrap_or_else(|e| e.into_inner()),
             client,
         );
         reaper::retire(placeholder, None);
@@ -514,7 +521,9 @@ impl Link {
             }
             Err(_) => {
                 reaper::retire(client, None);
-                Some(Err(format!("resubscribe: no answer within {STEP_TIMEOUT:?}")))
+                Some(Err(format!(
+                    "resubscribe: no answer within {STEP_TIMEOUT:?}"
+                )))
             }
         }
     }
@@ -623,12 +632,20 @@ async fn subscribe_all(
     Ok(())
 }
 
+/// The MQTT keep-alive for a link that must notice a silent broker within twice
+/// `keep_alive` (see [`LinkSettings::keep_alive`]).
+fn mqtt_keep_alive(keep_alive: Duration) -> Duration {
+    keep_alive
+        .saturating_sub(Duration::from_secs(1))
+        .max(Duration::from_secs(1))
+}
+
 /// The connect options for `settings` (MQTT 5; a persistent session never expires).
 fn connect_options(settings: &LinkSettings) -> anyhow::Result<mqtt::ConnectOptions> {
     let mut builder = mqtt::ConnectOptionsBuilder::new_v5();
     builder
         .clean_start(!settings.persistent)
-        .keep_alive_interval(settings.keep_alive)
+        .keep_alive_interval(mqtt_keep_alive(settings.keep_alive))
         .connect_timeout(Duration::from_secs(5))
         .max_inflight(1_000);
     if settings.persistent {
