@@ -4,6 +4,9 @@
 //! asked again under the same id, and every request ends up answered exactly once.
 
 use std::collections::{HashMap, HashSet};
+
+/// Per (vehicle, request id), the distinct answers it got.
+type Answers = HashMap<(String, String), HashSet<String>>;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -116,7 +119,7 @@ async fn a_broker_killed_during_a_burst_loses_no_request_and_answers_none_twice(
     // Per request, the distinct answers it got (QoS 1 is at least once: after a crash
     // a message the broker took but did not acknowledge is sent again, so the same
     // answer may arrive twice; a second, different answer must never).
-    let answers: Arc<Mutex<HashMap<(String, String), HashSet<String>>>> = Arc::default();
+    let answers: Arc<Mutex<Answers>> = Arc::default();
     let seen = answers.clone();
     let listener = tokio::spawn({
         let shutdown = shutdown.clone();

@@ -1,6 +1,7 @@
 //! What every fogcharge server shares.
 //!
-//! - [`link`]: the MQTT connection (persistent session, reconnect with back-off,
+//! - [`link`]: the MQTT connection (persistent session, reconnect with back-off, resend
+//!   of what was not acknowledged, takeover detection, a reaper for old paho clients,
 //!   subscriptions restored after every reconnect).
 //! - [`logging`]: tracing set-up (`RUST_LOG`, text or JSON).
 //! - [`clock`]: the servers' notion of now (wall clock, or a simulation's scaled clock).
