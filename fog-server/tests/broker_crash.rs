@@ -4,9 +4,6 @@
 //! asked again under the same id, and every request ends up answered exactly once.
 
 use std::collections::{HashMap, HashSet};
-
-/// Per (vehicle, request id), the distinct answers it got.
-type Answers = HashMap<(String, String), HashSet<String>>;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +14,8 @@ use testkit::fog::Fog;
 use testkit::{Mosquitto, MosquittoConfig, TestClient, wait_until};
 use tokio_util::sync::CancellationToken;
 
+/// Per (vehicle, request id), the distinct answers it got.
+type Answers = HashMap<(String, String), HashSet<String>>;
 const REGION: &str = "north";
 const VEHICLES: usize = 50;
 const PER_VEHICLE: usize = 10;
