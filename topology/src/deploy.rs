@@ -7,7 +7,7 @@
 //! | container | image | command |
 //! | --- | --- | --- |
 //! | setup (compose service / Kubernetes Job) | `fogcharge` | `fogcharge setup`: users, password and ACL files, bridge sections, the shared clock |
-//! | `broker-central`, `broker-{region}` | `eclipse-mosquitto:2` | `mosquitto -c /mosquitto/config/mosquitto.conf` with the generated config |
+//! | `broker-central`, `broker-{region}` | `eclipse-mosquitto:2` (compose: `$FOGCHARGE_BROKER_IMAGE` overrides it) | `mosquitto -c /mosquitto/config/mosquitto.conf` with the generated config |
 //! | `fog-{region}` | `fogcharge` | `fogcharge fog-server` |
 //! | `central` | `fogcharge` | `fogcharge central` |
 //! | `device-sim` | `fogcharge` | `fogcharge sim` against the deployment |
