@@ -207,6 +207,8 @@ pub struct Load {
     pub answers: BTreeMap<String, Vec<(Instant, Recommendation)>>,
     /// Requests whose publish failed (the broker was away): not sent, not expected.
     pub refused: usize,
+    /// Why the last refused one was.
+    pub last_error: Option<String>,
 }
 
 impl Load {
@@ -220,6 +222,7 @@ impl Load {
             sent: BTreeMap::new(),
             answers: BTreeMap::new(),
             refused: 0,
+            last_error: None,
         }
     }
 
@@ -238,8 +241,9 @@ impl Load {
                 self.sent.insert(id.clone(), t);
                 Some(id)
             }
-            Err(_) => {
+            Err(e) => {
                 self.refused += 1;
+                self.last_error = Some(format!("{e:#}"));
                 None
             }
         }

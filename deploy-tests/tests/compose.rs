@@ -147,7 +147,17 @@ async fn the_compose_deployment_runs_for_real() {
         );
     }
 
-    // down: no container left (volumes stay); down -v: nothing left.
+    // down: no container left (volumes stay); down -v: nothing left, also no volume
+    // without the project's label (anonymous ones).
+    let mut mounted = Vec::new();
+    for service in compose["services"].as_object().unwrap().keys() {
+        let s = state(service);
+        for m in s["Mounts"].as_array().unwrap() {
+            if m["Type"] == "volume" {
+                mounted.push(m["Name"].as_str().unwrap().to_owned());
+            }
+        }
+    }
     project.down(false).unwrap();
     let (containers, networks, volumes) = project.leftovers().unwrap();
     assert!(containers.is_empty(), "{containers:?}");
@@ -156,6 +166,12 @@ async fn the_compose_deployment_runs_for_real() {
     project.down(true).unwrap();
     let (containers, networks, volumes) = project.leftovers().unwrap();
     assert!(containers.is_empty() && networks.is_empty() && volumes.is_empty());
+    for v in &mounted {
+        assert!(
+            deploy_tests::docker(&["volume", "inspect", v]).is_err(),
+            "volume {v} outlived down -v"
+        );
+    }
     println!(
         "compose ({}): up to all healthy {healthy_ms} ms; device-sim {requests} requests, all answered, {rerouted} rerouted, 0 fallback; answered by region {answered:?}",
         engine.compose_version

@@ -16,7 +16,9 @@ RUN groupadd --system --gid 1883 mosquitto \
        'log_dest stdout' > /mosquitto/config/mosquitto.conf \
     && chown -R 1883:1883 /mosquitto
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-VOLUME ["/mosquitto/data", "/mosquitto/log"]
+# /mosquitto/data only: the generated configs log to stdout, and an anonymous volume for
+# /mosquitto/log would outlive `docker compose down` followed by `down -v`
+VOLUME ["/mosquitto/data"]
 EXPOSE 1883
 # as eclipse-mosquitto:2: started as root, Mosquitto drops to its `mosquitto` user
 CMD ["/usr/sbin/mosquitto", "-c", "/mosquitto/config/mosquitto.conf"]

@@ -303,8 +303,10 @@ pub fn port_var(service: &str) -> String {
 
 /// The compose network the central broker shares with central and every regional
 /// broker (their bridges); each region has its own, `region-{id}`, for its broker, its
-/// fog server and device-sim.
-pub const CENTRAL_NETWORK: &str = "central";
+/// fog server and device-sim. Its name sorts after `region-…`: Docker routes a
+/// container's published ports through the first of its networks by name, and a
+/// regional broker's must not go through the network a bridge cut disconnects.
+pub const CENTRAL_NETWORK: &str = "to-central";
 
 /// `deploy/regions.yml`: the whole system for `docker compose -f deploy/regions.yml up`.
 pub fn compose(t: &Topology, settings: &Settings, source: &str) -> Result<String, TopologyError> {
