@@ -182,7 +182,11 @@ impl Project {
         )];
         for (service, _) in published_services() {
             let port = testkit::free_port()?;
-            env.push((topology::deploy::port_var(&service), port.to_string()));
+            // `127.0.0.1:port`: published on the loopback only
+            env.push((
+                topology::deploy::port_var(&service),
+                format!("127.0.0.1:{port}"),
+            ));
             ports.insert(service, port);
         }
         Ok(Project {
