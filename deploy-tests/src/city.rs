@@ -314,8 +314,21 @@ impl Load {
     /// Waits until every sent request has an answer, then listens one more second for
     /// duplicates; fails unless each got exactly one. The slowest answer.
     pub async fn settle(&mut self, timeout: Duration) -> Result<Duration> {
+        let all: Vec<String> = self.sent.keys().cloned().collect();
+        self.settle_some(timeout, &all)
+            .await
+            .map(|(slowest, _)| slowest)
+    }
+
+    /// [`Load::settle`] for the `required` requests only; the others may stay
+    /// unanswered (they are returned) but none may be answered twice.
+    pub async fn settle_some(
+        &mut self,
+        timeout: Duration,
+        required: &[String],
+    ) -> Result<(Duration, Vec<String>)> {
         let deadline = Instant::now() + timeout;
-        while self.sent.keys().any(|id| !self.answers.contains_key(id)) {
+        while required.iter().any(|id| !self.answers.contains_key(id)) {
             if Instant::now() > deadline {
                 let missing: Vec<&String> = self
                     .sent
@@ -340,11 +353,18 @@ impl Load {
         if !twice.is_empty() {
             bail!("requests answered more than once: {twice:?}");
         }
-        Ok(self
+        let slowest = self
             .sent
             .iter()
-            .map(|(id, t)| self.answers[id][0].0 - *t)
+            .filter_map(|(id, t)| Some(self.answers.get(id)?[0].0 - *t))
             .max()
-            .unwrap_or_default())
+            .unwrap_or_default();
+        let unanswered = self
+            .sent
+            .keys()
+            .filter(|id| !self.answers.contains_key(*id))
+            .cloned()
+            .collect();
+        Ok((slowest, unanswered))
     }
 }
