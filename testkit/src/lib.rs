@@ -17,9 +17,6 @@
 //!   brokers from the topology generator, fog servers, central — on free ports.
 //! - [`fog`]: [`fog::Fog`], a fog server started in-process exactly as `fog-server`
 //!   runs it, with its HTTP API on a free port and helpers to read it.
-//! - [`compose`]: [`compose::ComposeRun`], the services of a docker-compose file run as
-//!   local processes (no Docker), each in its own network namespace so that service names
-//!   resolve to their own addresses; container paths rewritten to host paths. Needs root.
 //! - [`init_tracing`]: log output for tests, filtered by `RUST_LOG` (default `warn`).
 //!
 //! Nothing here needs a broker already running; only the `mosquitto` binary (see
@@ -45,7 +42,6 @@
 /// Real Mosquitto processes (shared with the local launcher).
 pub use launcher::mosquitto as broker;
 pub mod city;
-pub mod compose;
 pub mod messages;
 pub mod mqtt;
 

@@ -7,7 +7,7 @@
 //! | container | image | command |
 //! | --- | --- | --- |
 //! | setup (compose service / Kubernetes Job) | `fogcharge` | `fogcharge setup`: users, password and ACL files, bridge sections, the shared clock |
-//! | `broker-central`, `broker-{region}` | `eclipse-mosquitto:2` | `mosquitto -c /mosquitto/config/mosquitto.conf` with the generated config |
+//! | `broker-central`, `broker-{region}` | `eclipse-mosquitto:2` (compose: `$FOGCHARGE_BROKER_IMAGE` overrides it) | `mosquitto -c /mosquitto/config/mosquitto.conf` with the generated config |
 //! | `fog-{region}` | `fogcharge` | `fogcharge fog-server` |
 //! | `central` | `fogcharge` | `fogcharge central` |
 //! | `device-sim` | `fogcharge` | `fogcharge sim` against the deployment |
@@ -93,6 +93,8 @@ pub struct Settings {
     pub central_http_port: u16,
     pub central_broker_port: u16,
     pub first_region_port: u16,
+    /// Host port of the first fog server's HTTP API (`/metrics`; the next count up).
+    pub first_fog_port: u16,
     /// Kubernetes namespace.
     pub namespace: String,
 }
@@ -122,6 +124,7 @@ impl Settings {
             central_http_port: 8080,
             central_broker_port: 1884,
             first_region_port: 1885,
+            first_fog_port: 9091,
             namespace: "fogcharge".into(),
         }
     }
@@ -283,6 +286,28 @@ fn header(out: &mut String, source: &str) {
     );
 }
 
+/// The environment variable that overrides the broker image in the compose file: the
+/// official `eclipse-mosquitto:2` by default, a locally built one (`./dev images`) where
+/// no registry is reachable.
+pub const BROKER_IMAGE_VAR: &str = "FOGCHARGE_BROKER_IMAGE";
+
+/// The environment variable that overrides the host port a compose service publishes:
+/// `FOGCHARGE_PORT_` and the service name in capitals, `-` as `_`
+/// (`FOGCHARGE_PORT_FOG_NORTH`).
+pub fn port_var(service: &str) -> String {
+    format!(
+        "FOGCHARGE_PORT_{}",
+        service.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+/// The compose network the central broker shares with central and every regional
+/// broker (their bridges); each region has its own, `region-{id}`, for its broker, its
+/// fog server and device-sim. Its name sorts after `region-…`: Docker routes a
+/// container's published ports through the first of its networks by name, and a
+/// regional broker's must not go through the network a bridge cut disconnects.
+pub const CENTRAL_NETWORK: &str = "to-central";
+
 /// `deploy/regions.yml`: the whole system for `docker compose -f deploy/regions.yml up`.
 pub fn compose(t: &Topology, settings: &Settings, source: &str) -> Result<String, TopologyError> {
     let containers = containers(t, settings)?;
@@ -306,9 +331,31 @@ pub fn compose(t: &Topology, settings: &Settings, source: &str) -> Result<String
         .enumerate()
         .map(|(i, r)| (r.broker.host.clone(), settings.first_region_port + i as u16))
         .collect();
+    let fog_ports: BTreeMap<String, u16> = t
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("fog-{}", r.id), settings.first_fog_port + i as u16))
+        .collect();
+    let publish = |service: &str, host: u16, container: u16| {
+        format!("${{{}:-{host}}}:{container}", port_var(service))
+    };
+    let region_network = |id: &str| format!("region-{id}");
+    let mut networks = Mapping::new();
+    networks.insert(str_v(CENTRAL_NETWORK), Value::Null);
+    for r in &t.regions {
+        networks.insert(str_v(region_network(&r.id)), Value::Null);
+    }
     for c in &containers {
         let mut svc = Vec::<(&str, Value)>::new();
-        svc.push(("image", str_v(&c.image)));
+        if c.image == settings.mosquitto_image {
+            svc.push((
+                "image",
+                str_v(format!("${{{BROKER_IMAGE_VAR}:-{}}}", c.image)),
+            ));
+        } else {
+            svc.push(("image", str_v(&c.image)));
+        }
         if c.image == settings.image {
             svc.push(("build", build.clone()));
         }
@@ -328,6 +375,8 @@ pub fn compose(t: &Topology, settings: &Settings, source: &str) -> Result<String
         let mut mounts: Vec<String> = Vec::new();
         let mut depends: Vec<(String, Value)> = Vec::new();
         let mut ports: Vec<String> = Vec::new();
+        // none: compose's default network (setup needs none)
+        let mut nets: Vec<String> = Vec::new();
         // one-shot containers keep compose's default (no restart)
         let mut restart = Some("unless-stopped");
         let mut healthcheck = None;
@@ -363,7 +412,11 @@ pub fn compose(t: &Topology, settings: &Settings, source: &str) -> Result<String
             } else {
                 region_ports.get(&c.name).copied().unwrap_or_default()
             };
-            ports.push(format!("{port}:1883"));
+            ports.push(publish(&c.name, port, 1883));
+            nets.push(CENTRAL_NETWORK.to_owned());
+            if let Some(r) = t.regions.iter().find(|r| r.broker.host == c.name) {
+                nets.push(region_network(&r.id));
+            }
             healthcheck = Some(map([
                 (
                     "test",
@@ -386,10 +439,16 @@ pub fn compose(t: &Topology, settings: &Settings, source: &str) -> Result<String
                 if let Ok(r) = t.region(region) {
                     depends.push(healthy(&r.broker.host));
                 }
+                nets.push(region_network(region));
+                if let (Some(&host), Some(port)) = (fog_ports.get(&c.name), c.http_port) {
+                    ports.push(publish(&c.name, host, port));
+                }
             } else if c.name == "central" {
                 depends.push(healthy(&t.central.host));
-                ports.push(format!("{}:8080", settings.central_http_port));
+                ports.push(publish(&c.name, settings.central_http_port, 8080));
+                nets.push(CENTRAL_NETWORK.to_owned());
             } else {
+                nets.extend(t.regions.iter().map(|r| region_network(&r.id)));
                 mounts.insert(0, topology_mount.clone());
                 mounts.push("reports:/fogcharge/reports".into());
                 volumes.insert(str_v("reports"), Value::Null);
@@ -423,6 +482,9 @@ pub fn compose(t: &Topology, settings: &Settings, source: &str) -> Result<String
             svc.push(("ports", strs(&ports)));
         }
         svc.push(("volumes", strs(&mounts)));
+        if !nets.is_empty() {
+            svc.push(("networks", strs(&nets)));
+        }
         if !depends.is_empty() {
             svc.push(("depends_on", map(depends)));
         }
@@ -445,6 +507,7 @@ pub fn compose(t: &Topology, settings: &Settings, source: &str) -> Result<String
     let doc = map([
         ("services", Value::Mapping(services)),
         ("volumes", Value::Mapping(volumes)),
+        ("networks", Value::Mapping(networks)),
     ]);
     let mut out = String::new();
     header(&mut out, source);

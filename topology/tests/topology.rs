@@ -216,8 +216,23 @@ fn deployment_configs_refuse_anonymous_clients_and_hold_no_secret() {
     }));
 }
 
-/// The Kubernetes containers run what the compose smoke test runs: same command (plus
-/// setup's `--kubernetes-secret`), same environment, for every compose service.
+/// `${VAR:-default}` as its default (compose interpolation with nothing set).
+fn compose_default(v: &str) -> String {
+    match v.strip_prefix("${").and_then(|r| r.split_once(":-")) {
+        Some((_, rest)) => match rest.split_once('}') {
+            Some((default, tail)) => format!("{default}{tail}"),
+            None => v.to_owned(),
+        },
+        None => v.to_owned(),
+    }
+}
+
+/// What runs for real in compose is what Kubernetes would run: for every compose service
+/// a Kubernetes container with the same image (the compose default), command (plus
+/// setup's `--kubernetes-secret`), environment, mounts (path and read-only; Kubernetes
+/// mounts a folder where compose mounts a file of it, and adds `/tmp` for its read-only
+/// root), container ports, and probes for health checks (the same command, or the same
+/// HTTP check).
 #[test]
 fn kubernetes_containers_match_the_compose_services() {
     use serde_yaml_ng::Value;
@@ -249,7 +264,11 @@ fn kubernetes_containers_match_the_compose_services() {
         let c = k8s
             .get(name)
             .unwrap_or_else(|| panic!("no Kubernetes container for compose service {name}"));
-        assert_eq!(c["image"], svc["image"], "{name}");
+        assert_eq!(
+            c["image"].as_str().unwrap(),
+            compose_default(svc["image"].as_str().unwrap()),
+            "{name}"
+        );
         let strings = |v: &Value| -> Vec<String> {
             v.as_sequence()
                 .map(|s| {
@@ -286,5 +305,90 @@ fn kubernetes_containers_match_the_compose_services() {
             })
             .unwrap_or_default();
         assert_eq!(k8s_env, compose_env, "{name}");
+
+        // mounts: (container path, read-only)
+        let mut compose_mounts: Vec<(String, bool)> = strings(&svc["volumes"])
+            .iter()
+            .map(|m| {
+                let parts: Vec<&str> = m.split(':').collect();
+                (parts[1].to_owned(), parts.get(2) == Some(&"ro"))
+            })
+            .collect();
+        if name == "setup" {
+            // Kubernetes: setup writes a Secret, not files in a shared volume
+            compose_mounts.retain(|(p, _)| p != "/fogcharge/secrets");
+        }
+        let k8s_mounts: Vec<(String, bool)> = c["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["mountPath"].as_str().unwrap().to_owned(),
+                    m["readOnly"].as_bool().unwrap_or(false),
+                )
+            })
+            .filter(|(p, _)| p != "/tmp")
+            .collect();
+        assert_eq!(
+            k8s_mounts.len(),
+            compose_mounts.len(),
+            "{name}: {k8s_mounts:?}"
+        );
+        for (path, ro) in &compose_mounts {
+            assert!(
+                k8s_mounts.iter().any(|(k, kro)| kro == ro
+                    && (k == path || Path::new(path).parent() == Some(Path::new(k)))),
+                "{name}: compose mounts {path} (read-only {ro}), Kubernetes {k8s_mounts:?}"
+            );
+        }
+
+        // ports: what the container listens on
+        let compose_ports: Vec<u64> = strings(&svc["ports"])
+            .iter()
+            .map(|p| p.rsplit(':').next().unwrap().parse().unwrap())
+            .collect();
+        let k8s_ports: Vec<u64> = c["ports"]
+            .as_sequence()
+            .map(|s| {
+                s.iter()
+                    .map(|p| p["containerPort"].as_u64().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(k8s_ports, compose_ports, "{name}");
+
+        // health checks <-> probes
+        let check = &svc["healthcheck"];
+        if check["disable"] == Value::Bool(true) {
+            assert!(c.get("readinessProbe").is_none(), "{name}");
+            assert!(c.get("livenessProbe").is_none(), "{name}");
+            continue;
+        }
+        let test = strings(&check["test"]);
+        match test[0].as_str() {
+            "CMD-SHELL" => {
+                let exec = strings(&c["readinessProbe"]["exec"]["command"]);
+                assert_eq!(exec, ["sh", "-c", test[1].as_str()], "{name}");
+            }
+            "CMD" => {
+                // fogcharge probe http://127.0.0.1:{port}{path}
+                assert_eq!(test[1..3], ["fogcharge", "probe"], "{name}");
+                let url = test[3].strip_prefix("http://127.0.0.1:").unwrap();
+                let (port, path) = url.split_once('/').unwrap();
+                let live = &c["livenessProbe"]["httpGet"];
+                assert_eq!(
+                    live["path"].as_str(),
+                    Some(format!("/{path}").as_str()),
+                    "{name}"
+                );
+                assert_eq!(live["port"].as_u64(), port.parse().ok(), "{name}");
+                assert_eq!(
+                    c["readinessProbe"]["httpGet"]["port"], live["port"],
+                    "{name}"
+                );
+            }
+            other => panic!("{name}: health check {other}"),
+        }
     }
 }
