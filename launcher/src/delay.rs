@@ -14,7 +14,8 @@
 //! that waits for it; the queue between them is bounded (backpressure reaches the
 //! sender as on a full path). End of stream is passed on after the data before it;
 //! an error on either side closes both. `TCP_NODELAY` is set on both sockets, so the
-//! proxy adds no Nagle delay of its own.
+//! proxy adds no Nagle delay of its own. The proxies run on a tokio runtime of their
+//! own, so a caller whose runtime threads block (paho) cannot stall them.
 //!
 //! Precision: tokio's timers tick in milliseconds (rounded up, ~1.5 ms late on average
 //! here), too coarse for an edge path of a few ms. A chunk therefore sleeps on tokio's
@@ -125,16 +126,20 @@ const CHUNK: usize = 64 * 1024;
 impl DelayProxy {
     /// Listens on `listen` (port 0: a free one) and forwards every connection to
     /// `upstream` through `delay`. `seed` makes the jitter of each connection a fixed
-    /// sequence. Must be called within a tokio runtime (it spawns its tasks there).
+    /// sequence.
+    ///
+    /// The proxies run on a runtime of their own (two threads, started with the first
+    /// proxy), not the caller's: a client library that blocks the caller's runtime
+    /// threads — paho's C client takes a process-wide lock that its send thread holds
+    /// while it writes to a socket — must not stop the proxy from reading that socket
+    /// (both would wait for each other for ever).
     pub fn start(
         listen: SocketAddr,
         upstream: SocketAddr,
         delay: Delay,
         seed: u64,
     ) -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
-            std::io::Error::other(format!("the delay proxy needs a tokio runtime: {e}"))
-        })?;
+        let runtime = proxy_runtime()?;
         let listener = std::net::TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -191,6 +196,24 @@ impl DelayProxy {
             let _ = task.await;
         }
     }
+}
+
+/// The runtime every delay proxy of the process runs on.
+fn proxy_runtime() -> std::io::Result<tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("delay-proxy")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map(|rt| rt.handle().clone())
+        .map_err(|e| std::io::Error::other(format!("starting the delay proxies' runtime: {e}")))
 }
 
 impl Drop for DelayProxy {

@@ -68,8 +68,7 @@ impl LocalBrokers {
 
     /// [`start_with`](Self::start_with), the regional brokers' bridges reaching the
     /// central broker through a [`delay::DelayProxy`] with `bridge` (central far
-    /// away, in the cloud); no proxy when `bridge` adds nothing. A delay needs a tokio
-    /// runtime.
+    /// away, in the cloud); no proxy when `bridge` adds nothing.
     pub fn start_with_bridge_delay(
         topology: &Topology,
         credentials: Option<&Credentials>,
