@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
+use launcher::delay::Delay;
 use launcher::{LocalBrokers, LocalServers, ServerSettings};
 use service::{Clock, LogFormat, clock::wall_ms};
 use tokio_util::sync::CancellationToken;
@@ -47,7 +48,8 @@ pub struct Config {
     #[command(flatten)]
     pub scenario: Scenario,
 
-    /// Strategy to run: fog, nearest, least-queue, or all (one after another, same world).
+    /// Strategies to run, comma-separated: fog, cloud, fog-far, nearest, least-queue, or
+    /// all (one after another, same world).
     #[arg(long, env = "SIM_STRATEGY", default_value = "all", value_parser = parse_strategies)]
     pub strategy: StrategySet,
 
@@ -122,6 +124,30 @@ pub struct Config {
     #[arg(long, env = "SIM_SERVER_EXE", hide = true)]
     pub server_exe: Option<PathBuf>,
 
+    /// Round trip between a device and a regional edge server (metro / 5G edge, see
+    /// docs/simulation.md), ms: the `fog` strategy's devices reach their regional
+    /// brokers through it. 0 with no jitter: direct.
+    #[arg(long, env = "SIM_EDGE_RTT_MS", default_value_t = 6.0)]
+    pub edge_rtt_ms: f64,
+
+    /// Jitter of the edge path, each way, ms (uniform ±).
+    #[arg(long, env = "SIM_EDGE_JITTER_MS", default_value_t = 1.0)]
+    pub edge_jitter_ms: f64,
+
+    /// Round trip between a device and a cloud region in another country, ms: `cloud`
+    /// and `fog-far` devices reach their broker through it, and the `fog` regions'
+    /// bridges reach central through it. 0 with no jitter: direct.
+    #[arg(long, env = "SIM_CLOUD_RTT_MS", default_value_t = 120.0)]
+    pub cloud_rtt_ms: f64,
+
+    /// Jitter of the cloud path, each way, ms (uniform ±).
+    #[arg(long, env = "SIM_CLOUD_JITTER_MS", default_value_t = 10.0)]
+    pub cloud_jitter_ms: f64,
+
+    /// Bandwidth cap of every delayed path, each way, Mbit/s (default: none).
+    #[arg(long, env = "SIM_LINK_MBPS")]
+    pub link_mbps: Option<f64>,
+
     /// Write the report as JSON to this file.
     #[arg(long, env = "SIM_REPORT_JSON")]
     pub report_json: Option<PathBuf>,
@@ -152,7 +178,11 @@ fn parse_strategies(s: &str) -> Result<StrategySet, String> {
         .map(|n| Strategy::from_str(n.trim(), false))
         .collect::<Result<Vec<_>, _>>()
         .map(StrategySet)
-        .map_err(|_| format!("unknown strategy in {s:?}: use fog, nearest, least-queue or all"))
+        .map_err(|_| {
+            format!(
+                "unknown strategy in {s:?}: use fog, cloud, fog-far, nearest, least-queue or all"
+            )
+        })
 }
 
 /// Regional broker URLs by region id.
@@ -194,15 +224,64 @@ impl Config {
         Ok(())
     }
 
+    /// Defaults that depend on the topology: the demo city (no `--topology`) gets an
+    /// overloaded region, `nw`, unless `--overload-region` says otherwise.
+    pub fn apply_demo_defaults(&mut self) {
+        if self.topology.is_none() && self.scenario.overload_region.is_none() {
+            self.scenario.overload_region = Some("nw".into());
+        }
+    }
+
+    fn path(rtt_ms: f64, jitter_ms: f64, mbps: Option<f64>) -> Delay {
+        Delay::symmetric(
+            Duration::from_secs_f64(rtt_ms.max(0.0) / 1000.0),
+            Duration::from_secs_f64(jitter_ms.max(0.0) / 1000.0),
+            mbps.map(|m| (m * 1e6) as u64),
+        )
+    }
+
+    /// Device ↔ regional edge.
+    pub fn edge_delay(&self) -> Delay {
+        Self::path(self.edge_rtt_ms, self.edge_jitter_ms, self.link_mbps)
+    }
+
+    /// Device (or regional broker) ↔ cloud.
+    pub fn cloud_delay(&self) -> Delay {
+        Self::path(self.cloud_rtt_ms, self.cloud_jitter_ms, self.link_mbps)
+    }
+
     pub fn check(&self) -> Result<()> {
         self.scenario.check()?;
+        for (flag, v) in [
+            ("--edge-rtt-ms", self.edge_rtt_ms),
+            ("--edge-jitter-ms", self.edge_jitter_ms),
+            ("--cloud-rtt-ms", self.cloud_rtt_ms),
+            ("--cloud-jitter-ms", self.cloud_jitter_ms),
+        ] {
+            anyhow::ensure!(
+                v.is_finite() && (0.0..=10_000.0).contains(&v),
+                "{flag} must be in [0, 10000] ms, got {v}"
+            );
+        }
+        if let Some(m) = self.link_mbps {
+            anyhow::ensure!(
+                m.is_finite() && m > 0.0,
+                "--link-mbps must be a positive number"
+            );
+        }
         anyhow::ensure!(
             self.speed.is_finite() && self.speed > 0.0,
             "--speed must be a positive number"
         );
-        if self.offline && self.strategy.0.contains(&Strategy::Fog) {
+        if let Some(s) = self
+            .strategy
+            .0
+            .iter()
+            .find(|s| self.offline && s.asks_server())
+        {
             bail!(
-                "--offline runs only the nearest and least-queue strategies (the fog strategy needs brokers): add --strategy nearest,least-queue"
+                "--offline runs only the nearest and least-queue strategies (the {} strategy needs brokers): add --strategy nearest,least-queue",
+                s.name()
             );
         }
         if self.is_external() && self.speed != 1.0 && self.clock_epoch_ms.is_none() {
@@ -247,9 +326,10 @@ impl Config {
 }
 
 /// Runs the configured strategies and returns the report (also written with
-/// `--report-json`). `on_ready` is told the addresses to watch once servers run.
+/// `--report-json`).
 pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Report> {
     config.read_files()?;
+    config.apply_demo_defaults();
     config.check()?;
     let topology = config.topology()?;
     let world = World::generate(&config.scenario, Regions::from_topology(&topology))?;
@@ -279,113 +359,274 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Repo
     }
 
     let external = config.is_external();
-    let stations: Vec<(String, String)> = world
-        .stations
-        .iter()
-        .map(|s| (world.regions.areas[s.region].id.clone(), s.id.clone()))
-        .collect();
-    let credentials = match (&config.credentials, external) {
-        (Some(path), _) => Some(topology::auth::Credentials::load(path)?),
-        // The local run has authentication on, with users made for this run.
-        (None, false) => Some(topology::auth::Credentials::generate(
-            &topology,
-            &stations,
-            &[],
-        )),
-        (None, true) => None,
-    };
-    let brokers = if external {
-        None
-    } else {
-        eprintln!(
-            "starting the local topology: a central broker and {} regional brokers (Mosquitto, authentication on), fog servers and central",
-            topology.regions.len()
-        );
-        Some(LocalBrokers::start_with(&topology, credentials.as_ref())?)
-    };
-    let topology = brokers.as_ref().map_or(topology, |b| b.topology.clone());
-    let urls: HashMap<String, String> = topology
-        .regions
-        .iter()
-        .map(|r| (r.id.clone(), r.broker.url()))
-        .collect();
-    let net_brokers = net::Brokers {
-        urls,
-        username: config.mqtt_username.clone(),
-        password: config.mqtt_password.clone(),
-        credentials: credentials.clone(),
-        ca_file: config.mqtt_ca_file.clone(),
-    };
-
-    let mut in_service: BTreeMap<String, u32> =
-        topology.regions.iter().map(|r| (r.id.clone(), 0)).collect();
-    for s in &world.stations {
-        *in_service
-            .entry(world.regions.areas[s.region].id.clone())
-            .or_default() += 1;
-    }
     for &strategy in &config.strategy.0 {
-        let epoch = config
-            .clock_epoch_ms
-            .filter(|_| external)
-            .unwrap_or_else(wall_ms);
-        let clock = Clock::scaled(epoch, config.speed);
-        let servers = match &brokers {
-            Some(_) => {
-                let exe = match &config.server_exe {
-                    Some(p) => p.clone(),
-                    None => std::env::current_exe().context("locating this binary")?,
-                };
-                let settings = ServerSettings {
-                    clock_speed: config.speed,
-                    clock_epoch_ms: epoch,
-                    central_http: config.central_http,
-                    credentials: credentials.clone(),
-                    ..ServerSettings::embedded(&exe)
-                };
-                let servers = LocalServers::start(&topology, &settings).await?;
-                eprintln!(
-                    "{}: central API http://{}/api/regions (metrics: /metrics)",
-                    strategy.name(),
-                    servers.central_http()
-                );
-                Some(servers)
-            }
-            None => None,
+        if external && strategy.local_only() {
+            eprintln!(
+                "{}: skipped — it places the servers itself, which only the local run does",
+                strategy.name()
+            );
+            continue;
+        }
+        let placement = Placement::of(strategy, &config, &topology, &world);
+        let r = if external {
+            run_external(&config, &placement, strategy, &shutdown).await?
+        } else {
+            run_local(&config, &placement, strategy, &shutdown).await?
         };
-        let result = async {
-            let mut net =
-                net::Net::connect(&net_brokers, &stations, strategy.name(), &shutdown).await?;
-            let settle = match &servers {
-                Some(servers) => {
-                    run::Settle::Until(Box::new(|| Box::pin(servers.lists_stations(&in_service))))
-                }
-                // Existing servers: two aggregate periods for the stations to reach central.
-                None => run::Settle::For(Duration::from_secs(4)),
-            };
-            let opts = run::RunOptions {
-                clock: Some(clock),
-                net: Some(&mut net),
-                answer_timeout,
-                progress,
-                shutdown: shutdown.clone(),
-                settle,
-            };
-            let r = run::run(&world, strategy, opts).await;
-            net.close().await;
-            r
-        }
-        .await;
-        if let Some(servers) = servers {
-            servers.stop().await?;
-        }
-        let r = result?;
         eprintln!("{}: done in {:.1} s", strategy.name(), r.wall_s);
         report.order.push(strategy.name().into());
         report.strategies.insert(strategy.name().into(), r);
     }
-    drop(brokers);
     finish(report, &config)
+}
+
+/// Where a strategy's servers are and what lies between them and the devices.
+struct Placement {
+    /// The servers' regions (the city's, or one region for the whole city).
+    topology: Topology,
+    /// The world as the devices talk about it (the same world; for a city-wide server
+    /// every station and vehicle is in its one region).
+    world: World,
+    /// Device ↔ broker.
+    devices: Delay,
+    /// Regional broker ↔ central broker (the bridges).
+    bridges: Delay,
+}
+
+impl Placement {
+    fn of(strategy: Strategy, config: &Config, topology: &Topology, world: &World) -> Self {
+        let (edge, cloud) = (config.edge_delay(), config.cloud_delay());
+        match strategy {
+            // Regional servers beside the vehicles; central in the cloud.
+            Strategy::Fog => Self {
+                topology: topology.clone(),
+                world: world.clone(),
+                devices: edge,
+                bridges: cloud,
+            },
+            // The regional servers moved to the cloud, beside central.
+            Strategy::FogFar => Self {
+                topology: topology.clone(),
+                world: world.clone(),
+                devices: cloud,
+                bridges: Delay::default(),
+            },
+            // One server for the whole city, in the cloud.
+            Strategy::Cloud => {
+                let city = world::city_wide(world, CLOUD_REGION);
+                let [min_lat, min_lon, max_lat, max_lon] = world.regions.bbox;
+                let mut t = topology.clone();
+                t.regions.truncate(1);
+                t.regions[0].id = CLOUD_REGION.into();
+                t.regions[0].polygon = None;
+                t.regions[0].bounds = Some(topology::Bounds {
+                    min_lat,
+                    min_lon,
+                    max_lat,
+                    max_lon,
+                });
+                Self {
+                    topology: t,
+                    world: city,
+                    devices: cloud,
+                    bridges: Delay::default(),
+                }
+            }
+            Strategy::Nearest | Strategy::LeastQueue => Self {
+                topology: topology.clone(),
+                world: world.clone(),
+                devices: Delay::default(),
+                bridges: Delay::default(),
+            },
+        }
+    }
+
+    /// The report, with the network it ran over.
+    fn label(&self, mut r: StrategyReport) -> StrategyReport {
+        if r.rtt_ms.is_some() {
+            let ms = |d: &Delay| d.rtt().as_secs_f64() * 1000.0;
+            r.device_rtt_ms = Some(ms(&self.devices));
+            r.bridge_rtt_ms = Some(ms(&self.bridges));
+        }
+        r
+    }
+
+    /// `(region, station id)` of every station, as the devices are configured.
+    fn stations(&self) -> Vec<(String, String)> {
+        self.world
+            .stations
+            .iter()
+            .map(|s| (self.world.regions.areas[s.region].id.clone(), s.id.clone()))
+            .collect()
+    }
+
+    /// Stations in service per region, as central should list them.
+    fn in_service(&self) -> BTreeMap<String, u32> {
+        let mut n: BTreeMap<String, u32> = self
+            .topology
+            .regions
+            .iter()
+            .map(|r| (r.id.clone(), 0))
+            .collect();
+        for (region, _) in self.stations() {
+            *n.entry(region).or_default() += 1;
+        }
+        n
+    }
+}
+
+/// The region id of the city-wide server of `--strategy cloud`.
+pub const CLOUD_REGION: &str = "cloud";
+
+/// Starts brokers, delay proxies and servers of one strategy, runs it, stops them.
+async fn run_local(
+    config: &Config,
+    placement: &Placement,
+    strategy: Strategy,
+    shutdown: &CancellationToken,
+) -> Result<StrategyReport> {
+    let stations = placement.stations();
+    let credentials = match &config.credentials {
+        Some(path) => topology::auth::Credentials::load(path)?,
+        // The local run has authentication on, with users made for this run.
+        None => topology::auth::Credentials::generate(&placement.topology, &stations, &[]),
+    };
+    eprintln!(
+        "{}: starting the local topology: a central broker and {} regional broker(s) (Mosquitto, authentication on), fog server(s) and central; devices {}, bridges {}",
+        strategy.name(),
+        placement.topology.regions.len(),
+        describe(&placement.devices),
+        describe(&placement.bridges),
+    );
+    let brokers = LocalBrokers::start_with_bridge_delay(
+        &placement.topology,
+        Some(&credentials),
+        placement.bridges,
+    )?;
+    let topology = brokers.topology.clone();
+    let mut proxies = Vec::new();
+    let mut urls = HashMap::new();
+    for r in &topology.regions {
+        if strategy.asks_server() && !placement.devices.is_zero() {
+            let upstream = SocketAddr::from(([127, 0, 0, 1], r.broker.port));
+            let proxy = launcher::delay::DelayProxy::start(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                upstream,
+                placement.devices,
+                config.scenario.seed ^ u64::from(r.broker.port),
+            )
+            .with_context(|| format!("starting the delay proxy of region {}", r.id))?;
+            urls.insert(r.id.clone(), proxy.url());
+            proxies.push(proxy);
+        } else {
+            urls.insert(r.id.clone(), r.broker.url());
+        }
+    }
+    let net_brokers = net::Brokers {
+        urls,
+        username: config.mqtt_username.clone(),
+        password: config.mqtt_password.clone(),
+        credentials: Some(credentials.clone()),
+        ca_file: config.mqtt_ca_file.clone(),
+    };
+    let epoch = wall_ms();
+    let clock = Clock::scaled(epoch, config.speed);
+    let exe = match &config.server_exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("locating this binary")?,
+    };
+    let settings = ServerSettings {
+        clock_speed: config.speed,
+        clock_epoch_ms: epoch,
+        central_http: config.central_http,
+        credentials: Some(credentials),
+        ..ServerSettings::embedded(&exe)
+    };
+    let servers = LocalServers::start(&topology, &settings).await?;
+    eprintln!(
+        "{}: central API http://{}/api/regions (metrics: /metrics)",
+        strategy.name(),
+        servers.central_http()
+    );
+    let in_service = placement.in_service();
+    let result = async {
+        let mut net = net::Net::connect(&net_brokers, &stations, strategy.name(), shutdown).await?;
+        let settle = run::Settle::Until(Box::new(|| Box::pin(servers.lists_stations(&in_service))));
+        let opts = run::RunOptions {
+            clock: Some(clock),
+            net: Some(&mut net),
+            answer_timeout: Duration::from_millis(config.answer_timeout_ms),
+            progress: !config.no_progress,
+            shutdown: shutdown.clone(),
+            settle,
+        };
+        let r = run::run(&placement.world, strategy, opts).await;
+        net.close().await;
+        r.map(|r| placement.label(r))
+    }
+    .await;
+    servers.stop().await?;
+    for p in proxies {
+        p.stop().await;
+    }
+    drop(brokers);
+    result
+}
+
+/// Runs one strategy against brokers and servers that already exist.
+async fn run_external(
+    config: &Config,
+    placement: &Placement,
+    strategy: Strategy,
+    shutdown: &CancellationToken,
+) -> Result<StrategyReport> {
+    let stations = placement.stations();
+    let credentials = match &config.credentials {
+        Some(path) => Some(topology::auth::Credentials::load(path)?),
+        None => None,
+    };
+    let net_brokers = net::Brokers {
+        urls: placement
+            .topology
+            .regions
+            .iter()
+            .map(|r| (r.id.clone(), r.broker.url()))
+            .collect(),
+        username: config.mqtt_username.clone(),
+        password: config.mqtt_password.clone(),
+        credentials,
+        ca_file: config.mqtt_ca_file.clone(),
+    };
+    let epoch = config.clock_epoch_ms.unwrap_or_else(wall_ms);
+    let clock = Clock::scaled(epoch, config.speed);
+    let mut net = net::Net::connect(&net_brokers, &stations, strategy.name(), shutdown).await?;
+    let opts = run::RunOptions {
+        clock: Some(clock),
+        net: Some(&mut net),
+        answer_timeout: Duration::from_millis(config.answer_timeout_ms),
+        progress: !config.no_progress,
+        shutdown: shutdown.clone(),
+        // Existing servers: two aggregate periods for the stations to reach central.
+        settle: run::Settle::For(Duration::from_secs(4)),
+    };
+    let r = run::run(&placement.world, strategy, opts).await;
+    net.close().await;
+    r
+}
+
+fn describe(d: &Delay) -> String {
+    if d.is_zero() {
+        return "direct".into();
+    }
+    let mut s = format!(
+        "{:.1} ms round trip ±{:.1} ms",
+        d.rtt().as_secs_f64() * 1000.0,
+        d.up.jitter.as_secs_f64() * 1000.0
+    );
+    if let Some(bps) = d.up.bandwidth_bps {
+        s.push_str(&format!(", {:.1} Mbit/s", bps as f64 / 1e6));
+    }
+    s
 }
 
 fn finish(report: Report, config: &Config) -> Result<Report> {

@@ -61,6 +61,10 @@ pub struct Net {
     /// Messages sent by the devices and received by them.
     pub sent: Arc<AtomicU64>,
     pub received: Arc<AtomicU64>,
+    /// Messages sent and received, per region's broker.
+    by_region: HashMap<String, Arc<AtomicU64>>,
+    /// The counter of each station's broker (parallel to `stations`).
+    station_counters: Vec<Arc<AtomicU64>>,
     tasks: JoinSet<()>,
     links: Vec<Arc<tokio::sync::Mutex<Link>>>,
     shutdown: CancellationToken,
@@ -81,6 +85,11 @@ impl Net {
         let mut tasks = JoinSet::new();
         let mut fleets = HashMap::new();
         let mut links = Vec::new();
+        let by_region: HashMap<String, Arc<AtomicU64>> = brokers
+            .urls
+            .keys()
+            .map(|r| (r.clone(), Arc::new(AtomicU64::new(0))))
+            .collect();
         for (region, url) in &brokers.urls {
             let (username, password) = brokers.login(&format!("fleet-{region}"));
             let settings = LinkSettings {
@@ -101,10 +110,12 @@ impl Net {
             let link = Arc::new(tokio::sync::Mutex::new(link));
             links.push(link.clone());
             let (tx, received, shutdown) = (tx.clone(), received.clone(), shutdown.clone());
+            let regional = by_region[region].clone();
             tasks.spawn(async move {
                 let mut link = link.lock().await;
                 while let Some(msg) = link.next(&shutdown).await {
                     received.fetch_add(1, Ordering::Relaxed);
+                    regional.fetch_add(1, Ordering::Relaxed);
                     let now = Instant::now();
                     let Ok(Topic::Vehicle { vehicle_id, .. }) = Topic::parse(msg.topic()) else {
                         continue;
@@ -130,12 +141,14 @@ impl Net {
         // progress at once (the send thread blocks writing to its full wake-up socket
         // while holding the lock the receive thread needs to drain it).
         let mut station_links = Vec::with_capacity(stations.len());
+        let mut station_counters = Vec::with_capacity(stations.len());
         for (region, id) in stations {
             let url = brokers
                 .urls
                 .get(region)
                 .with_context(|| format!("no broker for region {region}"))?
                 .clone();
+            station_counters.push(by_region[region].clone());
             let offline = StationStatus {
                 v: 1,
                 station_id: id.clone(),
@@ -187,6 +200,8 @@ impl Net {
             answers,
             sent: Arc::new(AtomicU64::new(0)),
             received,
+            by_region,
+            station_counters,
             tasks,
             links,
             shutdown,
@@ -199,6 +214,7 @@ impl Net {
             Some(p) => {
                 p.publish(topic, payload, qos, false);
                 self.sent.fetch_add(1, Ordering::Relaxed);
+                self.count(region);
             }
             None => debug!(region, "no fleet connection for this region"),
         }
@@ -209,7 +225,22 @@ impl Net {
         if let Some(p) = self.stations.get(station) {
             p.publish(topic, payload, 1, true);
             self.sent.fetch_add(1, Ordering::Relaxed);
+            self.station_counters[station].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn count(&self, region: &str) {
+        if let Some(c) = self.by_region.get(region) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Messages sent and received so far, per region's broker.
+    pub fn messages_by_region(&self) -> std::collections::BTreeMap<String, u64> {
+        self.by_region
+            .iter()
+            .map(|(r, c)| (r.clone(), c.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Publishes every station's status and waits until the broker has them all.
@@ -223,6 +254,7 @@ impl Net {
                 continue;
             };
             self.sent.fetch_add(1, Ordering::Relaxed);
+            self.station_counters[station].fetch_add(1, Ordering::Relaxed);
             set.spawn(async move { p.publish_confirmed(&topic, &payload, 1, true).await });
         }
         while let Some(r) = set.join_next().await {

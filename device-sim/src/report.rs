@@ -85,8 +85,28 @@ pub struct StrategyReport {
     /// Times a station charged more vehicles than it has chargers (always 0).
     pub overbooked: u32,
     pub utilisation: Utilisation,
+    /// Drivers who asked and follow the answer, and who asked but drive to the nearest
+    /// station anyway (`--compliance`); 0 for the strategies that ask nobody.
+    #[serde(default)]
+    pub followers: u32,
+    #[serde(default)]
+    pub non_followers: u32,
+    /// Reservations the non-followers gave back (`cancel`).
+    #[serde(default)]
+    pub cancelled: u32,
+    /// The network the run put between the devices and their brokers, and between
+    /// the regional brokers and central: configured round trips, ms (`None`: no server
+    /// asked).
+    #[serde(default)]
+    pub device_rtt_ms: Option<f64>,
+    #[serde(default)]
+    pub bridge_rtt_ms: Option<f64>,
     /// MQTT messages sent and received by the simulated devices, per wall second.
     pub msgs_per_s: f64,
+    /// The same, per broker (region id): what each server's broker carried from and to
+    /// the devices.
+    #[serde(default)]
+    pub msgs_per_s_by_broker: BTreeMap<String, f64>,
     pub messages: u64,
     pub sim_hours: f64,
     pub wall_s: f64,
@@ -174,6 +194,8 @@ impl Report {
         let pct = |v: f64| format!("{:.0}%", v * 100.0);
         type Row = (&'static str, fn(&StrategyReport) -> Option<f64>, u8);
         let rows: &[Row] = &[
+            ("network: device rtt (ms)", |r| r.device_rtt_ms, 1),
+            ("network: bridge rtt (ms)", |r| r.bridge_rtt_ms, 1),
             ("requests", |r| Some(r.requests.into()), 0),
             ("answered", |r| Some(r.answered.into()), 0),
             ("round trip p50 (ms)", |r| r.rtt_ms.map(|x| x.p50), 1),
@@ -194,7 +216,18 @@ impl Report {
                 3,
             ),
             ("utilisation spread (cv)", |r| Some(r.utilisation.cv), 4),
+            ("followers", |r| r.rtt_ms.map(|_| r.followers.into()), 0),
+            (
+                "non-followers",
+                |r| r.rtt_ms.map(|_| r.non_followers.into()),
+                0,
+            ),
             ("messages / s", |r| Some(r.msgs_per_s), 5),
+            (
+                "messages / s, busiest broker",
+                |r| r.msgs_per_s_by_broker.values().copied().reduce(f64::max),
+                5,
+            ),
             ("wall time (s)", |r| Some(r.wall_s), 5),
         ];
         let mut out = String::new();

@@ -23,8 +23,15 @@ use crate::world::World;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
-    /// Ask the fog server of the region; follow its answer, reroutes included.
+    /// Ask the fog server of the region (a regional broker near the vehicles, behind
+    /// the edge delay; central in the cloud); follow its answer, reroutes included.
     Fog,
+    /// Ask one server for the whole city: a single fog server whose region is the whole
+    /// city, on one broker, behind the cloud delay.
+    Cloud,
+    /// The regional fog servers and their brokers placed far away, beside central:
+    /// the regional split without the nearness (devices behind the cloud delay).
+    FogFar,
     /// Drive to the nearest reachable station; no server.
     Nearest,
     /// The reachable station with the smallest visible queue; no reservations.
@@ -32,15 +39,44 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 3] = [Strategy::Fog, Strategy::Nearest, Strategy::LeastQueue];
+    pub const ALL: [Strategy; 5] = [
+        Strategy::Fog,
+        Strategy::Cloud,
+        Strategy::FogFar,
+        Strategy::Nearest,
+        Strategy::LeastQueue,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Strategy::Fog => "fog",
+            Strategy::Cloud => "cloud",
+            Strategy::FogFar => "fog-far",
             Strategy::Nearest => "nearest",
             Strategy::LeastQueue => "least-queue",
         }
     }
+
+    /// Whether vehicles ask a server (and so need brokers).
+    pub fn asks_server(self) -> bool {
+        matches!(self, Strategy::Fog | Strategy::Cloud | Strategy::FogFar)
+    }
+
+    /// Whether it needs a placement only the local run can make (one city-wide
+    /// server, or the regions moved far away).
+    pub fn local_only(self) -> bool {
+        matches!(self, Strategy::Cloud | Strategy::FogFar)
+    }
+}
+
+/// Which drivers follow the server's answer: `compliance` of them, drawn per vehicle
+/// from the seed (the same seed and share, the same drivers).
+pub fn followers(vehicles: usize, compliance: f64, seed: u64) -> Vec<bool> {
+    use rand::{Rng as _, SeedableRng as _};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x636f_6d70_6c79);
+    (0..vehicles)
+        .map(|_| rng.random::<f64>() < compliance)
+        .collect()
 }
 
 /// How a run is paced and connected.
@@ -126,9 +162,16 @@ pub async fn run(
     mut opts: RunOptions<'_>,
 ) -> Result<StrategyReport> {
     anyhow::ensure!(
-        strategy != Strategy::Fog || opts.net.is_some(),
-        "the fog strategy needs brokers and fog servers"
+        !strategy.asks_server() || opts.net.is_some(),
+        "the {} strategy needs brokers and servers",
+        strategy.name()
     );
+    let follows = followers(
+        world.vehicles.len(),
+        world.scenario.compliance,
+        world.scenario.seed,
+    );
+    let mut asked = vec![false; world.vehicles.len()];
     let now = |clock: &Option<Clock>| clock.as_ref().map_or(0.0, Clock::now_ms_f64).floor();
     let dt = world.scenario.step_s * 1000.0;
     let steps = (world.scenario.duration_ms() / dt).ceil() as u64;
@@ -193,6 +236,11 @@ pub async fn run(
 
     let wall_start = Instant::now();
     let messages_before = opts.net.as_deref().map_or(0, Net::messages);
+    let regional_before: std::collections::BTreeMap<String, u64> = opts
+        .net
+        .as_deref()
+        .map(Net::messages_by_region)
+        .unwrap_or_default();
     let mut requests = Requests::default();
     let mut r = StrategyReport {
         sim_hours: world.scenario.hours,
@@ -227,6 +275,25 @@ pub async fn run(
                 };
                 let rec = answer.recommendation;
                 r.answered += 1;
+                if !follows[v] {
+                    // Drives to the nearest station anyway; gives the reservation back.
+                    if let (Some(id), Some(st)) = (&rec.reservation_id, &rec.station) {
+                        let update = ReservationUpdate {
+                            v: 1,
+                            reservation_id: id.clone(),
+                            action: ReservationAction::Cancel,
+                        };
+                        let topic = topics::reservation(&st.region, &world.vehicles[v].id);
+                        net.fleet_publish(&st.region, &topic, &protocol::encode(&update), 1);
+                        r.cancelled += 1;
+                    }
+                    if rec.status == RecommendationStatus::Rerouted {
+                        r.rerouted += 1;
+                    }
+                    let s = nearest_reachable(&sim, v);
+                    sim.send_to(v, s, None);
+                    continue;
+                }
                 let station = rec
                     .station
                     .as_ref()
@@ -289,17 +356,21 @@ pub async fn run(
                 Event::NeedStation(v) => {
                     r.requests += 1;
                     match strategy {
-                        Strategy::Fog => {
+                        Strategy::Fog | Strategy::Cloud | Strategy::FogFar => {
+                            if !std::mem::replace(&mut asked[v], true) {
+                                if follows[v] {
+                                    r.followers += 1;
+                                } else {
+                                    r.non_followers += 1;
+                                }
+                            }
                             if let Some(net) = opts.net.as_deref() {
                                 requests.ask(net, &sim, v, false);
                             }
                         }
                         Strategy::Nearest | Strategy::LeastQueue => {
                             let s = if strategy == Strategy::Nearest {
-                                sim.reachable(v)
-                                    .min_by(|a, b| a.1.total_cmp(&b.1))
-                                    .map(|(s, _)| s)
-                                    .unwrap_or_else(|| sim.nearest(v))
+                                nearest_reachable(&sim, v)
                             } else {
                                 sim.least_queue(v)
                             };
@@ -389,7 +460,7 @@ pub async fn run(
 
     r.wall_s = wall_start.elapsed().as_secs_f64();
     r.max_lag_s = max_lag_ms / 1000.0;
-    if strategy == Strategy::Fog {
+    if strategy.asks_server() {
         r.rtt_ms = Some(report::rtt(requests.rtts));
     }
     let mut waits: Vec<f64> = sim.tally.waits_ms.iter().map(|w| w / 1000.0).collect();
@@ -413,8 +484,24 @@ pub async fn run(
     if let Some(net) = opts.net.as_deref() {
         r.messages = net.messages() - messages_before;
         r.msgs_per_s = r.messages as f64 / r.wall_s.max(1e-9);
+        r.msgs_per_s_by_broker = net
+            .messages_by_region()
+            .into_iter()
+            .map(|(region, n)| {
+                let before = regional_before.get(&region).copied().unwrap_or(0);
+                (region, (n - before) as f64 / r.wall_s.max(1e-9))
+            })
+            .collect();
     }
     Ok(r)
+}
+
+/// The nearest station the vehicle can reach; else the nearest of all.
+fn nearest_reachable(sim: &Sim<'_>, v: usize) -> usize {
+    sim.reachable(v)
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(s, _)| s)
+        .unwrap_or_else(|| sim.nearest(v))
 }
 
 /// Publishes a charge request for vehicle `v` on the broker of the region it is in.

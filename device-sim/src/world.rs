@@ -57,14 +57,22 @@ pub struct Scenario {
     #[arg(long, env = "SIM_HOTSPOT_KM", default_value_t = 2.5)]
     pub hotspot_km: f64,
 
-    /// A region overloaded by design: it gets this region only `--overload-stations`
-    /// stations while `--hotspot-share` of the demand is inside it.
+    /// A region overloaded by design: it gets only `--overload-stations` stations while
+    /// the hotspot (`--hotspot-share` of the demand) is inside it. Default: `nw` in the
+    /// demo city (so its fog must reroute at peak), none in other topologies; `none`
+    /// turns it off.
     #[arg(long, env = "SIM_OVERLOAD_REGION")]
     pub overload_region: Option<String>,
 
     /// Stations in the overloaded region.
     #[arg(long, env = "SIM_OVERLOAD_STATIONS", default_value_t = 1)]
     pub overload_stations: usize,
+
+    /// Share of drivers (drawn per vehicle from the seed) who follow the server's
+    /// answer; the others still ask, then give the reservation back and drive to the
+    /// nearest station.
+    #[arg(long, env = "SIM_COMPLIANCE", default_value_t = 1.0)]
+    pub compliance: f64,
 
     /// Vehicles send telemetry this often, simulated seconds (0: never).
     #[arg(long, env = "SIM_TELEMETRY_S", default_value_t = 120.0)]
@@ -111,6 +119,7 @@ impl Scenario {
             ("--target-soc", self.target_soc),
             ("--min-start-soc", self.min_start_soc),
             ("--hotspot-share", self.hotspot_share),
+            ("--compliance", self.compliance),
         ] {
             ensure!(
                 (0.0..=1.0).contains(&v),
@@ -294,11 +303,11 @@ impl World {
     pub fn generate(scenario: &Scenario, regions: Regions) -> anyhow::Result<Self> {
         scenario.check()?;
         anyhow::ensure!(!regions.areas.is_empty(), "the topology has no regions");
-        let overload = match &scenario.overload_region {
+        let overload = match scenario.overload_region.as_deref() {
+            None | Some("none") => None,
             Some(id) => Some(regions.index(id).ok_or_else(|| {
                 anyhow::anyhow!("--overload-region {id:?} is not a region of the topology")
             })?),
-            None => None,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(scenario.seed);
         let hotspot = match (scenario.hotspot, overload) {
@@ -398,6 +407,19 @@ impl World {
         };
         (lat.clamp(b[0], b[2]), lon.clamp(b[1], b[3]))
     }
+}
+
+/// The same world with one region, `id`, covering the whole city, every station in it:
+/// what the devices see when one server serves the city (`--strategy cloud`). Trips,
+/// stations and vehicles are unchanged.
+pub fn city_wide(world: &World, id: &str) -> World {
+    let [a, b, c, d] = world.regions.bbox;
+    let mut w = world.clone();
+    w.regions = Regions::new(vec![RegionArea::new(id, &[[a, b], [a, d], [c, d], [c, b]])]);
+    for s in &mut w.stations {
+        s.region = 0;
+    }
+    w
 }
 
 fn uniform_point(rng: &mut ChaCha8Rng, bbox: &[f64; 4]) -> (f64, f64) {

@@ -94,6 +94,8 @@ async fn with_a_demand_hotspot_the_fog_strategy_waits_less_than_the_naive_ones()
     let report = run(config(
         &topology,
         &[
+            "--strategy",
+            "fog,nearest,least-queue",
             "--hotspot-share",
             "0.5",
             "--hotspot",

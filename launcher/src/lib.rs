@@ -2,6 +2,9 @@
 //! bridged with the configs the topology generator makes, a fog server per region and
 //! central, all as child processes.
 //!
+//! - [`delay`]: [`delay::DelayProxy`], a TCP proxy that adds a network's latency,
+//!   jitter and bandwidth cap between clients and a broker (per direction, never
+//!   reordering a stream).
 //! - [`mosquitto`]: one broker process with its own temporary directory (config, log,
 //!   persistence), started when it answers MQTT, stopped or killed on drop, with a
 //!   watchdog so that no broker outlives its owner.
@@ -15,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod delay;
 pub mod mosquitto;
 pub mod process;
 
@@ -41,6 +45,9 @@ pub struct LocalBrokers {
     pub topology: Topology,
     pub central: Mosquitto,
     pub regions: BTreeMap<String, Mosquitto>,
+    /// Between the regional brokers' bridges and the central broker, when their path
+    /// has a delay ([`start_with_bridge_delay`](Self::start_with_bridge_delay)).
+    pub bridge_proxy: Option<delay::DelayProxy>,
     /// Password and ACL files, when authentication is on.
     _auth_dir: Option<tempfile::TempDir>,
 }
@@ -56,6 +63,17 @@ impl LocalBrokers {
     /// [`start`](Self::start), with authentication and ACLs for `credentials` when
     /// given (anonymous clients refused; see `docs/security.md`).
     pub fn start_with(topology: &Topology, credentials: Option<&Credentials>) -> Result<Self> {
+        Self::start_with_bridge_delay(topology, credentials, delay::Delay::default())
+    }
+
+    /// [`start_with`](Self::start_with), the regional brokers' bridges reaching the
+    /// central broker through a [`delay::DelayProxy`] with `bridge` (central far
+    /// away, in the cloud); no proxy when `bridge` adds nothing.
+    pub fn start_with_bridge_delay(
+        topology: &Topology,
+        credentials: Option<&Credentials>,
+        bridge: delay::Delay,
+    ) -> Result<Self> {
         find_mosquitto()?;
         let mut t = topology.clone();
         t.central.host = "127.0.0.1".into();
@@ -102,9 +120,25 @@ impl LocalBrokers {
             .with_port(t.central.port),
         )
         .context("starting the central broker")?;
+        // What the regional brokers' bridges dial: central, or a delay proxy before it.
+        let mut bridged = t.clone();
+        let bridge_proxy = if bridge.is_zero() {
+            None
+        } else {
+            let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, central.port()));
+            let proxy = delay::DelayProxy::start(
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                upstream,
+                bridge,
+                u64::from(central.port()),
+            )
+            .context("starting the delay proxy before the central broker")?;
+            bridged.central.port = proxy.addr().port();
+            Some(proxy)
+        };
         let mut regions = BTreeMap::new();
         for region in &t.regions {
-            let (rt, id, region_options) = (t.clone(), region.id.clone(), options.clone());
+            let (rt, id, region_options) = (bridged.clone(), region.id.clone(), options.clone());
             let broker = Mosquitto::start(
                 MosquittoConfig::from_template(move |_, dir| {
                     topology::region_broker_conf(&rt, &id, &region_options(dir))
@@ -119,6 +153,7 @@ impl LocalBrokers {
             topology: t,
             central,
             regions,
+            bridge_proxy,
             _auth_dir: auth_dir,
         })
     }
