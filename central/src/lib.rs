@@ -342,29 +342,36 @@ async fn heartbeats(
             _ = interval.tick() => true,
             _ = shared.heartbeat_wake.notified() => false,
         };
-        let (regions, open) = {
+        let (regions, open, nearest) = {
             let regions = shared.regions();
-            (regions.ids(), regions.open_regions(Instant::now()))
+            let now = Instant::now();
+            let ids = regions.ids();
+            let nearest: Vec<Option<f64>> = ids
+                .iter()
+                .map(|id| regions.nearest_open_km(id, now))
+                .collect();
+            (ids, regions.open_regions(now), nearest)
         };
-        let now = (regions, open);
-        if !periodic && last.as_ref() == Some(&now) {
+        let state = (regions, open);
+        if !periodic && last.as_ref() == Some(&state) {
             continue;
         }
-        let (regions, open) = now;
+        let (regions, open) = state;
         seq += 1;
-        let heartbeat = fog::CentralHeartbeat {
+        let mut heartbeat = fog::CentralHeartbeat {
             v: PROTOCOL_VERSION,
             started_ms,
             seq,
             ts_ms: shared.clock.now_ms(),
             period_ms: period.as_millis().max(1) as u64,
             open_regions: open.clone(),
+            nearest_open_km: None,
         };
-        let payload = protocol::encode(&heartbeat);
-        for region in &regions {
+        for (region, nearest_open_km) in regions.iter().zip(nearest) {
+            heartbeat.nearest_open_km = nearest_open_km;
             shared.publisher.publish(
                 &FogMessage::Heartbeat.central_topic(region),
-                &payload,
+                &protocol::encode(&heartbeat),
                 0,
                 false,
             );

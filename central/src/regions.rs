@@ -172,6 +172,25 @@ impl Regions {
         open
     }
 
+    /// For `region`: the distance from its outline to the nearest listed station of
+    /// another region that can take vehicles now, km (see
+    /// [`protocol::fog::CentralHeartbeat::nearest_open_km`]); `None` without an outline.
+    pub fn nearest_open_km(&self, region: &str, now: Instant) -> Option<f64> {
+        let outline = &self.map.get(region)?.aggregate.outline;
+        if outline.is_empty() {
+            return None;
+        }
+        let nearest = self
+            .iter()
+            .filter(|(id, s)| {
+                *id != region && !self.is_stale(s, now) && !self.is_saturated(&s.aggregate)
+            })
+            .flat_map(|(_, s)| s.aggregate.best.iter())
+            .filter_map(|st| protocol::fog::distance_to_outline_km(outline, st.lat, st.lon))
+            .fold(protocol::fog::EVERYWHERE_KM, f64::min);
+        Some(nearest)
+    }
+
     /// Every region central has heard of, sorted.
     pub fn ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.map.keys().cloned().collect();
@@ -455,5 +474,35 @@ mod tests {
         let ranked = r.rank_stations(&CAR, &ModelParams::default(), t0);
         let ids: Vec<&str> = ranked.iter().map(|s| s.station_id.as_str()).collect();
         assert_eq!(ids, ["b-ok", "a-busy"], "a-far is out of range");
+    }
+
+    #[test]
+    fn nearest_open_km_measures_from_the_outline_to_open_regions_only() {
+        let mut r = Regions::new(Duration::from_secs(6), 1800);
+        let now = Instant::now();
+        let mut a = aggregate("a", 1, 1);
+        a.outline = vec![[0.0, 0.0], [0.0, 0.1], [0.1, 0.1], [0.1, 0.0]];
+        r.ingest(a, now, 1);
+        // No other region: nowhere.
+        assert_eq!(
+            r.nearest_open_km("a", now),
+            Some(protocol::fog::EVERYWHERE_KM)
+        );
+        // An open region with a station 1 degree east of the box: ~100 km.
+        let mut b = aggregate("b", 1, 1);
+        b.best = vec![station("b1", 0.05, 1.1, 0)];
+        r.ingest(b, now, 1);
+        let km = r.nearest_open_km("a", now).unwrap();
+        assert!((km - 111.19).abs() < 0.5, "{km}");
+        // A saturated region nearer does not count.
+        let mut c = aggregate("c", 1, 1);
+        c.min_wait_s = Some(9999);
+        c.best = vec![station("c1", 0.05, 0.2, 9999)];
+        r.ingest(c, now, 1);
+        let km2 = r.nearest_open_km("a", now).unwrap();
+        assert!((km2 - km).abs() < 1e-9, "{km2}");
+        // A region without an outline gets none.
+        assert_eq!(r.nearest_open_km("b", now), None);
+        assert_eq!(r.nearest_open_km("unknown", now), None);
     }
 }

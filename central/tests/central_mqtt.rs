@@ -895,6 +895,8 @@ async fn central_tells_every_region_it_is_there_and_which_regions_are_open() {
         hb = w.fogs.wait_for_json(&topic, T).await.unwrap();
     }
     assert!(hb.period_ms > 0);
+    // These aggregates carry no outline: no distance to tell.
+    assert_eq!(hb.nearest_open_km, None);
     assert_eq!(hb.started_ms, first.started_ms);
     assert!(hb.seq > first.seq || hb == first);
     // Every known region gets it, also the open one.

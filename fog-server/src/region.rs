@@ -170,13 +170,33 @@ impl Region {
         }
     }
 
+    /// How far `req` can get, great-circle km (its usable range over the road factor).
+    fn reach_km(&self, req: &ChargeRequest) -> f64 {
+        let p = &self.planner.params;
+        req.range_km() * (1.0 - p.safety_margin) / p.road_factor
+    }
+
+    /// Whether central's heartbeat says that every station of a region that can take
+    /// vehicles is beyond `req`'s reach.
+    fn beyond_reach(&self, req: &ChargeRequest) -> bool {
+        let Some(nearest_open_km) = self.central.as_ref().and_then(|(_, hb)| hb.nearest_open_km)
+        else {
+            return false;
+        };
+        let Some(outside_km) =
+            protocol::fog::distance_to_outline_km(&self.outline, req.lat, req.lon)
+        else {
+            return false;
+        };
+        outside_km + self.reach_km(req) < nearest_open_km
+    }
+
     /// A recent hint of central's that covers `req`: it can reach no region that could
     /// take it. Its age, if so.
     fn hint_for(&mut self, req: &ChargeRequest) -> Option<std::time::Duration> {
         let now = Instant::now();
         self.hints.retain(|h| h.until > now);
-        let p = &self.planner.params;
-        let reach_km = req.range_km() * (1.0 - p.safety_margin) / p.road_factor;
+        let reach_km = self.reach_km(req);
         self.hints
             .iter()
             .find(|h| protocol::geo::haversine_km(req.lat, req.lon, h.lat, h.lon) + reach_km < h.km)
@@ -568,6 +588,11 @@ impl Region {
                     self.unavailable(&req, &no)
                 } else {
                     let why = match self.central_view() {
+                        CentralView::Ask if self.beyond_reach(&req) => {
+                            self.count_reroute("no_region_in_reach");
+                            "no other region that can take vehicles is in reach (central's heartbeat)"
+                                .to_owned()
+                        }
                         CentralView::Ask => match self.hint_for(&req) {
                             None => {
                                 return Answer::AskCentral(Some(

@@ -39,6 +39,7 @@ fn heartbeat(r: &mut Region, open: &[&str]) {
         ts_ms: NOW,
         period_ms: 1000,
         open_regions: open.iter().map(|s| s.to_string()).collect(),
+        nearest_open_km: None,
     };
     let topic = FogMessage::Heartbeat.regional_topic();
     assert!(r.handle(&topic, &encode(&hb), NOW).is_none());
@@ -492,5 +493,35 @@ fn when_central_says_no_region_is_in_reach_like_requests_are_answered_at_once() 
     // And when the regions that can take vehicles change, everyone asks again.
     heartbeat(&mut a, &["other", "b"]);
     let out = ask(&mut a, "car-4", &request("r-4")).unwrap();
+    assert_eq!(out.topic, FogMessage::Reroute.regional_topic());
+}
+
+#[test]
+fn a_heartbeat_that_puts_every_open_station_beyond_reach_spares_the_round_trip() {
+    let mut a = saturated("a", Duration::from_secs(5));
+    a.outline = vec![[-0.1, -0.1], [-0.1, 0.1], [0.1, 0.1], [0.1, -0.1]];
+    let hb = |nearest_open_km: f64| CentralHeartbeat {
+        v: 1,
+        started_ms: NOW - 60_000,
+        seq: 2,
+        ts_ms: NOW,
+        period_ms: 1000,
+        open_regions: vec!["far".into()],
+        nearest_open_km: Some(nearest_open_km),
+    };
+    let topic = FogMessage::Heartbeat.regional_topic();
+    // 1,000 km from the region's outline: request() reaches ~92 km.
+    assert!(a.handle(&topic, &encode(&hb(1000.0)), NOW).is_none());
+    let answer = recommendation(&ask(&mut a, "car-1", &request("r-1")).unwrap());
+    assert_eq!(answer.status, RecommendationStatus::Assigned);
+    let reason = answer.reason.unwrap();
+    assert!(
+        reason.contains("is in reach (central's heartbeat)"),
+        "{reason}"
+    );
+    assert_eq!(a.pending_reroutes(), 0);
+    // 50 km: within reach, so central is asked.
+    assert!(a.handle(&topic, &encode(&hb(50.0)), NOW).is_none());
+    let out = ask(&mut a, "car-2", &request("r-2")).unwrap();
     assert_eq!(out.topic, FogMessage::Reroute.regional_topic());
 }

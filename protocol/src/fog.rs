@@ -189,6 +189,23 @@ pub struct Stations {
 /// Farther than any two points on Earth, km: "no region anywhere".
 pub const EVERYWHERE_KM: f64 = 20_100.0;
 
+/// The great-circle distance from (`lat`, `lon`) to the bounding box of `outline`
+/// (`[lat, lon]` points), km: 0 inside. Never more than the distance to the outline
+/// itself, so a bound built on it is safe. `None` for an empty outline.
+pub fn distance_to_outline_km(outline: &[[f64; 2]], lat: f64, lon: f64) -> Option<f64> {
+    let first = outline.first()?;
+    let (mut min_lat, mut max_lat, mut min_lon, mut max_lon) =
+        (first[0], first[0], first[1], first[1]);
+    for [la, lo] in outline {
+        min_lat = min_lat.min(*la);
+        max_lat = max_lat.max(*la);
+        min_lon = min_lon.min(*lo);
+        max_lon = max_lon.max(*lo);
+    }
+    let (clat, clon) = (lat.clamp(min_lat, max_lat), lon.clamp(min_lon, max_lon));
+    Some(crate::geo::haversine_km(lat, lon, clat, clon))
+}
+
 /// Largest station list accepted: 32 MiB, ~190,000 stations.
 pub const MAX_STATIONS_PAYLOAD_BYTES: usize = 32 * 1024 * 1024;
 
@@ -303,6 +320,13 @@ pub struct CentralHeartbeat {
     /// saturated), sorted. A saturated region with no other region here need not ask.
     #[serde(default)]
     pub open_regions: Vec<String>,
+    /// The great-circle distance from the receiving region's outline (its bounding box)
+    /// to the nearest station listed by another region that can take vehicles, km
+    /// ([`EVERYWHERE_KM`] when none can); absent when the region sent no outline. A
+    /// saturated request in the region whose reach is shorter could reach none of them:
+    /// the fog answers it at once instead of asking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nearest_open_km: Option<f64>,
 }
 
 impl Validate for CentralHeartbeat {
@@ -315,6 +339,16 @@ impl Validate for CentralHeartbeat {
                 min: 1.0,
                 max: f64::MAX,
             });
+        }
+        if let Some(km) = self.nearest_open_km {
+            if !(km.is_finite() && km >= 0.0) {
+                return Err(ProtocolError::OutOfRange {
+                    field: "nearest_open_km",
+                    value: km,
+                    min: 0.0,
+                    max: f64::MAX,
+                });
+            }
         }
         self.open_regions
             .iter()
