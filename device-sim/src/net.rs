@@ -146,6 +146,7 @@ impl Net {
                 queue: 0,
                 state: StationState::Offline,
                 ts_ms: None,
+                takes_reservations: false,
             };
             let (username, password) = brokers.login(id);
             let settings = LinkSettings {
@@ -272,5 +273,6 @@ pub fn station_status(
             StationState::Available
         },
         ts_ms: Some(ts_ms),
+        takes_reservations: false,
     }
 }

@@ -43,6 +43,10 @@ pub struct Metrics {
     pub aggregates_published: Counter,
     pub telemetry: Counter,
     pub mqtt_reconnects: Counter,
+    /// Messages to stations that take reservations, by action (`reserve`, `cancel`).
+    pub station_reservations: Family<KindLabel, Counter>,
+    /// What such stations answered, by event (`accepted`, `rejected`, `arrived`).
+    pub station_reservation_events: Family<KindLabel, Counter>,
 }
 
 impl Metrics {
@@ -62,6 +66,8 @@ impl Metrics {
             aggregates_published: Counter::default(),
             telemetry: Counter::default(),
             mqtt_reconnects: Counter::default(),
+            station_reservations: Family::default(),
+            station_reservation_events: Family::default(),
         }
     }
 
@@ -72,6 +78,16 @@ impl Metrics {
             "requests",
             "Charge requests answered, by status",
             self.requests.clone(),
+        );
+        r.register(
+            "station_reservations",
+            "Reservation messages sent to stations that take reservations, by action",
+            self.station_reservations.clone(),
+        );
+        r.register(
+            "station_reservation_events",
+            "Reservation events from stations that take reservations, by event",
+            self.station_reservation_events.clone(),
         );
         r.register(
             "planning_seconds",
