@@ -243,6 +243,41 @@ pub fn hash_password(password: &str) -> String {
     format!("$7${ROUNDS}${}${}", b64.encode(salt), b64.encode(hash))
 }
 
+/// Whether `password` matches a hash made by [`hash_password`] (or `mosquitto_passwd`:
+/// `$7$rounds$salt$hash`, PBKDF2-HMAC-SHA512). A malformed hash matches nothing. The
+/// comparison takes the same time wherever the first difference is.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut parts = hash.split('$');
+    let (Some(""), Some("7"), Some(rounds), Some(salt), Some(expected), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let (Ok(rounds), Ok(salt), Ok(expected)) = (
+        rounds.parse::<u32>(),
+        b64.decode(salt),
+        b64.decode(expected),
+    ) else {
+        return false;
+    };
+    if rounds == 0 || rounds > 1_000_000 || expected.len() != 64 {
+        return false;
+    }
+    let mut got = [0u8; 64];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password.as_bytes(), &salt, rounds, &mut got);
+    got.iter()
+        .zip(&expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
 /// 24 random characters of `[A-Za-z0-9]`.
 pub fn random_password() -> String {
     const CHARS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
@@ -250,4 +285,27 @@ pub fn random_password() -> String {
     (0..24)
         .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hash_verifies_its_password_only() {
+        let hash = hash_password("s3cret");
+        assert!(verify_password("s3cret", &hash));
+        assert!(!verify_password("s3cret ", &hash));
+        assert!(!verify_password("", &hash));
+        for bad in [
+            "",
+            "s3cret",
+            "$7$",
+            "$7$x$y$z",
+            "$6$101$AAAA$BBBB",
+            &hash[..hash.len() - 4],
+        ] {
+            assert!(!verify_password("s3cret", bad), "{bad}");
+        }
+    }
 }
