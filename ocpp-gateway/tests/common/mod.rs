@@ -166,13 +166,18 @@ impl Env {
         what: &str,
         ok: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
-        wait_until(what, Duration::from_secs(10), Duration::from_millis(20), || async {
-            let stations: Vec<Value> = self.fog.get_json("/api/stations").await.ok()?;
-            stations
-                .into_iter()
-                .find(|s| s["station_id"] == id)
-                .filter(|s| ok(s))
-        })
+        wait_until(
+            what,
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || async {
+                let stations: Vec<Value> = self.fog.get_json("/api/stations").await.ok()?;
+                stations
+                    .into_iter()
+                    .find(|s| s["station_id"] == id)
+                    .filter(|s| ok(s))
+            },
+        )
         .await
     }
 
@@ -201,7 +206,13 @@ impl Env {
             .await?;
         Ok(text
             .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0.0))
     }
 
@@ -232,7 +243,7 @@ impl Vehicle {
     pub async fn ask(&mut self, request_id: &str) -> Result<protocol::Recommendation> {
         let req = testkit::messages::request(request_id, LAT + 0.001, LON, 0.3);
         self.client
-            .publish_json(&protocol::topics::request(REGION, &self.id), &req, 1)
+            .publish_json(&protocol::topics::request(REGION, &self.id), &req, 1, false)
             .await?;
         self.next().await
     }
@@ -246,14 +257,23 @@ impl Vehicle {
             .await
     }
 
-    pub async fn end(&self, reservation_id: &str, action: protocol::ReservationAction) -> Result<()> {
+    pub async fn end(
+        &self,
+        reservation_id: &str,
+        action: protocol::ReservationAction,
+    ) -> Result<()> {
         let update = protocol::ReservationUpdate {
             v: 1,
             reservation_id: reservation_id.into(),
             action,
         };
         self.client
-            .publish_json(&protocol::topics::reservation(REGION, &self.id), &update, 1)
+            .publish_json(
+                &protocol::topics::reservation(REGION, &self.id),
+                &update,
+                1,
+                false,
+            )
             .await
     }
 }
@@ -306,7 +326,9 @@ impl ChargePoint {
         loop {
             let line = tokio::time::timeout_at(deadline, self.lines.next_line())
                 .await
-                .with_context(|| format!("no {name} event within {timeout:?}; saw {:?}", self.seen))??;
+                .with_context(|| {
+                    format!("no {name} event within {timeout:?}; saw {:?}", self.seen)
+                })??;
             let Some(line) = line else {
                 bail!("the charge point exited before {name}; saw {:?}", self.seen);
             };

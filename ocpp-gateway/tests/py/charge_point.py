@@ -52,7 +52,10 @@ class ChargePoint(Cp):
     def __init__(self, cp_id, ws, options):
         super().__init__(cp_id, ws, response_timeout=10)
         self.options = options
-        self.statuses = {c: "Available" for c in range(1, options.connectors + 1)}
+        # Kept across reconnects: the charger's connectors do not forget.
+        if not hasattr(options, "statuses"):
+            options.statuses = {c: "Available" for c in range(1, options.connectors + 1)}
+        self.statuses = options.statuses
 
     @on(Action.reserve_now)
     def on_reserve_now(self, connector_id, expiry_date, id_tag, reservation_id, **kwargs):
