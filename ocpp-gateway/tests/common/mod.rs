@@ -396,3 +396,174 @@ pub async fn hostile(url: &str, oversized: usize) -> Result<Value> {
     anyhow::ensure!(out.status.success(), "hostile.py failed");
     Ok(serde_json::from_slice(&out.stdout)?)
 }
+
+/// A chargers file of `n` one-connector chargers `{prefix}-00000…`, spread over a
+/// few kilometres around the test position.
+pub fn storm_chargers(prefix: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let (dlat, dlon) = ((i % 40) as f64 * 0.001, (i / 40) as f64 * 0.001);
+            format!(
+                "[[charger]]\nid = \"{prefix}-{i:05}\"\nlat = {}\nlon = {}\nconnectors = 1\npower_kw = 50.0\n",
+                LAT + dlat,
+                LON + dlon
+            )
+        })
+        .collect()
+}
+
+/// What a connect storm measured.
+#[derive(Debug)]
+pub struct StormFigures {
+    pub n: usize,
+    /// From starting the charge points until the fog listed every one in service.
+    pub all_visible_s: f64,
+    /// The charge points' own time to connect, boot and have every status answered.
+    pub connect_s: f64,
+    /// StatusNotification sent → the fog's station updated, ms, sorted.
+    pub latencies_ms: Vec<f64>,
+    /// The charge points, still connected (answering ReserveNow with Accepted).
+    pub storm: Child,
+}
+
+impl StormFigures {
+    pub fn percentile(&self, p: f64) -> f64 {
+        let i = ((self.latencies_ms.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_ms[i]
+    }
+}
+
+/// Connects `n` charge points at once through `url` and waits until `fog` has them
+/// all in service.
+pub async fn storm(url: &str, fog: &Fog, prefix: &str, n: usize) -> Result<StormFigures> {
+    let started = Instant::now();
+    let mut child = Command::new(python())
+        .arg(py_dir().join("storm.py"))
+        .args([
+            "--url",
+            url,
+            "--n",
+            &n.to_string(),
+            "--prefix",
+            prefix,
+            "--connectors",
+            "1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting storm.py")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let timeout = Duration::from_secs(60 + n as u64 / 5);
+    let ready: Value = tokio::time::timeout(timeout, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(data) = line.strip_prefix("EVENT ready ") {
+                return Ok(serde_json::from_str(data)?);
+            }
+        }
+        bail!("storm.py exited before every charge point was ready")
+    })
+    .await
+    .context("the storm did not finish in time")??;
+    let stations: Vec<Value> = wait_until(
+        "every storm charger is in service in the fog",
+        timeout,
+        Duration::from_millis(50),
+        || async {
+            let all: Vec<Value> = fog.get_json("/api/stations").await.ok()?;
+            let ours = all
+                .into_iter()
+                .filter(|s| {
+                    s["station_id"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with(prefix))
+                        && s["state"] == "available"
+                })
+                .count();
+            (ours == n).then_some(())
+        },
+    )
+    .await
+    .map(|_| ())
+    .and(Ok(Vec::new()))?;
+    drop(stations);
+    let all_visible_s = started.elapsed().as_secs_f64();
+    let fetched_ms = wall_ms();
+    let views: Vec<Value> = fog.get_json("/api/stations").await?;
+    let sent = ready["sent_ms"].as_object().context("sent_ms")?;
+    let mut latencies_ms: Vec<f64> = views
+        .iter()
+        .filter_map(|s| {
+            let id = s["station_id"].as_str()?;
+            let sent = sent.get(id)?.as_f64()?;
+            let updated = fetched_ms - s["data_age_ms"].as_f64()?;
+            Some((updated - sent).max(0.0))
+        })
+        .collect();
+    anyhow::ensure!(
+        latencies_ms.len() == n,
+        "{} latencies for {n}",
+        latencies_ms.len()
+    );
+    latencies_ms.sort_by(f64::total_cmp);
+    Ok(StormFigures {
+        n,
+        all_visible_s,
+        connect_s: ready["connect_s"].as_f64().unwrap_or(0.0),
+        latencies_ms,
+        storm: child,
+    })
+}
+
+pub fn wall_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// One ReserveNow round trip per vehicle: the fog's reservation message for the
+/// station (the assignment) → the charger's ReserveNow → `accepted` back on the
+/// fog's broker, ms, sorted.
+pub async fn reserve_round_trips(broker_url: &str, vehicles: usize) -> Result<Vec<f64>> {
+    let mut observer = TestClient::connect(broker_url, "rtt-observer").await?;
+    observer
+        .subscribe(&format!("ev/{REGION}/stations/+/reservations"), 1)
+        .await?;
+    observer
+        .subscribe(&format!("ev/{REGION}/stations/+/reservation-events"), 1)
+        .await?;
+    let mut out = Vec::new();
+    for i in 0..vehicles {
+        let id = format!("rtt-car-{i}");
+        let client = TestClient::connect(broker_url, &id).await?;
+        let req = testkit::messages::request(&format!("r-{i}"), LAT + 0.01, LON + 0.01, 0.5);
+        client
+            .publish_json(&protocol::topics::request(REGION, &id), &req, 1, false)
+            .await?;
+        let _ = observer
+            .wait_for(
+                &format!("ev/{REGION}/stations/+/reservations"),
+                Duration::from_secs(10),
+            )
+            .await?;
+        let assigned = Instant::now();
+        let event = observer
+            .wait_for(
+                &format!("ev/{REGION}/stations/+/reservation-events"),
+                Duration::from_secs(10),
+            )
+            .await?;
+        let elapsed = assigned.elapsed().as_secs_f64() * 1000.0;
+        let e: protocol::StationReservationEvent = protocol::decode(event.payload())?;
+        anyhow::ensure!(
+            e.event == protocol::StationReservationEventKind::Accepted,
+            "{e:?}"
+        );
+        out.push(elapsed);
+        client.disconnect().await?;
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
