@@ -33,7 +33,10 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(()); // `cargo test --benches` asks for the list of benchmarks
     }
-    let n: usize = std::env::var("STORM_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let n: usize = std::env::var("STORM_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let broker = Mosquitto::start(MosquittoConfig::new())?;
     let fog = Fog::start(&broker.url(), REGION).await?;
     let dir = tempfile::tempdir()?;
@@ -50,9 +53,16 @@ async fn main() -> anyhow::Result<()> {
         .kill_on_drop(true)
         .spawn()?;
     let pid = gateway.id().unwrap_or(0);
-    testkit::wait_until("the gateway listens", Duration::from_secs(20), Duration::from_millis(20), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-    })
+    testkit::wait_until(
+        "the gateway listens",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        },
+    )
     .await?;
     let rss_before = rss_kib(pid);
     let url = format!("ws://127.0.0.1:{port}/ocpp");
@@ -60,8 +70,14 @@ async fn main() -> anyhow::Result<()> {
     let rss_after = rss_kib(pid);
     let rtts = common::reserve_round_trips(&broker.url(), 20).await?;
     println!("connect storm: {n} charge points, 1 connector each, one gateway");
-    println!("  charge points connected, booted, status answered: {:.2} s", figures.connect_s);
-    println!("  all visible in the fog (from spawning them):      {:.2} s", figures.all_visible_s);
+    println!(
+        "  charge points connected, booted, status answered: {:.2} s",
+        figures.connect_s
+    );
+    println!(
+        "  all visible in the fog (from spawning them):      {:.2} s",
+        figures.all_visible_s
+    );
     println!(
         "  status latency charger -> fog: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         figures.percentile(0.5),

@@ -6,6 +6,7 @@
 //! | `fog` (`fog-{region}`) | its region's | read and write `ev/{region}/#` and `fog/#` |
 //! | `fleet` (`fleet-{region}`) | its region's | write any vehicle's `request`, `reservation`, `telemetry`; read any vehicle's `recommendation` — a fleet operator's gateway, such as `device-sim` |
 //! | `station` (user = station id) | its region's | write only its own `ev/{region}/stations/{id}/status` |
+//! | `ocpp` (`ocpp-{region}`) | its region's | write its region's station statuses and reservation events, read what the fog sends its stations (`…/reservations`) — the region's OCPP gateway |
 //! | `vehicle` (user = vehicle id) | every region's | write only its own `request`, `reservation`, `telemetry`; read only its own `recommendation` |
 //! | `bridge` (`bridge-{region}`) | central | read and write `regions/{region}/#` (the regional broker's bridge logs in with it) |
 //! | `central` | central | read and write `regions/#` |
@@ -33,6 +34,10 @@ pub enum Role {
         region: String,
     },
     Station {
+        region: String,
+    },
+    /// The region's OCPP gateway: speaks for the charge points connected to it.
+    Ocpp {
         region: String,
     },
     Vehicle,
@@ -88,6 +93,12 @@ impl Credentials {
                 (
                     format!("fleet-{region}"),
                     Role::Fleet {
+                        region: region.clone(),
+                    },
+                ),
+                (
+                    format!("ocpp-{region}"),
+                    Role::Ocpp {
                         region: region.clone(),
                     },
                 ),
@@ -156,7 +167,10 @@ impl Credentials {
             (Role::Central | Role::Bridge { .. }, None) => true,
             (Role::Vehicle, Some(_)) | (Role::Health, _) => true,
             (
-                Role::Fog { region: r } | Role::Fleet { region: r } | Role::Station { region: r },
+                Role::Fog { region: r }
+                | Role::Fleet { region: r }
+                | Role::Station { region: r }
+                | Role::Ocpp { region: r },
                 Some(b),
             ) => r == b,
             _ => false,
@@ -183,6 +197,11 @@ impl Credentials {
                     format!("read ev/{r}/vehicles/+/recommendation"),
                 ],
                 Role::Station { .. } => vec![format!("write ev/{r}/stations/{}/status", u.name)],
+                Role::Ocpp { .. } => vec![
+                    format!("write ev/{r}/stations/+/status"),
+                    format!("write ev/{r}/stations/+/reservation-events"),
+                    format!("read ev/{r}/stations/+/reservations"),
+                ],
                 Role::Vehicle => vec![
                     format!("write ev/{r}/vehicles/{}/request", u.name),
                     format!("write ev/{r}/vehicles/{}/reservation", u.name),
@@ -290,6 +309,34 @@ pub fn random_password() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ocpp_gateway_speaks_for_its_region_stations_only() {
+        let t = crate::Topology::demo_city();
+        let creds = Credentials::generate(&t, &[], &[]);
+        let region = &t.regions[0].id;
+        assert!(creds.user(&format!("ocpp-{region}")).is_some());
+        let acl = creds.acl(Some(region));
+        let block: Vec<&str> = acl
+            .split("\n\n")
+            .find(|b| b.starts_with(&format!("user ocpp-{region}\n")))
+            .expect("an ACL block for the gateway")
+            .lines()
+            .skip(1)
+            .collect();
+        assert_eq!(
+            block,
+            [
+                format!("topic write ev/{region}/stations/+/status"),
+                format!("topic write ev/{region}/stations/+/reservation-events"),
+                format!("topic read ev/{region}/stations/+/reservations"),
+            ]
+        );
+        // Not on the central broker, nor on another region's.
+        assert!(!creds.acl(None).contains("ocpp-"));
+        let other = &t.regions[1].id;
+        assert!(!creds.acl(Some(other)).contains(&format!("ocpp-{region}")));
+    }
 
     #[test]
     fn a_hash_verifies_its_password_only() {
