@@ -199,6 +199,7 @@ fn station_statuses(region: &str, n: usize) -> Vec<StationStatus> {
                 queue: 0,
                 state: StationState::Available,
                 ts_ms: None,
+                takes_reservations: false,
             }
         })
         .collect()

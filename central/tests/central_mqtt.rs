@@ -162,6 +162,7 @@ fn rerouted(region: &str, station_id: &str) -> Recommendation {
         reason: None,
         served_by: Some(region.into()),
         data_age_ms: Some(10),
+        revised: false,
     }
 }
 

@@ -119,6 +119,7 @@ impl City {
             queue,
             state: StationState::Available,
             ts_ms: None,
+            takes_reservations: false,
         };
         c.publish_json(&topics::station_status(region, id), &status, 1, true)
             .await?;

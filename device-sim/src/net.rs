@@ -160,6 +160,7 @@ impl Net {
                 queue: 0,
                 state: StationState::Offline,
                 ts_ms: None,
+                takes_reservations: false,
             };
             let (username, password) = brokers.login(id);
             let settings = LinkSettings {
@@ -306,5 +307,6 @@ pub fn station_status(
             StationState::Available
         },
         ts_ms: Some(ts_ms),
+        takes_reservations: false,
     }
 }

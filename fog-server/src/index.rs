@@ -251,6 +251,7 @@ mod tests {
             queue: 0,
             state,
             ts_ms: None,
+            takes_reservations: false,
         }
     }
 

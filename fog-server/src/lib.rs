@@ -124,6 +124,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             0,
         ),
         (protocol::fog::filters::FOG_DOWN.to_owned(), 1),
+        (
+            topics::filters::stations(&region_name, protocol::StationChannel::ReservationEvents),
+            1,
+        ),
     ];
     let http_listener = match config.http {
         Some(addr) => Some(
@@ -282,9 +286,16 @@ async fn serve(link: &mut Link, shared: &Shared, shutdown: &CancellationToken) {
 
 fn handle(link: &Link, shared: &Shared, msg: &paho_mqtt::Message) {
     let now = shared.clock.now_ms();
-    let out = shared.lock().handle(msg.topic(), msg.payload(), now);
+    let (out, to_stations) = {
+        let mut region = shared.lock();
+        let out = region.handle(msg.topic(), msg.payload(), now);
+        (out, region.take_station_messages())
+    };
     if let Some(out) = out {
         link.publish(&out.topic, &out.payload, 1, out.retain);
+    }
+    for o in to_stations {
+        link.publish(&o.topic, &o.payload, 1, o.retain);
     }
 }
 
@@ -316,7 +327,12 @@ async fn sweep(
             _ = shutdown.cancelled() => return Ok(()),
             _ = interval.tick() => {
                 let now = shared.clock.now_ms();
-                let out = shared.lock().tick(now);
+                let out = {
+                    let mut region = shared.lock();
+                    let mut out = region.tick(now);
+                    out.extend(region.take_station_messages());
+                    out
+                };
                 for o in out {
                     publisher.publish(&o.topic, &o.payload, 1, o.retain);
                 }

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub mqtt_reconnects: Counter,
     /// Connections taken over by another client with this client id.
     pub mqtt_takeovers: Counter,
+    /// Messages to stations that take reservations, by action (`reserve`, `cancel`).
+    pub station_reservations: Family<KindLabel, Counter>,
+    /// What such stations answered, by event (`accepted`, `rejected`, `arrived`).
+    pub station_reservation_events: Family<KindLabel, Counter>,
 }
 
 impl Metrics {
@@ -65,6 +69,8 @@ impl Metrics {
             telemetry: Counter::default(),
             mqtt_reconnects: Counter::default(),
             mqtt_takeovers: Counter::default(),
+            station_reservations: Family::default(),
+            station_reservation_events: Family::default(),
         }
     }
 
@@ -75,6 +81,16 @@ impl Metrics {
             "requests",
             "Charge requests answered, by status",
             self.requests.clone(),
+        );
+        r.register(
+            "station_reservations",
+            "Reservation messages sent to stations that take reservations, by action",
+            self.station_reservations.clone(),
+        );
+        r.register(
+            "station_reservation_events",
+            "Reservation events from stations that take reservations, by event",
+            self.station_reservation_events.clone(),
         );
         r.register(
             "planning_seconds",

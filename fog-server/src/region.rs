@@ -11,8 +11,8 @@ use protocol::fog::{
 };
 use protocol::{
     ChargeRequest, ProtocolError, Recommendation, RecommendationStatus, ReservationAction,
-    ReservationUpdate, StationRef, StationState, StationStatus, Telemetry, Topic, VehicleChannel,
-    decode, topics, validate_id,
+    ReservationUpdate, StationChannel, StationRef, StationState, StationStatus, Telemetry, Topic,
+    VehicleChannel, decode, topics, validate_id,
 };
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -21,6 +21,8 @@ use crate::index::{Change, Slot, Station};
 use crate::metrics::{KindLabel, Metrics, StateLabel, StatusLabel};
 use crate::planner::{Choice, NoChoice, Planner, PlannerParams, ReservationChange};
 use crate::store::{Record, Restored, Saved, Store};
+
+mod station_reservations;
 
 /// Answers remembered per vehicle, so a redelivered request gets the same answer.
 const REMEMBERED_ANSWERS: usize = 8;
@@ -112,6 +114,8 @@ pub struct Region {
     central: Option<(Instant, CentralHeartbeat)>,
     /// Central's recent "no region within" answers (see [`NoRegionHint`]).
     hints: VecDeque<NoRegionHint>,
+    /// Stations that take reservations and what they were told.
+    station_reservations: station_reservations::StationReservations,
 }
 
 /// Central said that no region that can take vehicles lists a station within `km` of
@@ -167,6 +171,7 @@ impl Region {
             deferred: Vec::new(),
             central: None,
             hints: VecDeque::new(),
+            station_reservations: Default::default(),
         }
     }
 
@@ -314,6 +319,7 @@ impl Region {
     /// Writes the reservations made and ended since the last call to the store.
     fn sync_store(&mut self) {
         let changes = self.planner.take_changes();
+        self.tell_stations(&changes);
         let Some(store) = self.store.as_mut() else {
             return;
         };
@@ -398,6 +404,12 @@ impl Region {
                 }
                 VehicleChannel::Recommendation => None,
             },
+            Topic::Station {
+                station_id,
+                channel: StationChannel::ReservationEvents,
+                ..
+            } => self.on_station_reservation_event(station_id, payload),
+            Topic::Station { .. } => None,
         }
     }
 
@@ -431,6 +443,7 @@ impl Region {
                 return;
             }
         };
+        self.note_station_reservations(&status);
         let change = self.planner.stations.apply(&status, now_ms);
         self.dirty = true;
         debug!(
@@ -733,6 +746,7 @@ impl Region {
             reason,
             served_by: Some(self.name.clone()),
             data_age_ms: Some(now_ms.saturating_sub(station.updated_ms)),
+            revised: false,
         }
     }
 
@@ -1305,6 +1319,7 @@ mod tests {
                         StationState::Available
                     },
                     ts_ms: None,
+                    takes_reservations: false,
                 };
                 let topic = topics::station_status("north", &status.station_id);
                 region.handle(&topic, &protocol::encode(&status), now);

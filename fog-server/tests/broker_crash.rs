@@ -62,6 +62,7 @@ async fn a_broker_killed_during_a_burst_loses_no_request_and_answers_none_twice(
             queue: 0,
             state: StationState::Available,
             ts_ms: None,
+            takes_reservations: false,
         };
         stations
             .publish_json(&topics::station_status(REGION, &id), &s, 1, true)

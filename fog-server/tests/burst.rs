@@ -36,6 +36,7 @@ async fn five_thousand_requests_in_a_second_are_each_answered_once() {
             queue: 0,
             state: StationState::Available,
             ts_ms: None,
+            takes_reservations: false,
         };
         stations
             .publish_json(&topics::station_status(REGION, &id), &status, 1, true)

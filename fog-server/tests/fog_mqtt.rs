@@ -29,6 +29,7 @@ fn station(id: &str, km_north: f64, chargers: u32, occupied: u32, queue: u32) ->
         queue,
         state: StationState::Available,
         ts_ms: Some(1_732_400_000_000),
+        takes_reservations: false,
     }
 }
 

@@ -29,6 +29,7 @@ fn region() -> Region {
             queue: 0,
             state: StationState::Available,
             ts_ms: None,
+            takes_reservations: false,
         };
         r.handle(&topics::station_status("north", &id), &encode(&s), NOW);
     }

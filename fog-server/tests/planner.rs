@@ -19,6 +19,7 @@ fn status(id: &str, lat: f64, lon: f64, chargers: u32, occupied: u32, queue: u32
         queue,
         state: StationState::Available,
         ts_ms: None,
+        takes_reservations: false,
     }
 }
 

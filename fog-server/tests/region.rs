@@ -57,6 +57,7 @@ fn add_station(r: &mut Region, id: &str, km_north: f64, chargers: u32, occupied:
         queue,
         state: StationState::Available,
         ts_ms: None,
+        takes_reservations: false,
     };
     let topic = topics::station_status(&r.name, id);
     assert!(r.handle(&topic, &encode(&s), NOW).is_none());
@@ -131,6 +132,7 @@ fn a_saturated_request_goes_to_central_and_a_reroute_is_forwarded() {
         reason: Some("region a is saturated; rerouted to b".into()),
         served_by: Some("b".into()),
         data_age_ms: Some(10),
+        revised: false,
     };
     let reply = RerouteReply {
         v: 1,

@@ -19,7 +19,7 @@ pub mod validate;
 
 pub use error::ProtocolError;
 pub use messages::*;
-pub use topics::{Topic, VehicleChannel};
+pub use topics::{StationChannel, Topic, VehicleChannel};
 pub use validate::{Validate, decode, decode_at_most, encode, validate_id};
 
 /// The only protocol version this crate speaks; every payload carries it as `"v"`.

@@ -25,6 +25,11 @@ pub struct StationStatus {
     pub state: StationState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts_ms: Option<u64>,
+    /// The station takes reservations: the fog tells it about each one on
+    /// `ev/{region}/stations/{station_id}/reservations` (an OCPP charger behind the
+    /// gateway). Absent (false) for plain stations, which get nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub takes_reservations: bool,
 }
 
 /// A station's operating state. Only `available` and `full` stations are recommended.
@@ -108,6 +113,11 @@ pub struct Recommendation {
     /// Age of the station data the answer was based on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_age_ms: Option<u64>,
+    /// This answer replaces the earlier one for the same `request_id`: the station
+    /// could not hold the reservation (it took reservations and refused this one), so
+    /// the slot is released and `reason` says why. Absent (false) otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revised: bool,
 }
 
 impl Recommendation {
@@ -132,6 +142,7 @@ impl Recommendation {
             reason: Some(reason.into()),
             served_by: Some(served_by.into()),
             data_age_ms: None,
+            revised: false,
         }
     }
 }
@@ -196,4 +207,101 @@ pub struct Telemetry {
     pub speed_kmh: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ts_ms: Option<u64>,
+}
+
+/// The fog tells a station that takes reservations about one:
+/// `ev/{region}/stations/{station_id}/reservations` (QoS 1, not retained). Sent only to
+/// stations whose status says `takes_reservations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StationReservation {
+    pub v: u32,
+    pub reservation_id: String,
+    pub action: StationReservationAction,
+    /// Who will come (`reserve` only): derived from the vehicle id by
+    /// [`id_tag_for_vehicle`], at most 20 characters (an OCPP `IdToken`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_tag: Option<String>,
+    /// When the reservation lapses (`reserve` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StationReservationAction {
+    /// Hold a connector for the vehicle until `expires_ms`.
+    Reserve,
+    /// The reservation is over (cancelled, expired, replaced or the vehicle arrived).
+    Cancel,
+}
+
+/// A station answers about a reservation:
+/// `ev/{region}/stations/{station_id}/reservation-events` (QoS 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StationReservationEvent {
+    pub v: u32,
+    pub reservation_id: String,
+    pub event: StationReservationEventKind,
+    /// Why (`rejected`): e.g. the charger's `Occupied`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StationReservationEventKind {
+    /// The station holds a connector for the vehicle.
+    Accepted,
+    /// The station cannot hold it: the fog releases the slot and tells the vehicle.
+    Rejected,
+    /// The vehicle started charging on the reservation: it ends as `arrived`.
+    Arrived,
+}
+
+impl StationReservationEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Rejected => "rejected",
+            Self::Arrived => "arrived",
+        }
+    }
+}
+
+/// Longest id tag (OCPP 1.6 `IdToken`, CiString20).
+pub const MAX_ID_TAG_LEN: usize = 20;
+
+/// The id tag a vehicle's reservation carries: the vehicle id itself when it fits in
+/// 20 characters, else its first 11 characters, `-` and 8 hex digits of a hash of the
+/// whole id (FNV-1a), so long ids stay distinct.
+pub fn id_tag_for_vehicle(vehicle_id: &str) -> String {
+    if vehicle_id.len() <= MAX_ID_TAG_LEN {
+        return vehicle_id.to_owned();
+    }
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in vehicle_id.bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    let head: String = vehicle_id.chars().take(11).collect();
+    format!("{head}-{hash:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_tags_fit_ocpp_and_stay_distinct() {
+        assert_eq!(id_tag_for_vehicle("car-7"), "car-7");
+        let exactly = "a".repeat(MAX_ID_TAG_LEN);
+        assert_eq!(id_tag_for_vehicle(&exactly), exactly);
+        let a = id_tag_for_vehicle(&format!("fleet-vehicle-{}-a", "x".repeat(40)));
+        let b = id_tag_for_vehicle(&format!("fleet-vehicle-{}-b", "x".repeat(40)));
+        assert_ne!(a, b);
+        for tag in [a, b] {
+            assert_eq!(tag.len(), MAX_ID_TAG_LEN);
+            assert!(crate::validate_id("id_tag", &tag).is_ok(), "{tag}");
+        }
+    }
 }

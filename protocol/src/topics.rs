@@ -3,6 +3,8 @@
 //!
 //! Device topics live on the regional broker:
 //! - `ev/{region}/stations/{station_id}/status`
+//! - `ev/{region}/stations/{station_id}/{reservations|reservation-events}` (stations
+//!   that take reservations: fog → station, station → fog)
 //! - `ev/{region}/vehicles/{vehicle_id}/{request|recommendation|reservation|telemetry}`
 
 use crate::{ProtocolError, validate_id};
@@ -38,6 +40,30 @@ impl VehicleChannel {
     }
 }
 
+/// The reservation channels of a station that takes reservations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StationChannel {
+    /// fog → station: [`crate::StationReservation`].
+    Reservations,
+    /// station → fog: [`crate::StationReservationEvent`].
+    ReservationEvents,
+}
+
+impl StationChannel {
+    pub const ALL: [Self; 2] = [Self::Reservations, Self::ReservationEvents];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reservations => "reservations",
+            Self::ReservationEvents => "reservation-events",
+        }
+    }
+
+    fn from_str(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
 /// A parsed device topic, borrowing from the topic string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topic<'a> {
@@ -49,6 +75,12 @@ pub enum Topic<'a> {
         region: &'a str,
         vehicle_id: &'a str,
         channel: VehicleChannel,
+    },
+    /// A station's reservation channels (not its status).
+    Station {
+        region: &'a str,
+        station_id: &'a str,
+        channel: StationChannel,
     },
 }
 
@@ -78,6 +110,17 @@ impl<'a> Topic<'a> {
                     station_id: id,
                 })
             }
+            ("stations", leaf) => {
+                validate_id("station_id", id).map_err(|_| bad("station id is not a valid id"))?;
+                let channel = StationChannel::from_str(leaf).ok_or_else(|| {
+                    bad("unknown station channel (status, reservations, reservation-events)")
+                })?;
+                Ok(Self::Station {
+                    region,
+                    station_id: id,
+                    channel,
+                })
+            }
             ("vehicles", leaf) => {
                 validate_id("vehicle_id", id).map_err(|_| bad("vehicle id is not a valid id"))?;
                 let channel = VehicleChannel::from_str(leaf).ok_or_else(|| {
@@ -96,7 +139,9 @@ impl<'a> Topic<'a> {
     /// The region the topic belongs to.
     pub fn region(&self) -> &'a str {
         match *self {
-            Self::StationStatus { region, .. } | Self::Vehicle { region, .. } => region,
+            Self::StationStatus { region, .. }
+            | Self::Vehicle { region, .. }
+            | Self::Station { region, .. } => region,
         }
     }
 }
@@ -104,6 +149,21 @@ impl<'a> Topic<'a> {
 /// `ev/{region}/stations/{station_id}/status`
 pub fn station_status(region: &str, station_id: &str) -> String {
     format!("ev/{region}/stations/{station_id}/status")
+}
+
+/// `ev/{region}/stations/{station_id}/{channel}`
+pub fn station(region: &str, station_id: &str, channel: StationChannel) -> String {
+    format!("ev/{region}/stations/{station_id}/{}", channel.as_str())
+}
+
+/// `ev/{region}/stations/{station_id}/reservations` (fog → station)
+pub fn station_reservations(region: &str, station_id: &str) -> String {
+    station(region, station_id, StationChannel::Reservations)
+}
+
+/// `ev/{region}/stations/{station_id}/reservation-events` (station → fog)
+pub fn station_reservation_events(region: &str, station_id: &str) -> String {
+    station(region, station_id, StationChannel::ReservationEvents)
 }
 
 /// `ev/{region}/vehicles/{vehicle_id}/{channel}`
@@ -133,7 +193,12 @@ pub fn telemetry(region: &str, vehicle_id: &str) -> String {
 
 /// Subscription filters.
 pub mod filters {
-    use super::VehicleChannel;
+    use super::{StationChannel, VehicleChannel};
+
+    /// `ev/{region}/stations/+/{channel}`
+    pub fn stations(region: &str, channel: StationChannel) -> String {
+        format!("ev/{region}/stations/+/{}", channel.as_str())
+    }
 
     /// `ev/{region}/stations/+/status`
     pub fn station_status(region: &str) -> String {
@@ -176,6 +241,26 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn station_channels_parse() {
+        for channel in StationChannel::ALL {
+            let t = station("north", "CP-001", channel);
+            assert_eq!(
+                Topic::parse(&t).unwrap(),
+                Topic::Station {
+                    region: "north",
+                    station_id: "CP-001",
+                    channel
+                }
+            );
+        }
+        assert_eq!(
+            station_reservations("n", "s"),
+            "ev/n/stations/s/reservations"
+        );
+        assert!(Topic::parse("ev/n/stations/s/reservation").is_err());
     }
 
     #[test]

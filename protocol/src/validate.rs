@@ -232,3 +232,62 @@ impl Validate for Telemetry {
         Ok(())
     }
 }
+
+impl Validate for StationReservation {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        version(self.v)?;
+        validate_id("reservation_id", &self.reservation_id)?;
+        if let Some(tag) = &self.id_tag {
+            id_tag(tag)?;
+        }
+        if self.action == StationReservationAction::Reserve {
+            if self.id_tag.is_none() {
+                return Err(ProtocolError::MissingField {
+                    field: "id_tag",
+                    state: "reserve",
+                });
+            }
+            if self.expires_ms.is_none() {
+                return Err(ProtocolError::MissingField {
+                    field: "expires_ms",
+                    state: "reserve",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-20 of `[A-Za-z0-9_-]` (what [`id_tag_for_vehicle`] makes).
+fn id_tag(tag: &str) -> Result<(), ProtocolError> {
+    validate_id("id_tag", tag)?;
+    if tag.len() > MAX_ID_TAG_LEN {
+        return Err(ProtocolError::InvalidId {
+            field: "id_tag",
+            value: tag.chars().take(80).collect(),
+        });
+    }
+    Ok(())
+}
+
+/// Longest `reason` of a station's reservation event.
+pub const MAX_REASON_LEN: usize = 200;
+
+impl Validate for StationReservationEvent {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        version(self.v)?;
+        validate_id("reservation_id", &self.reservation_id)?;
+        if let Some(reason) = &self.reason {
+            let n = reason.chars().count();
+            if n > MAX_REASON_LEN {
+                return Err(ProtocolError::OutOfRange {
+                    field: "reason length",
+                    value: n as f64,
+                    min: 0.0,
+                    max: MAX_REASON_LEN as f64,
+                });
+            }
+        }
+        Ok(())
+    }
+}

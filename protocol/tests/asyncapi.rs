@@ -188,12 +188,14 @@ fn schema_check(root: &Value, message: &str, payload: &Value) -> Vec<String> {
 // ---------------------------------------------------------------------------------
 
 /// The JSON messages of the document and the fewest examples each must have.
-const JSON_MESSAGES: [(&str, usize); 5] = [
+const JSON_MESSAGES: [(&str, usize); 7] = [
     ("StationStatus", 2),
     ("ChargeRequest", 1),
     ("Recommendation", 4),
     ("ReservationUpdate", 2),
     ("Telemetry", 1),
+    ("StationReservation", 2),
+    ("StationReservationEvent", 3),
 ];
 
 /// Decodes with `T`, re-encodes, decodes again, and checks that every field of the
@@ -238,6 +240,8 @@ fn decode_as(message: &str, bytes: &[u8]) -> Result<(), ProtocolError> {
         "Recommendation" => decode::<Recommendation>(bytes).map(drop),
         "ReservationUpdate" => decode::<ReservationUpdate>(bytes).map(drop),
         "Telemetry" => decode::<Telemetry>(bytes).map(drop),
+        "StationReservation" => decode::<StationReservation>(bytes).map(drop),
+        "StationReservationEvent" => decode::<StationReservationEvent>(bytes).map(drop),
         other => panic!("no Rust type for message {other}"),
     }
 }
@@ -292,6 +296,10 @@ fn every_message_example_decodes_round_trips_and_fits_its_schema() {
                 "Recommendation" => drop(roundtrip_as::<Recommendation>(name, payload)),
                 "ReservationUpdate" => drop(roundtrip_as::<ReservationUpdate>(name, payload)),
                 "Telemetry" => drop(roundtrip_as::<Telemetry>(name, payload)),
+                "StationReservation" => drop(roundtrip_as::<StationReservation>(name, payload)),
+                "StationReservationEvent" => {
+                    drop(roundtrip_as::<StationReservationEvent>(name, payload))
+                }
                 _ => unreachable!(),
             }
             decoded += 1;
@@ -411,7 +419,21 @@ const STATION: &str = "north-001";
 const VEHICLE: &str = "car-7";
 
 /// Channel key, address, expected action of the fog server, QoS, retain.
-const CHANNELS: [(&str, &str, &str, u64, bool); 5] = [
+const CHANNELS: [(&str, &str, &str, u64, bool); 7] = [
+    (
+        "stationReservations",
+        "ev/{region}/stations/{station_id}/reservations",
+        "send",
+        1,
+        false,
+    ),
+    (
+        "stationReservationEvents",
+        "ev/{region}/stations/{station_id}/reservation-events",
+        "receive",
+        1,
+        false,
+    ),
     (
         "stationStatus",
         "ev/{region}/stations/{station_id}/status",
@@ -457,6 +479,13 @@ fn expected_topic(address: &str) -> Topic<'static> {
         };
     }
     let leaf = address.rsplit('/').next().unwrap();
+    if let Some(channel) = StationChannel::ALL.into_iter().find(|c| c.as_str() == leaf) {
+        return Topic::Station {
+            region: REGION,
+            station_id: STATION,
+            channel,
+        };
+    }
     let channel = VehicleChannel::ALL
         .into_iter()
         .find(|c| c.as_str() == leaf)
@@ -516,6 +545,11 @@ fn channel_addresses_parse_as_the_expected_topics() {
             Topic::StationStatus { region, station_id } => {
                 topics::station_status(region, station_id)
             }
+            Topic::Station {
+                region,
+                station_id,
+                channel,
+            } => topics::station(region, station_id, channel),
             Topic::Vehicle {
                 region,
                 vehicle_id,
@@ -627,6 +661,7 @@ fn full_instances() -> Vec<(&'static str, Value)> {
         queue: 1,
         state: StationState::Available,
         ts_ms: Some(1_732_400_000_000),
+        takes_reservations: true,
     };
     let request = ChargeRequest {
         v: 1,
@@ -658,6 +693,7 @@ fn full_instances() -> Vec<(&'static str, Value)> {
         reason: Some("note".into()),
         served_by: Some("north".into()),
         data_age_ms: Some(120),
+        revised: true,
     };
     let update = ReservationUpdate {
         v: 1,
@@ -679,6 +715,25 @@ fn full_instances() -> Vec<(&'static str, Value)> {
         ("Recommendation", v(encode(&rec))),
         ("ReservationUpdate", v(encode(&update))),
         ("Telemetry", v(encode(&telemetry))),
+        (
+            "StationReservation",
+            v(encode(&StationReservation {
+                v: 1,
+                reservation_id: "north-3f9c".into(),
+                action: StationReservationAction::Reserve,
+                id_tag: Some("car-7".into()),
+                expires_ms: Some(1_732_400_600_000),
+            })),
+        ),
+        (
+            "StationReservationEvent",
+            v(encode(&StationReservationEvent {
+                v: 1,
+                reservation_id: "north-3f9c".into(),
+                event: StationReservationEventKind::Rejected,
+                reason: Some("Occupied".into()),
+            })),
+        ),
     ]
 }
 
@@ -851,6 +906,37 @@ fn schema_and_decoder_agree_on_valid_and_invalid_payloads() {
         ("Telemetry", "speed_kmh", json!(-1), false),
         ("Telemetry", "speed_kmh", json!(1000.1), false),
         ("Telemetry", "soc", json!(1.5), false),
+        ("StationStatus", "takes_reservations", json!(true), true),
+        ("StationStatus", "takes_reservations", json!("yes"), false),
+        ("Recommendation", "revised", json!(true), true),
+        ("Recommendation", "revised", json!(1), false),
+        ("StationReservation", "action", json!("cancel"), true),
+        ("StationReservation", "action", json!("hold"), false),
+        ("StationReservation", "id_tag", json!("a".repeat(20)), true),
+        ("StationReservation", "id_tag", json!("a".repeat(21)), false),
+        ("StationReservation", "id_tag", json!("car 7"), false),
+        ("StationReservation", "reservation_id", json!("a/b"), false),
+        ("StationReservation", "expires_ms", json!(-1), false),
+        ("StationReservationEvent", "event", json!("arrived"), true),
+        ("StationReservationEvent", "event", json!("maybe"), false),
+        (
+            "StationReservationEvent",
+            "reason",
+            json!("x".repeat(200)),
+            true,
+        ),
+        (
+            "StationReservationEvent",
+            "reason",
+            json!("x".repeat(201)),
+            false,
+        ),
+        (
+            "StationReservationEvent",
+            "reservation_id",
+            json!(""),
+            false,
+        ),
     ];
     let removals: Vec<(&str, Vec<&str>, bool)> = vec![
         ("StationStatus", vec!["lat"], false),
@@ -870,6 +956,10 @@ fn schema_and_decoder_agree_on_valid_and_invalid_payloads() {
         ),
         ("Telemetry", vec!["speed_kmh", "ts_ms"], true),
         ("Telemetry", vec!["lon"], false),
+        ("StationReservation", vec!["id_tag"], false),
+        ("StationReservation", vec!["expires_ms"], false),
+        ("StationReservationEvent", vec!["reason"], true),
+        ("StationReservationEvent", vec!["event"], false),
     ];
 
     let check = |message: &str, payload: &Value, valid: bool, what: &str| {
@@ -916,5 +1006,7 @@ fn schema_and_decoder_agree_on_valid_and_invalid_payloads() {
         &unavailable,
         false,
         "unavailable without request id",
-    );
+    ); // A cancel needs neither the id tag nor the expiry.
+    let cancel = json!({"v": 1, "reservation_id": "north-3f9c", "action": "cancel"});
+    check("StationReservation", &cancel, true, "a bare cancel");
 }

@@ -27,6 +27,7 @@ fn station() -> StationStatus {
         queue: 1,
         state: StationState::Available,
         ts_ms: Some(1_732_400_000_000),
+        takes_reservations: false,
     }
 }
 
@@ -64,6 +65,7 @@ fn recommendation() -> Recommendation {
         reason: None,
         served_by: Some("north".into()),
         data_age_ms: Some(120),
+        revised: false,
     }
 }
 
@@ -128,6 +130,7 @@ fn every_variant_round_trips() {
         queue: 0,
         state: StationState::Offline,
         ts_ms: None,
+        takes_reservations: false,
     };
     roundtrip(&last_will);
     roundtrip(&ChargeRequest {
@@ -949,6 +952,7 @@ prop_compose! {
         StationStatus {
             v: 1, station_id, lat: Some(lat), lon: Some(lon), chargers: Some(chargers),
             power_kw: Some(power_kw), occupied, queue, state, ts_ms,
+            takes_reservations: false,
         }
     }
 }

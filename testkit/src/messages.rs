@@ -15,6 +15,7 @@ pub fn station(id: &str, lat: f64, lon: f64, chargers: u32, power_kw: f64) -> St
         queue: 0,
         state: StationState::Available,
         ts_ms: None,
+        takes_reservations: false,
     }
 }
 

@@ -6,6 +6,7 @@
 //! | `fog` (`fog-{region}`) | its region's | read and write `ev/{region}/#` and `fog/#` |
 //! | `fleet` (`fleet-{region}`) | its region's | write any vehicle's `request`, `reservation`, `telemetry`; read any vehicle's `recommendation` — a fleet operator's gateway, such as `device-sim` |
 //! | `station` (user = station id) | its region's | write only its own `ev/{region}/stations/{id}/status` |
+//! | `ocpp` (`ocpp-{region}`) | its region's | write its region's station statuses and reservation events, read what the fog sends its stations (`…/reservations`) — the region's OCPP gateway |
 //! | `vehicle` (user = vehicle id) | every region's | write only its own `request`, `reservation`, `telemetry`; read only its own `recommendation` |
 //! | `bridge` (`bridge-{region}`) | central | read and write `regions/{region}/#` (the regional broker's bridge logs in with it) |
 //! | `central` | central | read and write `regions/#` |
@@ -33,6 +34,10 @@ pub enum Role {
         region: String,
     },
     Station {
+        region: String,
+    },
+    /// The region's OCPP gateway: speaks for the charge points connected to it.
+    Ocpp {
         region: String,
     },
     Vehicle,
@@ -88,6 +93,12 @@ impl Credentials {
                 (
                     format!("fleet-{region}"),
                     Role::Fleet {
+                        region: region.clone(),
+                    },
+                ),
+                (
+                    format!("ocpp-{region}"),
+                    Role::Ocpp {
                         region: region.clone(),
                     },
                 ),
@@ -156,7 +167,10 @@ impl Credentials {
             (Role::Central | Role::Bridge { .. }, None) => true,
             (Role::Vehicle, Some(_)) | (Role::Health, _) => true,
             (
-                Role::Fog { region: r } | Role::Fleet { region: r } | Role::Station { region: r },
+                Role::Fog { region: r }
+                | Role::Fleet { region: r }
+                | Role::Station { region: r }
+                | Role::Ocpp { region: r },
                 Some(b),
             ) => r == b,
             _ => false,
@@ -183,6 +197,11 @@ impl Credentials {
                     format!("read ev/{r}/vehicles/+/recommendation"),
                 ],
                 Role::Station { .. } => vec![format!("write ev/{r}/stations/{}/status", u.name)],
+                Role::Ocpp { .. } => vec![
+                    format!("write ev/{r}/stations/+/status"),
+                    format!("write ev/{r}/stations/+/reservation-events"),
+                    format!("read ev/{r}/stations/+/reservations"),
+                ],
                 Role::Vehicle => vec![
                     format!("write ev/{r}/vehicles/{}/request", u.name),
                     format!("write ev/{r}/vehicles/{}/reservation", u.name),
@@ -243,6 +262,41 @@ pub fn hash_password(password: &str) -> String {
     format!("$7${ROUNDS}${}${}", b64.encode(salt), b64.encode(hash))
 }
 
+/// Whether `password` matches a hash made by [`hash_password`] (or `mosquitto_passwd`:
+/// `$7$rounds$salt$hash`, PBKDF2-HMAC-SHA512). A malformed hash matches nothing. The
+/// comparison takes the same time wherever the first difference is.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut parts = hash.split('$');
+    let (Some(""), Some("7"), Some(rounds), Some(salt), Some(expected), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let (Ok(rounds), Ok(salt), Ok(expected)) = (
+        rounds.parse::<u32>(),
+        b64.decode(salt),
+        b64.decode(expected),
+    ) else {
+        return false;
+    };
+    if rounds == 0 || rounds > 1_000_000 || expected.len() != 64 {
+        return false;
+    }
+    let mut got = [0u8; 64];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password.as_bytes(), &salt, rounds, &mut got);
+    got.iter()
+        .zip(&expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
 /// 24 random characters of `[A-Za-z0-9]`.
 pub fn random_password() -> String {
     const CHARS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
@@ -250,4 +304,55 @@ pub fn random_password() -> String {
     (0..24)
         .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ocpp_gateway_speaks_for_its_region_stations_only() {
+        let t = crate::Topology::demo_city();
+        let creds = Credentials::generate(&t, &[], &[]);
+        let region = &t.regions[0].id;
+        assert!(creds.user(&format!("ocpp-{region}")).is_some());
+        let acl = creds.acl(Some(region));
+        let block: Vec<&str> = acl
+            .split("\n\n")
+            .find(|b| b.starts_with(&format!("user ocpp-{region}\n")))
+            .expect("an ACL block for the gateway")
+            .lines()
+            .skip(1)
+            .collect();
+        assert_eq!(
+            block,
+            [
+                format!("topic write ev/{region}/stations/+/status"),
+                format!("topic write ev/{region}/stations/+/reservation-events"),
+                format!("topic read ev/{region}/stations/+/reservations"),
+            ]
+        );
+        // Not on the central broker, nor on another region's.
+        assert!(!creds.acl(None).contains("ocpp-"));
+        let other = &t.regions[1].id;
+        assert!(!creds.acl(Some(other)).contains(&format!("ocpp-{region}")));
+    }
+
+    #[test]
+    fn a_hash_verifies_its_password_only() {
+        let hash = hash_password("s3cret");
+        assert!(verify_password("s3cret", &hash));
+        assert!(!verify_password("s3cret ", &hash));
+        assert!(!verify_password("", &hash));
+        for bad in [
+            "",
+            "s3cret",
+            "$7$",
+            "$7$x$y$z",
+            "$6$101$AAAA$BBBB",
+            &hash[..hash.len() - 4],
+        ] {
+            assert!(!verify_password("s3cret", bad), "{bad}");
+        }
+    }
 }

@@ -114,6 +114,7 @@ pub fn region(n: usize) -> Region {
             queue: s.queue,
             state: s.state,
             ts_ms: None,
+            takes_reservations: false,
         };
         let topic = topics::station_status("north", &status.station_id);
         region.handle(&topic, &protocol::encode(&status), NOW_MS);
