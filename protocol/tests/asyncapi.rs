@@ -148,6 +148,11 @@ fn schema_errors(root: &Value, schema: &Value, v: &Value, path: &str, errs: &mut
                     "messages must stay open to new optional fields"
                 );
             }
+            "items" => {
+                for (i, item) in v.as_array().into_iter().flatten().enumerate() {
+                    schema_errors(root, rule, item, &format!("{path}[{i}]"), errs);
+                }
+            }
             "allOf" => {
                 for sub in rule.as_array().expect("allOf is a list") {
                     schema_errors(root, sub, v, path, errs);
@@ -188,7 +193,7 @@ fn schema_check(root: &Value, message: &str, payload: &Value) -> Vec<String> {
 // ---------------------------------------------------------------------------------
 
 /// The JSON messages of the document and the fewest examples each must have.
-const JSON_MESSAGES: [(&str, usize); 7] = [
+const JSON_MESSAGES: [(&str, usize); 8] = [
     ("StationStatus", 2),
     ("ChargeRequest", 1),
     ("Recommendation", 4),
@@ -196,6 +201,7 @@ const JSON_MESSAGES: [(&str, usize); 7] = [
     ("Telemetry", 1),
     ("StationReservation", 2),
     ("StationReservationEvent", 3),
+    ("CentralHeartbeat", 1),
 ];
 
 /// Decodes with `T`, re-encodes, decodes again, and checks that every field of the
@@ -242,6 +248,7 @@ fn decode_as(message: &str, bytes: &[u8]) -> Result<(), ProtocolError> {
         "Telemetry" => decode::<Telemetry>(bytes).map(drop),
         "StationReservation" => decode::<StationReservation>(bytes).map(drop),
         "StationReservationEvent" => decode::<StationReservationEvent>(bytes).map(drop),
+        "CentralHeartbeat" => decode::<fog::CentralHeartbeat>(bytes).map(drop),
         other => panic!("no Rust type for message {other}"),
     }
 }
@@ -300,6 +307,7 @@ fn every_message_example_decodes_round_trips_and_fits_its_schema() {
                 "StationReservationEvent" => {
                     drop(roundtrip_as::<StationReservationEvent>(name, payload))
                 }
+                "CentralHeartbeat" => drop(roundtrip_as::<fog::CentralHeartbeat>(name, payload)),
                 _ => unreachable!(),
             }
             decoded += 1;
@@ -419,7 +427,7 @@ const STATION: &str = "north-001";
 const VEHICLE: &str = "car-7";
 
 /// Channel key, address, expected action of the fog server, QoS, retain.
-const CHANNELS: [(&str, &str, &str, u64, bool); 7] = [
+const CHANNELS: [(&str, &str, &str, u64, bool); 8] = [
     (
         "stationReservations",
         "ev/{region}/stations/{station_id}/reservations",
@@ -465,6 +473,14 @@ const CHANNELS: [(&str, &str, &str, u64, bool); 7] = [
     (
         "vehicleTelemetry",
         "ev/{region}/vehicles/{vehicle_id}/telemetry",
+        "receive",
+        0,
+        false,
+    ),
+    // Not a device topic: central's heartbeat, brought down by the region's bridge.
+    (
+        "centralHeartbeat",
+        "fog/down/heartbeat",
         "receive",
         0,
         false,
@@ -522,6 +538,15 @@ fn channel_addresses_parse_as_the_expected_topics() {
     for (key, address, ..) in CHANNELS {
         let channel = &channels[key];
         assert_eq!(channel["address"], address, "{key}");
+        if address.starts_with("fog/") {
+            // A bridged fog topic: no parameters, parsed by the fog message parser.
+            assert!(channel.get("parameters").is_none(), "{key}");
+            let m =
+                fog::FogMessage::parse_regional(address).unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert_eq!(m.regional_topic(), address, "{key}");
+            assert_eq!(m, fog::FogMessage::Heartbeat, "{key}");
+            continue;
+        }
 
         let params = object(&channel["parameters"], "parameters");
         let named: BTreeSet<&str> = placeholders(address).into_iter().collect();
@@ -726,6 +751,18 @@ fn full_instances() -> Vec<(&'static str, Value)> {
             })),
         ),
         (
+            "CentralHeartbeat",
+            v(encode(&fog::CentralHeartbeat {
+                v: 1,
+                started_ms: 1_796_140_000_000,
+                seq: 42,
+                ts_ms: 1_796_140_041_000,
+                period_ms: 1000,
+                open_regions: vec!["east".into(), "middle".into()],
+                nearest_open_km: Some(12.5),
+            })),
+        ),
+        (
             "StationReservationEvent",
             v(encode(&StationReservationEvent {
                 v: 1,
@@ -910,6 +947,10 @@ fn schema_and_decoder_agree_on_valid_and_invalid_payloads() {
         ("StationStatus", "takes_reservations", json!("yes"), false),
         ("Recommendation", "revised", json!(true), true),
         ("Recommendation", "revised", json!(1), false),
+        ("CentralHeartbeat", "open_regions", json!(["a b"]), false),
+        ("CentralHeartbeat", "open_regions", json!([]), true),
+        ("CentralHeartbeat", "period_ms", json!(0), false),
+        ("CentralHeartbeat", "nearest_open_km", json!(-1.0), false),
         ("StationReservation", "action", json!("cancel"), true),
         ("StationReservation", "action", json!("hold"), false),
         ("StationReservation", "id_tag", json!("a".repeat(20)), true),
