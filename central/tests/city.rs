@@ -94,6 +94,19 @@ async fn saturated_west(city: &City) -> (TestClient, TestClient) {
         lists_station(v, "middle-free")
     })
     .await;
+    // And west has heard from central that middle can take vehicles.
+    wait_until("west hears that middle is open", T, POLL, || async {
+        city.fog("west")
+            .get_json::<Value>("/api/region")
+            .await
+            .is_ok_and(|v| {
+                v["central_open_regions"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|id| id == "middle"))
+            })
+    })
+    .await
+    .unwrap();
     (west, middle)
 }
 

@@ -327,7 +327,19 @@ impl Config {
 
 /// Runs the configured strategies and returns the report (also written with
 /// `--report-json`).
-pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<Report> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report> {
+    // Ctrl-C in the middle of anything (connecting a fleet, waiting for the servers)
+    // ends the run with this reason first.
+    run_to_end(config, shutdown.clone()).await.map_err(|e| {
+        if shutdown.is_cancelled() && e.to_string() != "interrupted" {
+            e.context("interrupted")
+        } else {
+            e
+        }
+    })
+}
+
+async fn run_to_end(mut config: Config, shutdown: CancellationToken) -> Result<Report> {
     config.read_files()?;
     config.apply_demo_defaults();
     config.check()?;

@@ -70,6 +70,8 @@ struct RegionView {
     reservations_active: usize,
     /// Central's heartbeat heard within `--central-timeout-ms`.
     central_present: bool,
+    /// The regions central's last heartbeat lists as able to take vehicles.
+    central_open_regions: Vec<String>,
     now_ms: u64,
 }
 
@@ -82,6 +84,7 @@ async fn region(State(shared): State<Arc<Shared>>) -> Json<RegionView> {
         stations_in_service: region.planner.stations.in_service(),
         reservations_active: region.planner.active_reservations(),
         central_present: region.central_present(),
+        central_open_regions: region.central_open_regions(),
         now_ms: shared.clock.now_ms(),
     })
 }

@@ -222,6 +222,14 @@ impl Region {
         }
     }
 
+    /// The regions central's last heartbeat lists as able to take vehicles.
+    pub fn central_open_regions(&self) -> Vec<String> {
+        self.central
+            .as_ref()
+            .map(|(_, hb)| hb.open_regions.clone())
+            .unwrap_or_default()
+    }
+
     /// Whether central's heartbeat was heard within the timeout.
     pub fn central_present(&self) -> bool {
         !matches!(self.central_view(), CentralView::Unreachable { .. })
