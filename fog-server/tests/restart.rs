@@ -137,8 +137,24 @@ async fn a_killed_fog_server_comes_back_with_every_reservation_and_books_nothing
     assert_eq!(fresh.status, RecommendationStatus::Assigned, "{fresh:?}");
     let answered_after = restarted.elapsed();
 
-    // Every reservation is back with the same id, station and expiry.
-    let after = reservations(http).await.unwrap();
+    // Every reservation is back with the same id, station and expiry (each as soon as
+    // its station's retained status is in again).
+    let after = wait_until(
+        "every reservation is back",
+        T,
+        Duration::from_millis(20),
+        || async {
+            reservations(http).await.filter(|after| {
+                before.iter().all(|r| {
+                    after
+                        .iter()
+                        .any(|a| a["reservation_id"] == r["reservation_id"])
+                })
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}: {:?}", before));
     for r in &before {
         let same = after
             .iter()
