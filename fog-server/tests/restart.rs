@@ -28,9 +28,15 @@ fn start(cwd: &Path, broker: &str, http: u16) -> Child {
         .current_dir(cwd)
         .args(["--region", REGION, "--broker", broker])
         .args(["--http", &format!("127.0.0.1:{http}")])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(cwd.join("fog.log"))
+                .expect("fog log"),
+        )
         .spawn()
         .expect("fog-server starts")
 }
@@ -154,7 +160,13 @@ async fn a_killed_fog_server_comes_back_with_every_reservation_and_books_nothing
         },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e:#}: {:?}", before));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e:#}: before {before:?}; now {:?}; the fog's log:\n{}",
+            futures_now(http),
+            std::fs::read_to_string(cwd.path().join("fog.log")).unwrap_or_default()
+        )
+    });
     for r in &before {
         let same = after
             .iter()
@@ -174,4 +186,14 @@ async fn a_killed_fog_server_comes_back_with_every_reservation_and_books_nothing
 
     fog.kill().unwrap();
     fog.wait().unwrap();
+}
+
+/// The reservations the fog holds now, read without the async runtime (for a panic
+/// message).
+fn futures_now(http: u16) -> String {
+    std::process::Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{http}/api/reservations")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
