@@ -22,8 +22,32 @@ fn request(id: &str) -> ChargeRequest {
     common::request(id, -12.25, -38.95, 0.3)
 }
 
+/// A fog-server process, killed when dropped (also when the test fails half-way, so
+/// that no server outlives it and later connects to a broker that reuses its port).
+struct FogChild(Child);
+
+impl std::ops::Deref for FogChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for FogChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for FogChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `fog-server` as an operator starts it: no state flag, in `cwd`.
-fn start(cwd: &Path, broker: &str, http: u16) -> Child {
+fn start(cwd: &Path, broker: &str, http: u16) -> FogChild {
     Command::new(env!("CARGO_BIN_EXE_fog-server"))
         .current_dir(cwd)
         .args(["--region", REGION, "--broker", broker])
@@ -38,6 +62,7 @@ fn start(cwd: &Path, broker: &str, http: u16) -> Child {
                 .expect("fog log"),
         )
         .spawn()
+        .map(FogChild)
         .expect("fog-server starts")
 }
 
