@@ -36,14 +36,46 @@ pub struct Saved {
     pub answer: Option<Recommendation>,
 }
 
-/// One journal line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One journal line: `{"op":"made",...Saved}` or `{"op":"ended","id":...}`.
+///
+/// Read by [`Record::parse`], not by a derived `Deserialize`: serde buffers an
+/// internally tagged enum before it picks the variant, and that buffer turns every
+/// number into a map when serde_json's `arbitrary_precision` is on — which the OCPP
+/// gateway's `rust-ocpp` turns on for every crate built with it, so a derived reader
+/// would lose every reservation with an answer in a workspace build.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Record {
     /// A reservation was made.
     Made(Box<Saved>),
     /// A reservation ended (arrived, cancelled, expired, replaced, station gone).
     Ended { id: String },
+}
+
+impl Record {
+    /// Reads one journal line.
+    pub fn parse(line: &str) -> serde_json::Result<Self> {
+        use serde::de::Error as _;
+        let mut fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)?;
+        let op = fields.remove("op");
+        match op.as_ref().and_then(|op| op.as_str()) {
+            Some("made") => Ok(Self::Made(Box::new(serde_json::from_value(
+                serde_json::Value::Object(fields),
+            )?))),
+            Some("ended") => {
+                #[derive(Deserialize)]
+                struct Ended {
+                    id: String,
+                }
+                let Ended { id } = serde_json::from_value(serde_json::Value::Object(fields))?;
+                Ok(Self::Ended { id })
+            }
+            Some(other) => Err(serde_json::Error::custom(format!(
+                "unknown op {other:?}, expected \"made\" or \"ended\""
+            ))),
+            None => Err(serde_json::Error::custom("no \"op\" string")),
+        }
+    }
 }
 
 /// What a journal held when it was opened.
@@ -89,7 +121,7 @@ impl Store {
                 if line.trim().is_empty() {
                     continue;
                 }
-                match serde_json::from_str::<Record>(&line) {
+                match Record::parse(&line) {
                     Ok(Record::Made(saved)) => {
                         let id = saved.reservation.reservation_id.clone();
                         order.push(id.clone());
@@ -211,8 +243,35 @@ mod tests {
         Record::Made(Box::new(Saved {
             reservation: reservation(id, expires_ms),
             request_id: Some(format!("r-{id}")),
-            answer: None,
+            answer: Some(answer(id)),
         }))
+    }
+
+    /// An answer as the fog gives it, with fractional numbers.
+    fn answer(id: &str) -> Recommendation {
+        serde_json::from_value(serde_json::json!({
+            "v": 1, "request_id": format!("r-{id}"), "status": "assigned",
+            "station": {"station_id": "s-1", "region": "north", "lat": 52.1234567, "lon": 4.7654321},
+            "distance_km": 3.25, "eta_s": 300, "wait_s": 0, "charge_s": 600,
+            "reservation_id": id, "expires_ms": 10_000
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_line_reads_back_as_written() {
+        for record in [made("a", 10_000), Record::Ended { id: "a".into() }] {
+            let line = serde_json::to_string(&record).unwrap();
+            assert_eq!(Record::parse(&line).unwrap(), record, "{line}");
+        }
+        for (line, says) in [
+            (r#"{"id":"a"}"#, "no \"op\""),
+            (r#"{"op":"booked","id":"a"}"#, "unknown op \"booked\""),
+            (r#"{"op":"ended"}"#, "missing field `id`"),
+        ] {
+            let e = Record::parse(line).unwrap_err().to_string();
+            assert!(e.contains(says), "{line}: {e}");
+        }
     }
 
     #[test]
