@@ -622,11 +622,11 @@ pub const DEPLOY_TOPOLOGY: &str = "deploy/topology.toml";
 /// Every generated file that is checked in, by path relative to the repository root
 /// (`root`): the container broker configs (`deploy/mosquitto/compose/`), the compose
 /// file (`deploy/regions.yml`) and the Kubernetes manifests (`k8s/`), all from
-/// [`DEPLOY_TOPOLOGY`].
+/// [`DEPLOY_TOPOLOGY`] and the deployment settings beside it ([`deploy::DEPLOY_SETTINGS`]).
 pub fn checked_in_files(root: &Path) -> Result<Vec<(PathBuf, String)>, TopologyError> {
     let t = Topology::load(&root.join(DEPLOY_TOPOLOGY))?;
     let opts = RenderOptions::container(DEPLOY_TOPOLOGY);
-    let settings = deploy::Settings::demo(&t);
+    let settings = deploy::Settings::load(&root.join(deploy::DEPLOY_SETTINGS), &t)?;
     let mut files: Vec<(PathBuf, String)> = generate_all(&t, &opts)
         .into_iter()
         .map(|(name, text)| (Path::new("deploy/mosquitto/compose").join(name), text))
