@@ -18,14 +18,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Rewrite every checked-in generated file (deploy/mosquitto/compose/, deploy/regions.yml,
-    /// k8s/; run from the repository root), or one set of broker configs with --topology and --out.
+    /// k8s/; run from the repository root), or one set of broker configs with --topology and --out
+    /// (for containers: passwords and bridge logins from the secrets `fogcharge setup` makes).
     Generate {
         #[arg(long, requires = "out")]
         topology: Option<PathBuf>,
         #[arg(long, requires = "topology")]
         out: Option<PathBuf>,
-        /// Render for local processes keeping their state under this directory
-        /// (default: for containers, state in /mosquitto/data/).
+        /// Render for brokers started by hand on this machine: anonymous clients
+        /// (loopback only), state in {state-dir}/{broker}/ (made here), logs to stdout
+        /// (default: for containers, state in /mosquitto/data/, secrets in
+        /// /mosquitto/secrets/).
         #[arg(long, requires = "topology")]
         state_dir: Option<PathBuf>,
     },
@@ -52,71 +55,82 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Generate {
-            topology,
-            out,
+            topology: Some(t),
+            out: Some(out),
             state_dir,
-        } => {
-            match (topology, out) {
-                (Some(t), Some(out)) => {
-                    let source = t.display().to_string();
-                    let opts = match state_dir {
-                        Some(dir) => {
-                            let mut opts = RenderOptions::local(&dir);
-                            opts.source = source;
-                            opts
-                        }
-                        None => RenderOptions::container(&source),
-                    };
-                    let topo = Topology::load(&t)?;
-                    std::fs::create_dir_all(&out)?;
-                    for (name, text) in generate_all(&topo, &opts) {
-                        let path = out.join(name);
-                        std::fs::write(&path, text)?;
-                        println!("wrote {}", path.display());
-                    }
-                }
-                _ => {
-                    for (path, text) in checked_in_files(Path::new("."))? {
-                        if let Some(dir) = path.parent() {
-                            std::fs::create_dir_all(dir)?;
-                        }
-                        std::fs::write(&path, text)?;
-                        println!("wrote {}", path.display());
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Check => {
-            let drift = drifted(Path::new("."))?;
-            if drift.is_empty() {
-                println!("every generated config is up to date");
-                Ok(ExitCode::SUCCESS)
-            } else {
-                for f in &drift {
-                    eprintln!("drifted: {f}");
-                }
-                eprintln!("run `cargo run -p topology -- generate` and commit the result");
-                Ok(ExitCode::FAILURE)
+        } => generate_one(&t, &out, state_dir.as_deref())?,
+        Command::Generate { .. } => {
+            for (path, text) in checked_in_files(Path::new("."))? {
+                write(&path, &text)?;
             }
         }
-        Command::Show { topology } => {
-            let t = match topology {
-                Some(p) => Topology::load(&p)?,
-                None => Topology::demo_city(),
-            };
-            println!("{}: central {}", t.name, t.central.url());
-            for r in &t.regions {
-                println!(
-                    "  {:<12} broker {:<28} outline {:?}",
-                    r.id,
-                    r.broker.url(),
-                    r.outline()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+        Command::Check => return check(),
+        Command::Show { topology } => show(topology.as_deref())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, text)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// The broker configs of one topology in `out`: for containers, or for processes on
+/// this machine with their state under `state_dir` (its directories made here).
+fn generate_one(topology: &Path, out: &Path, state_dir: Option<&Path>) -> anyhow::Result<()> {
+    let source = topology.display().to_string();
+    let t = Topology::load(topology)?;
+    let opts = match state_dir {
+        Some(dir) => RenderOptions {
+            source,
+            ..RenderOptions::local(dir)
+        },
+        None => RenderOptions::container(&source),
+    };
+    if state_dir.is_some() {
+        for dir in opts.state_dirs(&t) {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("cannot make {}: {e}", dir.display()))?;
         }
     }
+    for (name, text) in generate_all(&t, &opts) {
+        write(&out.join(name), &text)?;
+    }
+    Ok(())
+}
+
+fn check() -> anyhow::Result<ExitCode> {
+    let drift = drifted(Path::new("."))?;
+    if drift.is_empty() {
+        println!("every generated config is up to date");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &drift {
+        eprintln!("drifted: {f}");
+    }
+    eprintln!("run `cargo run -p topology -- generate` and commit the result");
+    Ok(ExitCode::FAILURE)
+}
+
+fn show(topology: Option<&Path>) -> anyhow::Result<()> {
+    let t = match topology {
+        Some(p) => Topology::load(p)?,
+        None => Topology::demo_city(),
+    };
+    println!("{}: central {}", t.name, t.central.url());
+    for r in &t.regions {
+        println!(
+            "  {:<12} broker {:<28} outline {:?}",
+            r.id,
+            r.broker.url(),
+            r.outline()
+        );
+    }
+    Ok(())
 }
 
 /// Checked-in files that differ from what the generator makes (or are missing).

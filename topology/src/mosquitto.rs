@@ -19,6 +19,9 @@ pub struct RenderOptions {
     pub auth: Auth,
     /// An extra TLS listener on each broker that has a port here.
     pub tls: Option<Tls>,
+    /// `user`: whom Mosquitto runs as when started as root (none: its default,
+    /// `mosquitto`; ignored when not started as root).
+    pub user: Option<String>,
 }
 
 /// TLS listeners: for broker `b` (`central` or a region id) a listener on `ports[b]`
@@ -89,10 +92,15 @@ impl RenderOptions {
             source: "a test topology".into(),
             auth: Auth::Anonymous,
             tls: None,
+            user: None,
         }
     }
 
-    /// For the local launcher: state under `base/{broker}/`, logs to stdout.
+    /// For brokers started by hand on this machine (`topology generate --state-dir`):
+    /// state under `base/{broker}/`, logs to stdout, anonymous clients (loopback and
+    /// private networks only), and `user root`: started as root, Mosquitto would
+    /// otherwise drop to user `mosquitto`, which cannot write a state directory root
+    /// made (ignored when not started as root).
     pub fn local(base: &Path) -> Self {
         Self {
             persistence: Persistence::PerBroker(base.to_path_buf()),
@@ -100,7 +108,16 @@ impl RenderOptions {
             source: "the local topology".into(),
             auth: Auth::Anonymous,
             tls: None,
+            user: Some("root".into()),
         }
+    }
+
+    /// The directories the brokers of `t` keep their state in.
+    pub fn state_dirs(&self, t: &Topology) -> Vec<PathBuf> {
+        let brokers = std::iter::once("central").chain(t.regions.iter().map(|r| r.id.as_str()));
+        brokers
+            .map(|b| PathBuf::from(self.persistence_dir(b)))
+            .collect()
     }
 
     /// For the official `eclipse-mosquitto` image: one broker per container with its
@@ -114,6 +131,7 @@ impl RenderOptions {
                 dir: deploy::BROKER_SECRETS.into(),
             },
             tls: None,
+            user: None,
         }
     }
 
@@ -139,6 +157,12 @@ fn common(
         "# Mosquitto config for {name}, generated from {} by `cargo run -p topology -- generate`.\n# Do not edit: regenerate.",
         opts.source
     );
+    if let Some(user) = &opts.user {
+        let _ = writeln!(
+            out,
+            "# whom to run as when started as root (ignored otherwise)\nuser {user}"
+        );
+    }
     let _ = writeln!(out, "listener {} {}", b.port, b.listen);
     if let Some(tls) = &opts.tls {
         if let Some(port) = tls.ports.get(name) {
