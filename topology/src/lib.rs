@@ -33,8 +33,10 @@
 //!   and containers), each region's bridge by the contract above.
 //! - [`auth`]: users, passwords, password files and ACLs.
 //! - [`deploy`]: the container deployments (compose, Kubernetes) and their secrets.
+//! - [`cli`]: the `topology` command line.
 
 pub mod auth;
+pub mod cli;
 pub mod deploy;
 pub mod mosquitto;
 
