@@ -44,7 +44,18 @@ fn the_readme_by_hand_section_runs_as_written() {
         .map(|c| by_hand::start_broker(&local.apply(c), tmp.path()))
         .collect();
     by_hand::check_bridges(&section, &local, &mut running);
+    // Stopped, each broker saves its state where the section says: `{state-dir}/{broker}/`
+    // (as root only with `user root` in its config).
+    let state = by_hand::flag_of(&section, "--state-dir").expect("the section gives --state-dir");
+    let state = std::path::PathBuf::from(local.apply(&state));
     for b in &mut running {
         b.alive();
+        b.stop();
+    }
+    let brokers =
+        std::iter::once("central").chain(section.topology.regions.iter().map(|r| r.id.as_str()));
+    for b in brokers {
+        let db = state.join(b).join("mosquitto.db");
+        assert!(db.is_file(), "no {}", db.display());
     }
 }

@@ -208,6 +208,14 @@ pub fn flag<'a>(args: &[&'a str], name: &str) -> Option<&'a str> {
     })
 }
 
+/// The value of a flag of the section's topology tool command.
+pub fn flag_of(section: &Section, name: &str) -> Option<String> {
+    let tool = section.commands.iter().find(|c| is_topology_tool(c))?;
+    let args = topology_args(tool);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    flag(&args, name).map(str::to_owned)
+}
+
 /// `text` with port `from` (after `:` or `port = `, not followed by a digit) as `to`.
 pub fn replace_port(text: &str, from: u16, to: u16) -> String {
     let mut out = text.to_owned();
@@ -313,6 +321,19 @@ impl Drop for Running {
 impl Running {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the process with SIGTERM (Mosquitto then saves its persistence file) and
+    /// waits for it to exit.
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + WAIT;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "`{}` did not stop", self.what);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Fails if the process has exited.
