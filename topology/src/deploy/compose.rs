@@ -288,8 +288,15 @@ fn named_volumes(svc: &Service) -> impl Iterator<Item = String> + '_ {
 pub fn compose(t: &Topology, settings: &Settings, source: &str) -> Result<String, TopologyError> {
     let all = containers(t, settings)?;
     let ports = &settings.compose;
-    let mut next_region_port = ports.first_region_port;
-    let mut next_fog_port = ports.first_fog_port;
+    // the regions' host ports count up from the first, in the topology's order
+    let nth = |first: u16, region: &str| {
+        let i = t
+            .regions
+            .iter()
+            .position(|r| r.id == region)
+            .unwrap_or_default();
+        first + i as u16
+    };
     let mut file = ComposeFile {
         services: IndexMap::new(),
         volumes: IndexMap::new(),
@@ -299,13 +306,11 @@ pub fn compose(t: &Topology, settings: &Settings, source: &str) -> Result<String
         let svc = match &c.role {
             Role::Setup => setup_service(c, settings),
             Role::Broker { region: None } => broker_service(c, settings, ports.central_broker_port),
-            Role::Broker { region: Some(_) } => {
-                next_region_port += 1;
-                broker_service(c, settings, next_region_port - 1)
+            Role::Broker { region: Some(r) } => {
+                broker_service(c, settings, nth(ports.first_region_port, r))
             }
             Role::Fog { region } => {
-                next_fog_port += 1;
-                fog_service(c, settings, t, region, next_fog_port - 1)
+                fog_service(c, settings, t, region, nth(ports.first_fog_port, region))
             }
             Role::Central => central_service(c, settings, t),
             Role::Simulator => simulator_service(c, settings, t, &all),
