@@ -2,29 +2,30 @@
 //! [`api`].
 
 mod api;
+mod pod;
 
 use api::{
-    Binding, Capabilities, ClaimRef, ClaimSpec, ClaimTemplate, ConfigMapData, ConfigMapVolume,
-    ContainerPort, DeploymentSpec, Empty, EnvVar, Exec, HttpGet, JobSpec, KeyToPath, LabelSelector,
-    Labels, Metadata, Object, PodSecurityContext, PodSpec, PodTemplate, PolicyRule, PolicyRules,
-    Probe, Quantities, Resources, RoleRef, SeccompProfile, SecretVolume, SecurityContext, Selector,
-    ServicePort, ServiceSpec, Spec, StatefulSetSpec, Storage, StorageRequest, Strategy, Subject,
-    TcpSocket, Volume, VolumeMount, VolumeSource,
+    Binding, ClaimRef, ClaimTemplate, ConfigMapData, ConfigMapVolume, ContainerPort,
+    DeploymentSpec, Empty, Exec, JobSpec, KeyToPath, LabelSelector, Labels, Metadata, Object,
+    PodSecurityContext, PodSpec, PolicyRule, PolicyRules, Probe, RoleRef, Selector, ServicePort,
+    ServiceSpec, Spec, StatefulSetSpec, Strategy, Subject, TcpSocket, VolumeMount, VolumeSource,
+};
+use pod::{
+    claim_spec, container, fogcharge_security, http_probe, mount, pod_security, pod_template,
+    resources, secret_volume, tmp_mount, tmp_volume, topology_mount, topology_volume, volume,
 };
 use serde::Serialize;
 
 use super::containers::MQTT_PORT;
 use super::{
     BROKER_CONF, BROKER_SECRETS, CLOCK_FILE, Container, Role, SERVER_SECRETS, Settings, containers,
-    header, health_check_script, secret_key, yaml,
+    header, health_check_script, yaml,
 };
 use crate::{RenderOptions, Topology, TopologyError, central_broker_conf, region_broker_conf};
 
 /// The Secret `fogcharge setup --kubernetes-secret` creates.
 pub const SECRET_NAME: &str = "fogcharge-secrets";
 
-/// The user and group of the fogcharge image.
-const FOGCHARGE_UID: u32 = 10001;
 /// The image's `mosquitto` group: it reads the secrets.
 const MOSQUITTO_GID: u32 = 1883;
 
@@ -76,164 +77,6 @@ fn file(source: &str, objects: &[String]) -> String {
     header(source) + &objects.join("---\n")
 }
 
-fn pod_template(name: &str, component: &str, spec: PodSpec) -> PodTemplate {
-    PodTemplate {
-        metadata: Metadata {
-            labels: Some(labels(name, component)),
-            ..Metadata::default()
-        },
-        spec,
-    }
-}
-
-/// The pods of the fogcharge image: not root, the default seccomp profile.
-fn pod_security() -> PodSecurityContext {
-    PodSecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(FOGCHARGE_UID),
-        run_as_group: Some(FOGCHARGE_UID),
-        fs_group: Some(FOGCHARGE_UID),
-        seccomp_profile: Some(SeccompProfile {
-            kind: "RuntimeDefault",
-        }),
-    }
-}
-
-/// A fogcharge container: read-only root, no privileges.
-fn fogcharge_security() -> Option<SecurityContext> {
-    Some(SecurityContext {
-        run_as_non_root: true,
-        run_as_user: FOGCHARGE_UID,
-        run_as_group: FOGCHARGE_UID,
-        allow_privilege_escalation: false,
-        read_only_root_filesystem: true,
-        capabilities: Capabilities {
-            drop: strings(&["ALL"]),
-        },
-    })
-}
-
-fn resources(cpu_req: &str, mem_req: &str, cpu_lim: &str, mem_lim: &str) -> Resources {
-    let q = |cpu: &str, memory: &str| Quantities {
-        cpu: cpu.to_owned(),
-        memory: memory.to_owned(),
-    };
-    Resources {
-        requests: q(cpu_req, mem_req),
-        limits: q(cpu_lim, mem_lim),
-    }
-}
-
-/// The container of `c`: its image, command and environment, with these mounts.
-fn container(
-    c: &Container,
-    volume_mounts: Vec<VolumeMount>,
-    resources: Resources,
-) -> api::Container {
-    api::Container {
-        name: c.name.clone(),
-        image: c.image.clone(),
-        image_pull_policy: "IfNotPresent",
-        command: c.command.clone(),
-        env: c
-            .env
-            .iter()
-            .map(|(name, value)| EnvVar {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect(),
-        volume_mounts,
-        ports: vec![],
-        readiness_probe: None,
-        liveness_probe: None,
-        security_context: None,
-        resources,
-    }
-}
-
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
-    VolumeMount {
-        name: name.to_owned(),
-        mount_path: path.to_owned(),
-        sub_path: None,
-        read_only: read_only.then_some(true),
-    }
-}
-
-fn volume(name: &str, source: VolumeSource) -> Volume {
-    Volume {
-        name: name.to_owned(),
-        source,
-    }
-}
-
-fn tmp_mount() -> VolumeMount {
-    mount("tmp", "/tmp", false)
-}
-
-fn tmp_volume() -> Volume {
-    volume("tmp", VolumeSource::EmptyDir(Empty {}))
-}
-
-fn topology_mount() -> VolumeMount {
-    mount("topology", "/etc/fogcharge", true)
-}
-
-fn topology_volume() -> Volume {
-    volume(
-        "topology",
-        VolumeSource::ConfigMap(ConfigMapVolume {
-            name: "fogcharge-topology".into(),
-            items: vec![],
-        }),
-    )
-}
-
-/// The files of the Secret a pod sees, each at its path in the secrets directory.
-fn secret_volume(paths: &[&str]) -> Volume {
-    let items = paths
-        .iter()
-        .map(|&path| KeyToPath {
-            key: secret_key(path),
-            path: path.to_owned(),
-        })
-        .collect();
-    volume(
-        "secrets",
-        VolumeSource::Secret(SecretVolume {
-            secret_name: SECRET_NAME.into(),
-            // 0440: the owner and the pod's fsGroup read it.
-            default_mode: 0o440,
-            items,
-        }),
-    )
-}
-
-fn claim_spec(size: &str) -> ClaimSpec {
-    ClaimSpec {
-        access_modes: strings(&["ReadWriteOnce"]),
-        resources: StorageRequest {
-            requests: Storage {
-                storage: size.to_owned(),
-            },
-        },
-    }
-}
-
-fn http_probe(path: &str, port: u16, period: u32) -> Option<Probe> {
-    Some(Probe {
-        http_get: Some(HttpGet {
-            path: path.to_owned(),
-            port,
-        }),
-        period_seconds: period,
-        timeout_seconds: Some(3),
-        failure_threshold: Some(3),
-        ..Probe::default()
-    })
-}
-
 fn namespace(ns: &str) -> String {
     let metadata = Metadata {
         name: Some(ns.to_owned()),
@@ -245,12 +88,8 @@ fn namespace(ns: &str) -> String {
 
 fn config_map(name: &str, component: &str, ns: &str, data: Vec<(String, String)>) -> String {
     let data = data.into_iter().collect();
-    object(
-        "v1",
-        "ConfigMap",
-        metadata(name, component, ns),
-        ConfigMapData { data },
-    )
+    let body = ConfigMapData { data };
+    object("v1", "ConfigMap", metadata(name, component, ns), body)
 }
 
 /// A ClusterIP Service in front of `name`'s pods.
@@ -273,13 +112,49 @@ fn service(name: &str, component: &str, ns: &str, port: u16, port_name: &str) ->
 
 fn persistent_volume_claim(name: &str, component: &str, ns: &str, size: &str) -> String {
     let spec = claim_spec(size);
+    let meta = metadata(name, component, ns);
+    object("v1", "PersistentVolumeClaim", meta, Spec { spec })
+}
+
+fn service_account(name: &str, component: &str, ns: &str) -> String {
     object(
         "v1",
-        "PersistentVolumeClaim",
+        "ServiceAccount",
         metadata(name, component, ns),
-        Spec { spec },
+        Empty {},
     )
 }
+
+/// A Role that may do `verbs` to `resources` of the core API group.
+fn role(name: &str, component: &str, ns: &str, resources: &[&str], verbs: &[&str]) -> String {
+    let rules = PolicyRules {
+        rules: vec![PolicyRule {
+            api_groups: strings(&[""]),
+            resources: strings(resources),
+            verbs: strings(verbs),
+        }],
+    };
+    object(RBAC, "Role", metadata(name, component, ns), rules)
+}
+
+/// Binds the Role `name` to the ServiceAccount `name`.
+fn role_binding(name: &str, component: &str, ns: &str) -> String {
+    let binding = Binding {
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io",
+            kind: "Role",
+            name: name.into(),
+        },
+        subjects: vec![Subject {
+            kind: "ServiceAccount",
+            name: name.into(),
+            namespace: ns.into(),
+        }],
+    };
+    object(RBAC, "RoleBinding", metadata(name, component, ns), binding)
+}
+
+const RBAC: &str = "rbac.authorization.k8s.io/v1";
 
 fn job(name: &str, component: &str, ns: &str, backoff_limit: u32, pod: PodSpec) -> String {
     let spec = JobSpec {
@@ -294,14 +169,48 @@ fn job(name: &str, component: &str, ns: &str, backoff_limit: u32, pod: PodSpec) 
     )
 }
 
+/// One pod, recreated rather than rolled: one writer of a region's reservations
+/// journal at a time.
+fn deployment(name: &str, component: &str, ns: &str, pod: PodSpec) -> String {
+    let spec = DeploymentSpec {
+        replicas: 1,
+        strategy: Strategy { kind: "Recreate" },
+        selector: LabelSelector {
+            match_labels: selector(name),
+        },
+        template: pod_template(name, component, pod),
+    };
+    let meta = metadata(name, component, ns);
+    object("apps/v1", "Deployment", meta, Spec { spec })
+}
+
+/// One pod with its own claim `data` of `size`, behind the Service of the same name.
+fn stateful_set(name: &str, component: &str, ns: &str, pod: PodSpec, size: &str) -> String {
+    let spec = StatefulSetSpec {
+        service_name: name.to_owned(),
+        replicas: 1,
+        selector: LabelSelector {
+            match_labels: selector(name),
+        },
+        template: pod_template(name, component, pod),
+        volume_claim_templates: vec![ClaimTemplate {
+            metadata: Metadata {
+                name: Some("data".into()),
+                ..Metadata::default()
+            },
+            spec: claim_spec(size),
+        }],
+    };
+    let meta = metadata(name, component, ns);
+    object("apps/v1", "StatefulSet", meta, Spec { spec })
+}
+
 /// The broker configs and the topology, as ConfigMaps.
 fn config_maps(t: &Topology, opts: &RenderOptions, ns: &str) -> Result<Vec<String>, TopologyError> {
     let mut confs = vec![("central.conf".to_owned(), central_broker_conf(t, opts))];
     for r in &t.regions {
-        confs.push((
-            format!("{}.conf", r.id),
-            region_broker_conf(t, &r.id, opts)?,
-        ));
+        let conf = region_broker_conf(t, &r.id, opts)?;
+        confs.push((format!("{}.conf", r.id), conf));
     }
     let topology = vec![("topology.toml".to_owned(), crate::to_toml(t))];
     Ok(vec![
@@ -313,34 +222,12 @@ fn config_maps(t: &Topology, opts: &RenderOptions, ns: &str) -> Result<Vec<Strin
 /// setup as a Job, with a ServiceAccount allowed to create the Secret and nothing else.
 fn setup_objects(c: &Container, ns: &str) -> Vec<String> {
     let sa = "fogcharge-setup";
-    let rules = PolicyRules {
-        rules: vec![PolicyRule {
-            api_groups: strings(&[""]),
-            resources: strings(&["secrets"]),
-            verbs: strings(&["get", "create"]),
-        }],
-    };
-    let binding = Binding {
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io",
-            kind: "Role",
-            name: sa.into(),
-        },
-        subjects: vec![Subject {
-            kind: "ServiceAccount",
-            name: sa.into(),
-            namespace: ns.into(),
-        }],
-    };
     let mut setup = c.clone();
     setup
         .command
         .extend(strings(&["--kubernetes-secret", SECRET_NAME]));
-    let mut main = container(
-        &setup,
-        vec![topology_mount(), tmp_mount()],
-        resources("50m", "32Mi", "500m", "128Mi"),
-    );
+    let mounts = vec![topology_mount(), tmp_mount()];
+    let mut main = container(&setup, mounts, resources("50m", "32Mi", "500m", "128Mi"));
     main.security_context = fogcharge_security();
     let pod = PodSpec {
         service_account_name: Some(sa.into()),
@@ -350,11 +237,10 @@ fn setup_objects(c: &Container, ns: &str) -> Vec<String> {
         volumes: vec![topology_volume(), tmp_volume()],
         ..PodSpec::default()
     };
-    let rbac = "rbac.authorization.k8s.io/v1";
     vec![
-        object("v1", "ServiceAccount", metadata(sa, "setup", ns), Empty {}),
-        object(rbac, "Role", metadata(sa, "setup", ns), rules),
-        object(rbac, "RoleBinding", metadata(sa, "setup", ns), binding),
+        service_account(sa, "setup", ns),
+        role(sa, "setup", ns, &["secrets"], &["get", "create"]),
+        role_binding(sa, "setup", ns),
         job(sa, "setup", ns, 6, pod),
     ]
 }
@@ -365,11 +251,8 @@ fn broker_container(c: &Container) -> api::Container {
         sub_path: Some("mosquitto.conf".into()),
         ..mount("config", BROKER_CONF, true)
     };
-    let mounts = vec![
-        config,
-        mount("secrets", BROKER_SECRETS, true),
-        mount("data", "/mosquitto/data", false),
-    ];
+    let secrets = mount("secrets", BROKER_SECRETS, true);
+    let mounts = vec![config, secrets, mount("data", "/mosquitto/data", false)];
     let mut broker = container(c, mounts, resources("50m", "32Mi", "1", "512Mi"));
     broker.ports = vec![ContainerPort {
         name: "mqtt".into(),
@@ -393,7 +276,7 @@ fn broker_container(c: &Container) -> api::Container {
     broker
 }
 
-/// A broker as a StatefulSet of one (its own data volume) behind a Service.
+/// A broker as a StatefulSet (its own data volume) behind a Service.
 fn broker_objects(c: &Container, ns: &str) -> Vec<String> {
     let conf = c.role.broker_conf().unwrap_or("central");
     let mut secrets = vec![
@@ -404,6 +287,7 @@ fn broker_objects(c: &Container, ns: &str) -> Vec<String> {
     if let Role::Broker { region: Some(r) } = &c.role {
         secrets.push(format!("bridge-{r}/bridge.conf"));
     }
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     let config = volume(
         "config",
         VolumeSource::ConfigMap(ConfigMapVolume {
@@ -415,41 +299,19 @@ fn broker_objects(c: &Container, ns: &str) -> Vec<String> {
         }),
     );
     let pod = PodSpec {
+        // the image's mosquitto group: reads the secrets
         security_context: PodSecurityContext {
             fs_group: Some(MOSQUITTO_GID),
             ..PodSecurityContext::default()
         },
         termination_grace_period_seconds: Some(15),
         containers: vec![broker_container(c)],
-        volumes: vec![
-            config,
-            secret_volume(&secrets.iter().map(String::as_str).collect::<Vec<_>>()),
-        ],
+        volumes: vec![config, secret_volume(&secrets)],
         ..PodSpec::default()
-    };
-    let spec = StatefulSetSpec {
-        service_name: c.name.clone(),
-        replicas: 1,
-        selector: LabelSelector {
-            match_labels: selector(&c.name),
-        },
-        template: pod_template(&c.name, "broker", pod),
-        volume_claim_templates: vec![ClaimTemplate {
-            metadata: Metadata {
-                name: Some("data".into()),
-                ..Metadata::default()
-            },
-            spec: claim_spec("1Gi"),
-        }],
     };
     vec![
         service(&c.name, "broker", ns, MQTT_PORT, "mqtt"),
-        object(
-            "apps/v1",
-            "StatefulSet",
-            metadata(&c.name, "broker", ns),
-            Spec { spec },
-        ),
+        stateful_set(&c.name, "broker", ns, pod, "1Gi"),
     ]
 }
 
@@ -493,7 +355,7 @@ fn simulator_job(c: &Container, ns: &str) -> String {
     job("device-sim", "simulator", ns, 2, pod)
 }
 
-/// A fog server or central: a Deployment of one with probes on its HTTP port, behind a
+/// A fog server or central: a Deployment with probes on its HTTP port, behind a
 /// Service; a fog server keeps its reservations journal on a claim of its own.
 fn server_objects(c: &Container, ns: &str) -> Vec<String> {
     let port = c.http_port.unwrap_or(8080);
@@ -510,11 +372,12 @@ fn server_objects(c: &Container, ns: &str) -> Vec<String> {
     if is_fog {
         let claim = format!("{}-state", c.name);
         mounts.push(mount("state", "/fogcharge/state", false));
+        let claim_ref = ClaimRef {
+            claim_name: claim.clone(),
+        };
         volumes.push(volume(
             "state",
-            VolumeSource::PersistentVolumeClaim(ClaimRef {
-                claim_name: claim.clone(),
-            }),
+            VolumeSource::PersistentVolumeClaim(claim_ref),
         ));
         objects.push(persistent_volume_claim(&claim, component, ns, "256Mi"));
     }
@@ -534,22 +397,8 @@ fn server_objects(c: &Container, ns: &str) -> Vec<String> {
         volumes,
         ..PodSpec::default()
     };
-    let spec = DeploymentSpec {
-        replicas: 1,
-        // one writer of the region's reservations journal at a time
-        strategy: Strategy { kind: "Recreate" },
-        selector: LabelSelector {
-            match_labels: selector(&c.name),
-        },
-        template: pod_template(&c.name, component, pod),
-    };
     objects.push(service(&c.name, component, ns, port, "http"));
-    objects.push(object(
-        "apps/v1",
-        "Deployment",
-        metadata(&c.name, component, ns),
-        Spec { spec },
-    ));
+    objects.push(deployment(&c.name, component, ns, pod));
     objects
 }
 

@@ -23,7 +23,8 @@
 //! - `containers`: the containers and what each runs ([`containers`]).
 //! - `compose`: the compose file ([`compose()`]), one function per kind of service.
 //! - `k8s`: the Kubernetes manifests ([`kubernetes`]), one function per kind of
-//!   object; `k8s::api` holds the typed objects.
+//!   object (Namespace, ConfigMap, Service, StatefulSet, Deployment, Job, …);
+//!   `k8s::api` holds the typed objects, `k8s::pod` the parts of their pods.
 
 mod compose;
 mod containers;
