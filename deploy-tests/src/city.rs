@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use protocol::{
-    ChargeRequest, Recommendation, RecommendationStatus, StationState, StationStatus, topics,
-};
+use protocol::{ChargeRequest, Recommendation, RecommendationStatus, StationStatus, topics};
 use serde_json::Value;
 use testkit::TestClient;
 use topology::auth::{Credentials, Role};
@@ -109,17 +107,9 @@ impl City {
         )
         .await?;
         let status = StationStatus {
-            v: 1,
-            station_id: id.into(),
-            lat: Some(at.0),
-            lon: Some(at.1),
-            chargers: Some(chargers),
-            power_kw: Some(50.0),
             occupied,
             queue,
-            state: StationState::Available,
-            ts_ms: None,
-            takes_reservations: false,
+            ..testkit::messages::station(id, at.0, at.1, chargers, 50.0)
         };
         c.publish_json(&topics::station_status(region, id), &status, 1, true)
             .await?;

@@ -473,7 +473,7 @@ async fn runs_against_brokers_and_servers_that_already_exist() {
     let regions = servers.regions().await;
     let listed: u64 = regions
         .values()
-        .filter_map(|r| r["aggregate"]["stations"].as_u64())
+        .map(|r| u64::from(r.aggregate.stations))
         .sum();
     assert_eq!(listed, 20, "{regions:?}");
     servers.stop().await.unwrap();
