@@ -21,7 +21,7 @@
 //! - [`world`]: the scenario (`--seed`, `--vehicles`, …) and the world it generates:
 //!   regions, stations, vehicles.
 //! - [`sim`]: the simulated city stepping in simulated time: driving, queues, charging.
-//! - [`run`]: one strategy over a world, paced by the shared clock; requests, answers,
+//! - [`run`](mod@run): one strategy over a world, paced by the shared clock; requests, answers,
 //!   timeouts and fallbacks.
 //! - [`net`]: the devices' MQTT connections, one per station and a fleet per region.
 //! - [`report`]: the per-strategy figures and the comparison table.
