@@ -6,6 +6,8 @@
 //! - [`index`]: the station R-tree, in great-circle order.
 //! - [`planner`]: the cost model and the reservations.
 //! - [`region`]: what each incoming message does to the region's state (no I/O).
+//! - [`store`]: the reservations journal (`{state-dir}/{region}.jsonl`), read back at
+//!   start so that a restart keeps every promise.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/api/*`.
 //! - [`metrics`]: Prometheus metrics.
 //!

@@ -9,24 +9,15 @@ use fog_server::region::{Outgoing, Region};
 use protocol::{
     ChargeRequest, Recommendation, RecommendationStatus, ReservationAction, ReservationUpdate,
     StationReservation, StationReservationAction, StationReservationEvent,
-    StationReservationEventKind, StationState, StationStatus, decode, encode, topics,
+    StationReservationEventKind, StationStatus, decode, encode, topics,
 };
 
 const NOW: u64 = 1_700_000_000_000;
 
 fn station(id: &str, km_north: f64, takes_reservations: bool) -> StationStatus {
     StationStatus {
-        v: 1,
-        station_id: id.into(),
-        lat: Some(km_north / 111.19),
-        lon: Some(0.0),
-        chargers: Some(2),
-        power_kw: Some(50.0),
-        occupied: 0,
-        queue: 0,
-        state: StationState::Available,
-        ts_ms: None,
         takes_reservations,
+        ..testkit::messages::station(id, km_north / 111.19, 0.0, 2, 50.0)
     }
 }
 
@@ -41,17 +32,7 @@ fn region_with(stations: &[StationStatus]) -> Region {
 }
 
 fn request(id: &str) -> ChargeRequest {
-    ChargeRequest {
-        v: 1,
-        request_id: id.into(),
-        lat: 0.0,
-        lon: 0.0,
-        soc: 0.4,
-        battery_kwh: 60.0,
-        kwh_per_km: 0.18,
-        target_soc: 0.8,
-        ts_ms: None,
-    }
+    testkit::messages::request(id, 0.0, 0.0, 0.4)
 }
 
 fn ask(r: &mut Region, vehicle: &str, id: &str) -> Recommendation {

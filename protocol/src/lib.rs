@@ -9,7 +9,10 @@
 //! - [`fog`]: fog ↔ central messages and topics (aggregates, reroutes, handoffs),
 //!   carried over the Mosquitto bridges.
 //! - [`geo`]: great-circle distances and the 3-D unit vectors the station index stores.
+//! - [`error`]: [`ProtocolError`], what is wrong with a topic or a payload.
+//! - [`api`]: the JSON of central's HTTP API (`GET /api/regions`), for its clients.
 
+pub mod api;
 pub mod error;
 pub mod fog;
 pub mod geo;

@@ -5,6 +5,11 @@
 //! free ports, the local launcher for its own processes, and `cargo run -p topology --
 //! generate` writes the checked-in files under `deploy/` (a test fails when they drift).
 //!
+//! Modules: this file holds the [`Topology`] and the broker configs; [`auth`] the
+//! deployment's users, password and ACL files; [`deploy`] the compose file and the
+//! Kubernetes objects. `src/main.rs` is the `topology` command (`show`, `generate`,
+//! `check`).
+//!
 //! # The bridge contract
 //!
 //! A regional broker of region `{region}` bridges to the central broker with

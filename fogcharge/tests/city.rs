@@ -37,7 +37,7 @@ fn config(topology: &Path, args: &[&str]) -> Config {
         topology.to_str().unwrap(),
         "--start-local",
         "--server-exe",
-        env!("CARGO_BIN_EXE_device-sim"),
+        env!("CARGO_BIN_EXE_fogcharge"),
         "--central-http",
         "127.0.0.1:0",
         "--no-progress",
@@ -339,7 +339,7 @@ fn ctrl_c_stops_the_local_topology_and_leaves_no_process_behind() {
     let dir = tempfile::tempdir().unwrap();
     let topology = three_regions(dir.path());
     let t = Topology::load(&topology).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_device-sim"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fogcharge"))
         .args(["--topology", topology.to_str().unwrap(), "--start-local"])
         .args(["--central-http", "127.0.0.1:0", "--no-progress"])
         .args([
@@ -434,7 +434,7 @@ async fn runs_against_brokers_and_servers_that_already_exist() {
     let settings = launcher::ServerSettings {
         clock_speed: 300.0,
         clock_epoch_ms: epoch,
-        ..launcher::ServerSettings::embedded(std::path::Path::new(env!("CARGO_BIN_EXE_device-sim")))
+        ..launcher::ServerSettings::embedded(std::path::Path::new(env!("CARGO_BIN_EXE_fogcharge")))
     };
     let servers = launcher::LocalServers::start(&brokers.topology, &settings)
         .await
@@ -473,7 +473,7 @@ async fn runs_against_brokers_and_servers_that_already_exist() {
     let regions = servers.regions().await;
     let listed: u64 = regions
         .values()
-        .filter_map(|r| r["aggregate"]["stations"].as_u64())
+        .map(|r| u64::from(r.aggregate.stations))
         .sum();
     assert_eq!(listed, 20, "{regions:?}");
     servers.stop().await.unwrap();
