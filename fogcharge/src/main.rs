@@ -255,7 +255,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "k8s/20-setup.yaml passes --out with --kubernetes-secret, which setup refuses; the generator (topology::deploy) must drop --out"]
     fn every_command_line_of_the_kubernetes_deployment_parses() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s");
         let mut files: Vec<String> = std::fs::read_dir(dir)

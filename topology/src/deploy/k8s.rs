@@ -223,6 +223,10 @@ fn config_maps(t: &Topology, opts: &RenderOptions, ns: &str) -> Result<Vec<Strin
 fn setup_objects(c: &Container, ns: &str) -> Vec<String> {
     let sa = "fogcharge-setup";
     let mut setup = c.clone();
+    // The Secret instead of the compose file's shared folder (setup takes one or the other).
+    if let Some(at) = setup.command.iter().position(|a| a == "--out") {
+        setup.command.drain(at..(at + 2).min(setup.command.len()));
+    }
     setup
         .command
         .extend(strings(&["--kubernetes-secret", SECRET_NAME]));
