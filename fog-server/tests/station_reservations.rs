@@ -1,8 +1,11 @@
 //! Stations that take reservations (OCPP chargers behind the gateway), without a
 //! broker: what the fog tells them, and what it does with their answers.
 
+mod driver;
+
 use std::sync::Arc;
 
+use driver::Driven;
 use fog_server::metrics::Metrics;
 use fog_server::planner::PlannerParams;
 use fog_server::region::{Outgoing, Region};
@@ -30,8 +33,12 @@ fn station(id: &str, km_north: f64, takes_reservations: bool) -> StationStatus {
     }
 }
 
-fn region_with(stations: &[StationStatus]) -> Region {
-    let mut r = Region::new("north", PlannerParams::default(), Arc::new(Metrics::new()));
+fn region_with(stations: &[StationStatus]) -> Driven {
+    let mut r = Driven::from(Region::new(
+        "north",
+        PlannerParams::default(),
+        Arc::new(Metrics::new()),
+    ));
     r.reroute.enabled = false;
     for s in stations {
         let topic = topics::station_status("north", &s.station_id);
@@ -54,7 +61,7 @@ fn request(id: &str) -> ChargeRequest {
     }
 }
 
-fn ask(r: &mut Region, vehicle: &str, id: &str) -> Recommendation {
+fn ask(r: &mut Driven, vehicle: &str, id: &str) -> Recommendation {
     let out = r
         .handle(
             &topics::request("north", vehicle),
@@ -66,7 +73,7 @@ fn ask(r: &mut Region, vehicle: &str, id: &str) -> Recommendation {
 }
 
 fn event(
-    r: &mut Region,
+    r: &mut Driven,
     station: &str,
     reservation: &str,
     kind: StationReservationEventKind,
@@ -84,7 +91,7 @@ fn event(
     )
 }
 
-fn only_station_message(r: &mut Region) -> (String, StationReservation) {
+fn only_station_message(r: &mut Driven) -> (String, StationReservation) {
     let mut out = r.take_station_messages();
     assert_eq!(out.len(), 1, "{out:?}");
     let o = out.remove(0);

@@ -24,13 +24,13 @@ fuzz_target!(|input: (String, Vec<u8>)| {
             r#"{{"v":1,"station_id":"n-{i}","lat":{},"lon":-38.95,"chargers":2,"power_kw":50,"occupied":0,"queue":0,"state":"available"}}"#,
             -12.25 + f64::from(i) * 0.01
         );
-        r.handle(
+        r.receive(
             &format!("ev/north/stations/n-{i}/status"),
             status.as_bytes(),
             NOW,
         );
     }
-    if let Some(out) = r.handle(&topic, &payload, NOW) {
+    for out in r.receive(&topic, &payload, NOW).publish {
         assert!(out.topic.ends_with("/recommendation") || out.topic.starts_with("fog/up/"));
     }
     let _ = r.tick(NOW + 1_000);

@@ -81,25 +81,29 @@ pub enum IncomingError {
     #[error("unexpected message on fog topic {topic:?}")]
     FogTopic { topic: String },
     /// A known topic whose payload is not a valid message of its kind.
-    #[error("{kind:?} refused: {error}")]
-    Payload {
-        kind: IncomingKind,
-        /// The region of a device topic (`None` for `fog/…` topics).
-        region: Option<String>,
-        /// The vehicle or station id of a device topic (empty for `fog/…` topics).
-        id: String,
-        /// For a request: its `request_id` if the payload has a usable one (else
-        /// empty), so the `rejected` answer can name it.
-        request_id: String,
-        error: ProtocolError,
-    },
+    #[error("{:?} refused: {}", .0.kind, .0.error)]
+    Payload(Box<Refused>),
+}
+
+/// A payload refused on a known topic, with what the topic said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub kind: IncomingKind,
+    /// The region of a device topic (`None` for `fog/…` topics).
+    pub region: Option<String>,
+    /// The vehicle or station id of a device topic (empty for `fog/…` topics).
+    pub id: String,
+    /// For a request: its `request_id` if the payload has a usable one (else empty),
+    /// so the `rejected` answer can name it.
+    pub request_id: String,
+    pub error: ProtocolError,
 }
 
 impl IncomingError {
     /// The region of the device topic the message came on, if it got that far.
     pub fn region(&self) -> Option<&str> {
         match self {
-            Self::Payload { region, .. } => region.as_deref(),
+            Self::Payload(refused) => refused.region.as_deref(),
             Self::Topic(_) | Self::FogTopic { .. } => None,
         }
     }
@@ -114,16 +118,18 @@ impl Incoming {
         }
         let parsed = Topic::parse(topic).map_err(IncomingError::Topic)?;
         let region = parsed.region().to_owned();
-        let refused = |kind, id: &str, error| IncomingError::Payload {
-            kind,
-            region: Some(region.clone()),
-            id: id.to_owned(),
-            request_id: if kind == IncomingKind::Request {
-                request_id_of(payload)
-            } else {
-                String::new()
-            },
-            error,
+        let refused = |kind, id: &str, error| {
+            IncomingError::Payload(Box::new(Refused {
+                kind,
+                region: Some(region.clone()),
+                id: id.to_owned(),
+                request_id: if kind == IncomingKind::Request {
+                    request_id_of(payload)
+                } else {
+                    String::new()
+                },
+                error,
+            }))
         };
         use IncomingKind as K;
         Ok(match parsed {
@@ -212,12 +218,14 @@ fn station_status(
 }
 
 fn parse_fog(topic: &str, payload: &[u8]) -> Result<Incoming, IncomingError> {
-    let refused = |kind, error| IncomingError::Payload {
-        kind,
-        region: None,
-        id: String::new(),
-        request_id: String::new(),
-        error,
+    let refused = |kind, error| {
+        IncomingError::Payload(Box::new(Refused {
+            kind,
+            region: None,
+            id: String::new(),
+            request_id: String::new(),
+            error,
+        }))
     };
     match FogMessage::parse_regional(topic) {
         Ok(FogMessage::Handoff) => decode(payload)

@@ -21,7 +21,7 @@ pub mod topics;
 pub mod validate;
 
 pub use error::ProtocolError;
-pub use incoming::{Incoming, IncomingError, IncomingKind};
+pub use incoming::{Incoming, IncomingError, IncomingKind, Refused};
 pub use messages::*;
 pub use topics::{StationChannel, Topic, VehicleChannel};
 pub use validate::{Validate, decode, decode_at_most, encode, validate_id};

@@ -36,13 +36,7 @@ fn status(id: &str) -> StationStatus {
 
 fn payload_error(topic: &str, payload: &[u8]) -> (IncomingKind, Option<String>, String, String) {
     match Incoming::parse(topic, payload) {
-        Err(IncomingError::Payload {
-            kind,
-            region,
-            id,
-            request_id,
-            ..
-        }) => (kind, region, id, request_id),
+        Err(IncomingError::Payload(r)) => (r.kind, r.region, r.id, r.request_id),
         other => panic!("{topic}: expected a payload error, got {other:?}"),
     }
 }
@@ -182,12 +176,12 @@ fn bad_payloads_keep_the_topic_ids_and_the_request_id() {
 #[test]
 fn a_status_for_another_station_is_a_topic_mismatch() {
     let topic = topics::station_status("north", "n-1");
-    let Err(IncomingError::Payload { kind, error, .. }) =
-        Incoming::parse(&topic, &encode(&status("n-2")))
+    let Err(IncomingError::Payload(refused)) = Incoming::parse(&topic, &encode(&status("n-2")))
     else {
         panic!("expected a refusal");
     };
-    assert_eq!(kind, IncomingKind::StationStatus);
+    assert_eq!(refused.kind, IncomingKind::StationStatus);
+    let error = refused.error;
     assert!(
         matches!(
             error,
