@@ -7,12 +7,12 @@
 //! - [`planner`]: the cost model and the reservations.
 //! - [`region`]: the region as a pure state machine: a parsed message
 //!   ([`protocol::Incoming`]) and the time in, [`region::Effects`] (journal records,
-//!   messages to publish) out; split by job into requests, reroute, handoff,
-//!   stations, station reservations, aggregate and views.
+//!   metric changes, messages to publish) out; split by job into requests, reroute,
+//!   handoff, stations, station reservations, aggregate and views.
 //! - [`store`]: the reservation journal on disk, read back at start.
 //! - [`journal`]: the task that writes the journal, off the region's lock.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/api/*`.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics, and the changes to them the region reports.
 //!
 //! This file is the I/O shell around the region: it owns the MQTT link, parses each
 //! message, hands it to the region under its lock, has the journal written, and only
@@ -59,6 +59,7 @@ pub struct Shared {
     pub clock: Clock,
     pub area: Option<Area>,
     pub registry: prometheus_client::registry::Registry,
+    metrics: Arc<Metrics>,
     link: Arc<LinkStatus>,
     subscribed_at: Instant,
     /// The reservation journal's writer (none: `--no-state`).
@@ -71,14 +72,20 @@ impl Shared {
         self.region.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `step` on the region under its lock and queues the journal records of its
-    /// effects (under the lock, so they keep the region's order); returns the
-    /// messages to publish once the records are written.
+    /// Runs `step` on the region under its lock, queues the journal records of its
+    /// effects (under the lock, so they keep the region's order) and applies its
+    /// metric changes; returns the messages to publish once the records are written.
     fn step(&self, step: impl FnOnce(&mut Region) -> Effects) -> (Vec<region::Outgoing>, Written) {
         let mut region = self.lock();
         let Effects {
-            journal, publish, ..
+            journal,
+            publish,
+            metrics,
+            ..
         } = step(&mut region);
+        for update in &metrics {
+            self.metrics.apply(update);
+        }
         let written = match &self.journal {
             Some(j) => j.write(journal),
             None => Written::none(),
@@ -140,7 +147,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         None => None,
     };
     let mut link = connect(&config, &metrics, &shutdown).await?;
-    let mut region = Region::new(&config.region, config.planner.clone(), metrics.clone());
+    let mut region = Region::new(&config.region, config.planner.clone());
     region.reroute = RerouteSettings {
         enabled: !config.no_reroute,
         timeout: Duration::from_millis(config.reroute_timeout_ms),
@@ -156,6 +163,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         clock,
         area,
         registry: metrics.registry(),
+        metrics,
         link: link.status(),
         subscribed_at: Instant::now(),
         journal,
@@ -358,7 +366,7 @@ async fn handle(link: &Link, shared: &Shared, msg: &paho_mqtt::Message) {
         let fx = region.handle(incoming, now);
         if fx.planned {
             let seconds = started.elapsed().as_secs_f64();
-            region.metrics().planning_seconds.observe(seconds);
+            shared.metrics.planning_seconds.observe(seconds);
         }
         fx
     });
@@ -464,7 +472,7 @@ async fn publish_aggregates(
         if let Some(stations) = stations {
             publisher.publish(&stations_topic, &protocol::encode(&stations), 1, true);
         }
-        shared.lock().metrics().aggregates_published.inc();
+        shared.metrics.aggregates_published.inc();
         last = Some(Instant::now());
     }
 }

@@ -3,10 +3,9 @@
 //! passed in, on a scaled clock too, with no waiting. And the journal records of each
 //! message come out with it, built from the answer just given.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use fog_server::metrics::Metrics;
+use fog_server::metrics::Update;
 use fog_server::planner::PlannerParams;
 use fog_server::region::{CentralView, Effects, Region, RerouteSettings};
 use fog_server::store::Record;
@@ -65,7 +64,7 @@ fn heartbeat(r: &mut Region, at_ms: u64) {
 /// A region whose only station has a long queue (every request is saturated), on a
 /// clock running `speed` times real time, central heard at `NOW`.
 fn saturated(speed: f64) -> Region {
-    let mut r = Region::new("a", PlannerParams::default(), Arc::new(Metrics::new()));
+    let mut r = Region::new("a", PlannerParams::default());
     r.reroute = RerouteSettings {
         enabled: true,
         timeout: Duration::from_millis(1500),
@@ -106,7 +105,11 @@ fn the_reroute_deadline_passes_on_the_clock_passed_in() {
         let deadline = NOW + (1500.0 * speed) as u64;
         assert_eq!(rr.deadline_ms, deadline, "speed {speed}");
         // One clock millisecond before the deadline: still waiting for central.
-        assert_eq!(a.tick(deadline - 1), Effects::default(), "speed {speed}");
+        let fx = a.tick(deadline - 1);
+        assert!(
+            fx.publish.is_empty() && fx.journal.is_empty(),
+            "speed {speed}"
+        );
         assert_eq!(a.pending_reroutes(), 1);
         // At the deadline: answered locally, once.
         let fx = a.tick(deadline);
@@ -120,6 +123,8 @@ fn the_reroute_deadline_passes_on_the_clock_passed_in() {
         );
         assert_eq!(a.pending_reroutes(), 0);
         assert!(answers(&a.tick(deadline + 1)).is_empty(), "answered once");
+        assert!(fx.metrics.contains(&Update::Reroute("timed_out")), "{fx:?}");
+        assert!(fx.metrics.contains(&Update::Answered("assigned")), "{fx:?}");
     }
 }
 
@@ -183,7 +188,7 @@ fn a_hint_from_central_holds_for_its_time_on_the_clock() {
 
 #[test]
 fn journal_records_come_with_the_answer_they_back() {
-    let mut r = Region::new("n", PlannerParams::default(), Arc::new(Metrics::new()));
+    let mut r = Region::new("n", PlannerParams::default());
     r.reroute.enabled = false;
     r.restore_journal(Default::default(), NOW);
     r.receive(
@@ -217,7 +222,7 @@ fn journal_records_come_with_the_answer_they_back() {
     assert_eq!(Some(id), answer.reservation_id.as_ref());
     assert_eq!(made.request_id.as_deref(), Some("r-2"));
     // Without a journal, no records.
-    let mut plain = Region::new("n", PlannerParams::default(), Arc::new(Metrics::new()));
+    let mut plain = Region::new("n", PlannerParams::default());
     plain.receive(
         &topics::station_status("n", "free"),
         &encode(&station("free", 0, 0)),

@@ -4,10 +4,7 @@
 
 mod driver;
 
-use std::sync::Arc;
-
 use driver::Driven;
-use fog_server::metrics::Metrics;
 use fog_server::planner::PlannerParams;
 use fog_server::region::Region;
 use proptest::prelude::*;
@@ -17,11 +14,7 @@ use protocol::{Recommendation, RecommendationStatus, StationState, StationStatus
 const NOW: u64 = 1_700_000_000_000;
 
 fn region() -> Driven {
-    let mut r = Driven::from(Region::new(
-        "north",
-        PlannerParams::default(),
-        Arc::new(Metrics::new()),
-    ));
+    let mut r = Driven::from(Region::new("north", PlannerParams::default()));
     r.reroute.enabled = false;
     for i in 0..5 {
         let id = format!("n-{i}");

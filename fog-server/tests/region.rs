@@ -3,11 +3,9 @@
 
 mod driver;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use driver::Driven;
-use fog_server::metrics::Metrics;
 use fog_server::planner::PlannerParams;
 use fog_server::region::{CentralView, Outgoing, Region, RerouteSettings};
 use protocol::fog::{
@@ -22,11 +20,7 @@ const NOW: u64 = 1_700_000_000_000;
 const KM_PER_DEG: f64 = 111.19;
 
 fn region(name: &str, reroute_timeout: Duration) -> Driven {
-    let mut r = Driven::from(Region::new(
-        name,
-        PlannerParams::default(),
-        Arc::new(Metrics::new()),
-    ));
+    let mut r = Driven::from(Region::new(name, PlannerParams::default()));
     r.reroute = RerouteSettings {
         enabled: true,
         timeout: reroute_timeout,
@@ -402,11 +396,7 @@ fn a_newer_request_supersedes_one_still_with_central() {
 
 #[test]
 fn with_no_heartbeat_from_central_a_saturated_request_is_answered_at_once() {
-    let mut a = Driven::from(Region::new(
-        "a",
-        PlannerParams::default(),
-        Arc::new(Metrics::new()),
-    ));
+    let mut a = Driven::from(Region::new("a", PlannerParams::default()));
     add_station(&mut a, "a-busy", 1.0, 1, 1, 6);
     assert_eq!(
         a.central_view(NOW),

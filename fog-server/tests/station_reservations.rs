@@ -3,10 +3,7 @@
 
 mod driver;
 
-use std::sync::Arc;
-
 use driver::Driven;
-use fog_server::metrics::Metrics;
 use fog_server::planner::PlannerParams;
 use fog_server::region::{Outgoing, Region};
 use protocol::{
@@ -34,11 +31,7 @@ fn station(id: &str, km_north: f64, takes_reservations: bool) -> StationStatus {
 }
 
 fn region_with(stations: &[StationStatus]) -> Driven {
-    let mut r = Driven::from(Region::new(
-        "north",
-        PlannerParams::default(),
-        Arc::new(Metrics::new()),
-    ));
+    let mut r = Driven::from(Region::new("north", PlannerParams::default()));
     r.reroute.enabled = false;
     for s in stations {
         let topic = topics::station_status("north", &s.station_id);

@@ -126,8 +126,6 @@ fn summary_order(a_wait: u32, a: &Station, b_wait: u32, b: &Station) -> std::cmp
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use protocol::{StationState, StationStatus, topics};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -142,7 +140,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         let now = 1_750_000_000_000;
         for n in [0, 1, 5, 8, 9, 300] {
-            let mut region = Region::new("north", PlannerParams::default(), Arc::default());
+            let mut region = Region::new("north", PlannerParams::default());
             for i in 0..n {
                 let chargers = rng.random_range(1..=4);
                 let status = StationStatus {

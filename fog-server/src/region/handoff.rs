@@ -8,7 +8,7 @@ use tracing::info;
 
 use super::requests::saturation_reason;
 use super::{Effects, Outgoing, Region};
-use crate::metrics::KindLabel;
+use crate::metrics::Update;
 
 /// How long handoff replies are remembered, for redelivered handoffs.
 const HANDOFF_MEMORY_MS: u64 = 600_000;
@@ -67,12 +67,11 @@ impl Region {
         );
         let accepted = recommendation.status == RecommendationStatus::Rerouted;
         info!(vehicle = %h.vehicle_id, origin = %h.origin_region, accepted, "handoff");
-        self.metrics
-            .handoffs
-            .get_or_create(&KindLabel {
-                kind: if accepted { "accepted" } else { "refused" },
-            })
-            .inc();
+        self.count(Update::Handoff(if accepted {
+            "accepted"
+        } else {
+            "refused"
+        }));
         HandoffReply {
             v: protocol::PROTOCOL_VERSION,
             handoff_id: h.handoff_id.clone(),

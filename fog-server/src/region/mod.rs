@@ -1,9 +1,9 @@
 //! The region's state and what each incoming message does to it: a pure state machine.
 //! A checked message ([`Incoming`]) and the time come in; what to do comes back as
-//! [`Effects`] (journal records to write, then messages to publish). Nothing here
-//! touches the network, the disk or a clock: the time is always passed in, on the
-//! server's (possibly scaled) clock, so every timeout can be tested by passing a later
-//! time.
+//! [`Effects`] (journal records to write, metric changes, then messages to publish).
+//! Nothing here touches the network, the disk, the metrics registry or a clock: the
+//! time is always passed in, on the server's (possibly scaled) clock, so every timeout
+//! can be tested by passing a later time.
 //!
 //! By job:
 //! - this file: the [`Region`] itself, the dispatch of each message, the periodic
@@ -18,13 +18,12 @@
 //! - [`views`]: what the HTTP API and the gauges show.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 
 use protocol::fog::{CentralHeartbeat, HandoffReply};
 use protocol::{Incoming, IncomingError, IncomingKind, Recommendation, Refused};
 use tracing::{debug, warn};
 
-use crate::metrics::Metrics;
+use crate::metrics::Update;
 use crate::planner::{Planner, PlannerParams, ReservationChange};
 use crate::store::{Record, Restored, Saved};
 
@@ -51,14 +50,17 @@ pub struct Outgoing {
 }
 
 /// What handling a message (or a tick) asks the I/O shell to do, in this order: write
-/// `journal` to the reservation journal, and only then publish `publish` (so that no
-/// answer is ever out whose reservation a crash could forget).
+/// `journal` to the reservation journal, apply `metrics`, and only then publish
+/// `publish` (so that no answer is ever out whose reservation a crash could forget,
+/// and the metrics count an answer by the time it arrives).
 #[derive(Debug, Default, PartialEq)]
 pub struct Effects {
     /// Reservations made and ended, for the journal (empty without one).
     pub journal: Vec<Record>,
     /// Messages to publish, in order: answers first, then messages to stations.
     pub publish: Vec<Outgoing>,
+    /// Changes to the metrics.
+    pub metrics: Vec<Update>,
     /// The message was a request answered at once (not asked of central): what the
     /// planning-time histogram measures.
     pub planned: bool,
@@ -76,7 +78,8 @@ pub struct Region {
     pub name: String,
     pub planner: Planner,
     vehicles: HashMap<String, VehicleMemory>,
-    metrics: Arc<Metrics>,
+    /// Metric changes since the last effects were handed out.
+    updates: Vec<Update>,
     next_reservation: u64,
     /// Random per process start, so reservation ids differ across restarts.
     id_salt: u32,
@@ -111,7 +114,7 @@ pub struct Region {
 }
 
 impl Region {
-    pub fn new(name: impl Into<String>, params: PlannerParams, metrics: Arc<Metrics>) -> Self {
+    pub fn new(name: impl Into<String>, params: PlannerParams) -> Self {
         Self {
             name: name.into(),
             planner: {
@@ -122,7 +125,7 @@ impl Region {
                 planner
             },
             vehicles: HashMap::new(),
-            metrics,
+            updates: Vec::new(),
             next_reservation: 0,
             id_salt: rand::random(),
             reroute: RerouteSettings::default(),
@@ -143,8 +146,9 @@ impl Region {
         }
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+    /// Counts a metric change (handed out with the next effects).
+    fn count(&mut self, update: Update) {
+        self.updates.push(update);
     }
 
     /// A fresh id, unique across restarts: `{region}-{kind}{salt}{counter}`, at most 64
@@ -174,15 +178,16 @@ impl Region {
             Err(error) => self.refuse(error, &mut fx),
         }
         self.sync(&mut fx);
+        fx.metrics = std::mem::take(&mut self.updates);
         fx
     }
 
     /// Whether a message on a device topic is for this region (counted if not).
-    fn ours(&self, region: Option<&str>) -> bool {
+    fn ours(&mut self, region: Option<&str>) -> bool {
         match region {
             Some(r) if r != self.name => {
                 warn!(region = r, "message for another region ignored");
-                self.metrics.invalid("topic");
+                self.count(Update::Invalid("topic"));
                 false
             }
             _ => true,
@@ -205,9 +210,7 @@ impl Region {
             Incoming::Reservation {
                 vehicle_id, update, ..
             } => self.on_reservation(&vehicle_id, &update),
-            Incoming::Telemetry { .. } => {
-                self.metrics.telemetry.inc();
-            }
+            Incoming::Telemetry { .. } => self.count(Update::Telemetry),
             Incoming::StationReservationEvent {
                 station_id, event, ..
             } => self.on_station_reservation_event(&station_id, &event, fx),
@@ -228,12 +231,12 @@ impl Region {
             IncomingError::Payload(refused) => *refused,
             IncomingError::FogTopic { topic } => {
                 warn!(topic, "unexpected message on a fog topic dropped");
-                self.metrics.invalid("fog");
+                self.count(Update::Invalid("fog"));
                 return;
             }
             IncomingError::Topic(error) => {
                 warn!(error = %error, "message on a malformed topic dropped");
-                self.metrics.invalid("topic");
+                self.count(Update::Invalid("topic"));
                 return;
             }
         };
@@ -248,16 +251,16 @@ impl Region {
         match kind {
             IncomingKind::Request => {
                 warn!(vehicle = %id, error = %error, "charge request rejected");
-                self.metrics.invalid(label);
+                self.count(Update::Invalid(label));
                 self.reject(&id, request_id, &error, fx);
             }
             IncomingKind::Telemetry => {
                 debug!(vehicle = %id, error = %error, "telemetry refused");
-                self.metrics.invalid(label);
+                self.count(Update::Invalid(label));
             }
             _ => {
                 warn!(kind = label, id = %id, error = %error, "message refused");
-                self.metrics.invalid(label);
+                self.count(Update::Invalid(label));
             }
         }
     }
@@ -284,6 +287,7 @@ impl Region {
         self.forget_idle_vehicles(now_ms);
         self.set_reservations_gauge();
         self.sync(&mut fx);
+        fx.metrics = std::mem::take(&mut self.updates);
         fx
     }
 

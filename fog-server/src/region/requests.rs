@@ -15,7 +15,7 @@ use protocol::{
 use tracing::{debug, info, warn};
 
 use super::{Effects, Outgoing, Region};
-use crate::metrics::StatusLabel;
+use crate::metrics::Update;
 use crate::planner::{Choice, NoChoice};
 
 /// Answers remembered per vehicle, so a redelivered request gets the same answer.
@@ -41,7 +41,7 @@ impl Region {
     ) {
         if let Some(previous) = self.remembered(vehicle_id, &req.request_id) {
             debug!(vehicle = vehicle_id, request = %req.request_id, "repeated request answered from memory");
-            self.metrics.duplicate_requests.inc();
+            self.count(Update::DuplicateRequest);
             fx.planned = true;
             let out = self.reply(vehicle_id, &previous);
             fx.send(out);
@@ -49,7 +49,7 @@ impl Region {
         }
         if self.is_with_central(vehicle_id, &req.request_id) {
             debug!(vehicle = vehicle_id, request = %req.request_id, "repeated request already with central");
-            self.metrics.duplicate_requests.inc();
+            self.count(Update::DuplicateRequest);
             return;
         }
         self.supersede_pending(vehicle_id, &req.request_id, now_ms);
@@ -169,12 +169,7 @@ impl Region {
     /// The recommendation message for a vehicle, counted.
     pub(super) fn reply(&mut self, vehicle_id: &str, answer: &Recommendation) -> Outgoing {
         self.answered += 1;
-        self.metrics
-            .requests
-            .get_or_create(&StatusLabel {
-                status: answer.status.as_str(),
-            })
-            .inc();
+        self.count(Update::Answered(answer.status.as_str()));
         self.set_reservations_gauge();
         Outgoing {
             topic: topics::recommendation(&self.name, vehicle_id),
@@ -320,7 +315,7 @@ impl Region {
             }
             Err(e) => {
                 warn!(vehicle = vehicle_id, reservation = %update.reservation_id, error = %e, "reservation update ignored");
-                self.metrics.invalid("reservation");
+                self.count(Update::Invalid("reservation"));
             }
         }
         self.set_reservations_gauge();

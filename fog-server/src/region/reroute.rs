@@ -12,7 +12,7 @@ use protocol::{ChargeRequest, Recommendation, RecommendationStatus};
 use tracing::{debug, info, warn};
 
 use super::{Effects, Outgoing, Region};
-use crate::metrics::KindLabel;
+use crate::metrics::Update;
 use crate::planner::NoChoice;
 
 /// Most hints kept.
@@ -360,10 +360,7 @@ impl Region {
         self.pending.len()
     }
 
-    pub(super) fn count_reroute(&self, kind: &'static str) {
-        self.metrics
-            .reroutes
-            .get_or_create(&KindLabel { kind })
-            .inc();
+    pub(super) fn count_reroute(&mut self, kind: &'static str) {
+        self.count(Update::Reroute(kind));
     }
 }

@@ -18,7 +18,7 @@ use protocol::{
 use tracing::{info, warn};
 
 use super::{Effects, Outgoing, Region};
-use crate::metrics::KindLabel;
+use crate::metrics::Update;
 use crate::planner::ReservationChange;
 
 /// A reservation a station was told about.
@@ -96,10 +96,7 @@ impl Region {
                             request_id,
                         },
                     );
-                    self.metrics
-                        .station_reservations
-                        .get_or_create(&KindLabel { kind: "reserve" })
-                        .inc();
+                    self.count(Update::StationReservation("reserve"));
                 }
                 ReservationChange::Ended(id) => {
                     let Some(told) = self.station_reservations.told.remove(id) else {
@@ -117,10 +114,7 @@ impl Region {
                         payload: protocol::encode(&message),
                         retain: false,
                     });
-                    self.metrics
-                        .station_reservations
-                        .get_or_create(&KindLabel { kind: "cancel" })
-                        .inc();
+                    self.count(Update::StationReservation("cancel"));
                 }
             }
         }
@@ -138,16 +132,11 @@ impl Region {
             Some(t) if t.station_id == station_id => t.clone(),
             _ => {
                 warn!(station = station_id, reservation = %event.reservation_id, event = event.event.as_str(), "event for a reservation this station does not hold (ended or unknown)");
-                self.metrics.invalid("station-reservation");
+                self.count(Update::Invalid("station-reservation"));
                 return;
             }
         };
-        self.metrics
-            .station_reservation_events
-            .get_or_create(&KindLabel {
-                kind: event.event.as_str(),
-            })
-            .inc();
+        self.count(Update::StationReservationEvent(event.event.as_str()));
         match event.event {
             StationReservationEventKind::Accepted => {
                 info!(station = station_id, reservation = %event.reservation_id, "station holds the reservation");

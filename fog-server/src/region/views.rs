@@ -1,24 +1,24 @@
 //! What the outside sees of the region besides its messages: the HTTP API's station
-//! list, and the Prometheus gauges and counters kept in step with the state.
+//! list, and the metric changes (gauges and counters) that keep Prometheus in step
+//! with the state.
 
 use protocol::StationState;
 use serde::Serialize;
 
 use super::Region;
-use crate::metrics::{KindLabel, StateLabel};
+use crate::metrics::Update;
 
 impl Region {
-    pub(super) fn count_ended(&self, kind: &'static str, n: usize) {
+    /// Counts reservations ended, by how.
+    pub(super) fn count_ended(&mut self, kind: &'static str, n: usize) {
         if n > 0 {
-            self.metrics
-                .reservations_ended
-                .get_or_create(&KindLabel { kind })
-                .inc_by(n as u64);
+            self.count(Update::Ended(kind, n));
         }
     }
 
-    pub(super) fn refresh_station_gauges(&self) {
-        let mut counts = [0i64; 4];
+    /// Sets the stations-by-state gauges.
+    pub(super) fn refresh_station_gauges(&mut self) {
+        let mut counts = [0usize; 4];
         for (_, s) in self.planner.stations.iter() {
             counts[s.state as usize] += 1;
         }
@@ -28,12 +28,7 @@ impl Region {
             StationState::Faulted,
             StationState::Offline,
         ] {
-            self.metrics
-                .stations
-                .get_or_create(&StateLabel {
-                    state: state.as_str(),
-                })
-                .set(counts[state as usize]);
+            self.count(Update::Stations(state.as_str(), counts[state as usize]));
         }
     }
 
@@ -65,10 +60,10 @@ impl Region {
     }
 
     /// Sets the active-reservations gauge.
-    pub(super) fn set_reservations_gauge(&self) {
-        self.metrics
-            .reservations_active
-            .set(self.planner.active_reservations() as i64);
+    pub(super) fn set_reservations_gauge(&mut self) {
+        self.count(Update::ReservationsActive(
+            self.planner.active_reservations(),
+        ));
     }
 }
 

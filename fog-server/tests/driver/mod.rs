@@ -1,14 +1,18 @@
 //! Drives a region as these tests read best: one message in, its answer out (at most
-//! one); the messages for stations kept aside until asked for.
+//! one); the messages for stations kept aside until asked for; the metric changes
+//! applied, as the server does.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
+use fog_server::metrics::Metrics;
 use fog_server::region::{Effects, Outgoing, Region};
 use protocol::{StationChannel, Topic};
 
 pub struct Driven {
     region: Region,
     to_stations: Vec<Outgoing>,
+    metrics: Arc<Metrics>,
 }
 
 impl From<Region> for Driven {
@@ -16,6 +20,7 @@ impl From<Region> for Driven {
         Self {
             region,
             to_stations: Vec::new(),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 }
@@ -49,12 +54,20 @@ impl Driven {
         self.keep_station_messages(fx)
     }
 
+    /// The metrics, as the server's `/metrics` shows them.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The messages for stations published since the last call.
     pub fn take_station_messages(&mut self) -> Vec<Outgoing> {
         std::mem::take(&mut self.to_stations)
     }
 
     fn keep_station_messages(&mut self, fx: Effects) -> Vec<Outgoing> {
+        for update in &fx.metrics {
+            self.metrics.apply(update);
+        }
         let (to_stations, out): (Vec<Outgoing>, Vec<Outgoing>) =
             fx.publish.into_iter().partition(|o| {
                 matches!(
