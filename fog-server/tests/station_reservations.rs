@@ -1,9 +1,9 @@
 //! Stations that take reservations (OCPP chargers behind the gateway), without a
 //! broker: what the fog tells them, and what it does with their answers.
 
-use std::sync::Arc;
+mod driver;
 
-use fog_server::metrics::Metrics;
+use driver::Driven;
 use fog_server::planner::PlannerParams;
 use fog_server::region::{Outgoing, Region};
 use protocol::{
@@ -21,8 +21,8 @@ fn station(id: &str, km_north: f64, takes_reservations: bool) -> StationStatus {
     }
 }
 
-fn region_with(stations: &[StationStatus]) -> Region {
-    let mut r = Region::new("north", PlannerParams::default(), Arc::new(Metrics::new()));
+fn region_with(stations: &[StationStatus]) -> Driven {
+    let mut r = Driven::from(Region::new("north", PlannerParams::default()));
     r.reroute.enabled = false;
     for s in stations {
         let topic = topics::station_status("north", &s.station_id);
@@ -35,7 +35,7 @@ fn request(id: &str) -> ChargeRequest {
     testkit::messages::request(id, 0.0, 0.0, 0.4)
 }
 
-fn ask(r: &mut Region, vehicle: &str, id: &str) -> Recommendation {
+fn ask(r: &mut Driven, vehicle: &str, id: &str) -> Recommendation {
     let out = r
         .handle(
             &topics::request("north", vehicle),
@@ -47,7 +47,7 @@ fn ask(r: &mut Region, vehicle: &str, id: &str) -> Recommendation {
 }
 
 fn event(
-    r: &mut Region,
+    r: &mut Driven,
     station: &str,
     reservation: &str,
     kind: StationReservationEventKind,
@@ -65,7 +65,7 @@ fn event(
     )
 }
 
-fn only_station_message(r: &mut Region) -> (String, StationReservation) {
+fn only_station_message(r: &mut Driven) -> (String, StationReservation) {
     let mut out = r.take_station_messages();
     assert_eq!(out.len(), 1, "{out:?}");
     let o = out.remove(0);
