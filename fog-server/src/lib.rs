@@ -30,6 +30,7 @@ pub mod region;
 pub mod store;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,9 @@ pub struct Shared {
     metrics: Arc<Metrics>,
     link: Arc<LinkStatus>,
     subscribed_at: Instant,
+    /// Set once the stations are in: the first ones known and the burst of retained
+    /// statuses read (see [`serve`]), or [`SETTLE`] passed.
+    loaded: AtomicBool,
     /// The reservation journal's writer (none: `--no-state`).
     journal: Option<Journal>,
 }
@@ -94,8 +98,8 @@ impl Shared {
         (publish, written)
     }
 
-    /// Ready when connected and subscribed, and either stations are known or the
-    /// retained statuses had time to arrive.
+    /// Ready when connected and subscribed, and either the stations are in (the first
+    /// known and the burst of retained statuses read) or they had time to arrive.
     pub fn readiness(&self) -> (bool, &'static str) {
         if self.link.is_taken_over() {
             return (
@@ -106,7 +110,7 @@ impl Shared {
         if !self.link.is_connected() {
             return (false, "not connected to the broker");
         }
-        if self.lock().planner.stations.is_empty() && self.subscribed_at.elapsed() < SETTLE {
+        if !self.loaded.load(Ordering::Relaxed) && self.subscribed_at.elapsed() < SETTLE {
             return (false, "loading stations");
         }
         (true, "ready")
@@ -167,6 +171,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics,
         link: link.status(),
         subscribed_at: Instant::now(),
+        loaded: AtomicBool::new(false),
         journal,
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -352,7 +357,8 @@ async fn serve(link: &mut Link, shared: &Shared, shutdown: &CancellationToken) {
             }
         }
         handle(link, shared, &msg).await;
-        if !held.is_empty() && !loading(link) {
+        if !loading(link) {
+            shared.loaded.store(true, Ordering::Relaxed);
             answer_held(link, shared, &mut held).await;
         }
     }
