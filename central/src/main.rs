@@ -1,4 +1,4 @@
-//! `central`: parse the configuration, then [`service::serve`]: logging, run until
+//! `central`: parse the configuration, then [`serverkit::serve`]: logging, run until
 //! SIGTERM/Ctrl-C.
 
 use clap::Parser as _;
@@ -6,7 +6,7 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = central::Config::parse();
-    service::serve("central", config.log_format, |shutdown| {
+    serverkit::serve("central", config.log_format, |shutdown| {
         central::run(config, shutdown)
     })
     .await

@@ -299,7 +299,7 @@ async fn a_refused_handoff_falls_back_to_the_next_region() {
         v: 1,
         region: "middle".into(),
         seq,
-        ts_ms: service::clock::wall_ms(),
+        ts_ms: serverkit::clock::wall_ms(),
         stations: 1,
         stations_in_service: 1,
         chargers: 4,

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use service::{cancel_on_signal, logging};
+use serverkit::{cancel_on_signal, logging};
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;

@@ -47,7 +47,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use launcher::delay::Delay;
 use launcher::{LocalBrokers, LocalServers, ServerSettings};
-use service::{Clock, LogFormat, clock::wall_ms};
+use serverkit::{Clock, LogFormat, clock::wall_ms};
 use tokio_util::sync::CancellationToken;
 use topology::Topology;
 
@@ -229,13 +229,13 @@ impl Config {
     /// Reads `--clock-file` and `--mqtt-password-file` into the options they replace.
     pub fn read_files(&mut self) -> Result<()> {
         if let Some(path) = self.clock_file.take() {
-            let file = service::clock::ClockFile::load(&path)?;
+            let file = serverkit::clock::ClockFile::load(&path)?;
             self.speed = file.speed;
             self.clock_epoch_ms = Some(file.epoch_ms);
         }
         if let Some(path) = self.mqtt_password_file.take() {
             self.mqtt_password =
-                service::secret::password(self.mqtt_password.as_deref(), Some(&path))?;
+                serverkit::secret::password(self.mqtt_password.as_deref(), Some(&path))?;
         }
         Ok(())
     }

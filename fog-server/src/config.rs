@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use geo::{Contains, Coord, LineString, Point, Polygon};
 use serde::Serialize;
-pub use service::LogFormat;
+pub use serverkit::LogFormat;
 
 use crate::planner::PlannerParams;
 

@@ -45,10 +45,10 @@ pub use config::Config;
 use journal::{Journal, Written};
 use metrics::Metrics;
 use region::{Effects, Region, RerouteSettings};
-use service::clock;
-use service::link::LinkStatus;
-pub use service::{Clock, cancel_on_signal};
-use service::{Link, LinkSettings, Publisher};
+use serverkit::clock;
+use serverkit::link::LinkStatus;
+pub use serverkit::{Clock, cancel_on_signal};
+use serverkit::{Link, LinkSettings, Publisher};
 
 /// How long after subscribing the server waits for retained station statuses before it
 /// calls itself ready without any.
@@ -222,7 +222,7 @@ async fn connect(
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Link> {
-    let password = service::secret::password(
+    let password = serverkit::secret::password(
         config.mqtt_password.as_deref(),
         config.mqtt_password_file.as_deref(),
     )?;

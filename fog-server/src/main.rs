@@ -1,4 +1,4 @@
-//! `fog-server`: parse the configuration, then [`service::serve`]: logging, run until
+//! `fog-server`: parse the configuration, then [`serverkit::serve`]: logging, run until
 //! SIGTERM/Ctrl-C.
 
 use clap::Parser as _;
@@ -6,7 +6,7 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = fog_server::Config::parse();
-    service::serve("fog-server", config.log_format, |shutdown| {
+    serverkit::serve("fog-server", config.log_format, |shutdown| {
         fog_server::run(config, shutdown)
     })
     .await

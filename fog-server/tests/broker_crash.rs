@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use protocol::{ChargeRequest, Recommendation, topics};
 use serde_json::Value;
-use service::{Link, LinkSettings};
+use serverkit::{Link, LinkSettings};
 use testkit::fog::Fog;
 use testkit::messages::station;
 use testkit::{Mosquitto, MosquittoConfig, TestClient, wait_until};

@@ -132,7 +132,7 @@ async fn retained_stations_before_start_are_used_and_a_request_is_assigned() {
 }
 
 fn protocol_now() -> u64 {
-    service::clock::wall_ms()
+    serverkit::clock::wall_ms()
 }
 
 #[tokio::test]

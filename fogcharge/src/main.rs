@@ -13,7 +13,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use service::logging;
+use serverkit::logging;
 
 mod probe;
 
@@ -50,13 +50,13 @@ async fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Sim(cli.sim)) {
         Command::Sim(config) => device_sim::cli::simulate(config).await,
         Command::FogServer(config) => {
-            service::serve("fog-server", config.log_format, |shutdown| {
+            serverkit::serve("fog-server", config.log_format, |shutdown| {
                 fog_server::run(config, shutdown)
             })
             .await
         }
         Command::Central(config) => {
-            service::serve("central", config.log_format, |shutdown| {
+            serverkit::serve("central", config.log_format, |shutdown| {
                 central::run(config, shutdown)
             })
             .await

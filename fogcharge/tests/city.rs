@@ -430,7 +430,7 @@ async fn runs_against_brokers_and_servers_that_already_exist() {
     let topology = Topology::load(&three_regions(dir.path())).unwrap();
     // Brokers and servers started by someone else, on a shared clock at 300x.
     let brokers = launcher::LocalBrokers::start(&topology).unwrap();
-    let epoch = service::clock::wall_ms();
+    let epoch = serverkit::clock::wall_ms();
     let settings = launcher::ServerSettings {
         clock_speed: 300.0,
         clock_epoch_ms: epoch,
@@ -496,7 +496,7 @@ async fn with_no_fog_server_answering_vehicles_retry_then_drive_to_the_nearest_s
         "--speed",
         "10",
         "--clock-epoch-ms",
-        &service::clock::wall_ms().to_string(),
+        &serverkit::clock::wall_ms().to_string(),
         "--strategy",
         "fog",
         "--stations",
