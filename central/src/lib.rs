@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use config::Config;
-use config::ModelParams;
+use cost_model::CostParams;
 use metrics::Metrics;
 use regions::{Ingest, Regions};
 use reroute::{Handoffs, Memory, Seen};
@@ -59,7 +59,7 @@ pub struct Shared {
     /// Handoffs waiting for their reply.
     pub handoffs: Handoffs,
     pub clock: Clock,
-    pub model: ModelParams,
+    pub model: CostParams,
     pub handoff_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub registry: prometheus_client::registry::Registry,
@@ -153,7 +153,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         takeovers.inc();
     }));
     let shared = Arc::new(Shared {
-        regions: Mutex::new(Regions::new(config.stale_after(), config.max_wait_s)),
+        regions: Mutex::new(Regions::new(config.stale_after(), config.model.max_wait_s)),
         reroutes: Mutex::new(Memory::default()),
         handoffs: Handoffs::default(),
         clock,

@@ -78,8 +78,9 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use cost_model::CostParams;
+
 use crate::Shared;
-use crate::config::ModelParams;
 use crate::regions::{Estimate, Regions, Vehicle};
 
 /// Time kept, before a request's deadline, for the reply to reach the origin fog.
@@ -148,7 +149,7 @@ pub fn candidates(
     regions: &Regions,
     origin: &str,
     vehicle: &Vehicle,
-    model: &ModelParams,
+    model: &CostParams,
     local_best_total_s: Option<f64>,
     now: Instant,
 ) -> Result<Vec<Candidate>, NoCandidate> {
@@ -713,7 +714,7 @@ mod tests {
             aggregate("fast", &[("f1", 5.0, 0), ("f-far", 500.0, 0)]),
             aggregate("far", &[("x", 500.0, 0)]),
         ]);
-        let c = candidates(&r, "origin", &CAR, &ModelParams::default(), None, now).unwrap();
+        let c = candidates(&r, "origin", &CAR, &CostParams::default(), None, now).unwrap();
         assert_eq!(names(&c), ["fast", "slow"]);
         assert_eq!(c[0].station_id, "f1");
     }
@@ -724,7 +725,7 @@ mod tests {
             aggregate("a", &[("a1", 2.0, 0)]),
             aggregate("b", &[("b1", 2.0, 1200)]),
         ]);
-        let m = ModelParams::default();
+        let m = CostParams::default();
         let all = candidates(&r, "o", &CAR, &m, None, now).unwrap();
         let local = all[0].estimate.total_s + 10.0;
         let c = candidates(&r, "o", &CAR, &m, Some(local), now).unwrap();
@@ -736,7 +737,7 @@ mod tests {
 
     #[test]
     fn stale_saturated_and_unreachable_regions_are_not_asked() {
-        let m = ModelParams::default();
+        let m = CostParams::default();
         let (r, now) = regions(vec![aggregate("far", &[("x", 500.0, 0)])]);
         let err = candidates(&r, "o", &CAR, &m, None, now).unwrap_err();
         assert_eq!(err, NoCandidate::NoneInRange { fresh: 1 });

@@ -177,8 +177,8 @@ impl Region {
 
     /// How far `req` can get, great-circle km (its usable range over the road factor).
     fn reach_km(&self, req: &ChargeRequest) -> f64 {
-        let p = &self.planner.params;
-        req.range_km() * (1.0 - p.safety_margin) / p.road_factor
+        let vehicle = cost_model::Vehicle::from(req);
+        self.planner.params.cost.reach_great_circle_km(&vehicle)
     }
 
     /// Whether central's heartbeat says that every station of a region that can take
@@ -656,7 +656,7 @@ impl Region {
         Recommendation::refusal(
             req.request_id.clone(),
             RecommendationStatus::Unavailable,
-            saturation_reason(no, self.planner.params.max_wait_s),
+            saturation_reason(no, self.planner.params.cost.max_wait_s),
             self.name.clone(),
         )
     }
@@ -851,7 +851,7 @@ impl Region {
         };
         let choice = match self.planner.choose(&h.request, now_ms) {
             Ok(choice) => choice,
-            Err(no) => return refuse(saturation_reason(&no, self.planner.params.max_wait_s)),
+            Err(no) => return refuse(saturation_reason(&no, self.planner.params.cost.max_wait_s)),
         };
         if let Some(max) = h.max_total_s {
             if choice.total_s() >= max {
