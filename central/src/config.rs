@@ -84,9 +84,10 @@ pub struct Config {
     #[arg(long, env = "CENTRAL_REPORT_FILE")]
     pub report_file: Option<PathBuf>,
 
-    /// The cost model (the fog servers' own, see `docs/planner.md`): a region is
-    /// saturated when its shortest predicted wait is longer than `--max-wait-s`, or
-    /// when it has no station in service.
+    /// The cost model (the fog servers' own, see `docs/planner.md`). `--max-wait-s`
+    /// counts only for a region whose aggregate does not state its fog's limit (a fog
+    /// older than that field): such a region is saturated when its shortest predicted
+    /// wait is longer, or when it has no station in service.
     #[command(flatten)]
     pub model: CostParams,
 }

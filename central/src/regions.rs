@@ -13,10 +13,13 @@
 //! the fog's `ts_ms` is only shown. A region is **stale** when its data age exceeds
 //! `--stale-after-ms`.
 //!
-//! **Saturation** (one rule, the fog planner's own): a region is saturated when its
-//! shortest predicted wait (`min_wait_s`) is missing — no station in service — or
-//! longer than `--max-wait-s`. Free chargers and queues are already inside the
-//! predicted waits, so they are not counted a second time.
+//! **Saturation** (one rule, the fog planner's own, [`cost_model::is_saturated`]): a
+//! region is saturated when its shortest predicted wait (`min_wait_s`) is missing — no
+//! station in service — or longer than the wait limit its aggregate states
+//! (`max_wait_s`, its fog's `--max-wait-s`). An aggregate without one, from a fog
+//! server older than that field, is held to central's own `--max-wait-s`. Free
+//! chargers and queues are already inside the predicted waits, so they are not counted
+//! a second time.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -61,6 +64,7 @@ pub enum Ingest {
 pub struct Regions {
     map: BTreeMap<String, RegionState>,
     stale_after: Duration,
+    /// The wait limit of regions whose aggregate states none.
     max_wait_s: u32,
 }
 
@@ -143,7 +147,8 @@ impl Regions {
 
     /// The saturation rule (see the module docs).
     pub fn is_saturated(&self, aggregate: &Aggregate) -> bool {
-        cost_model::is_saturated(aggregate.min_wait_s, self.max_wait_s)
+        let limit = aggregate.max_wait_s.unwrap_or(self.max_wait_s);
+        cost_model::is_saturated(aggregate.min_wait_s, limit)
     }
 
     /// Every region as the API shows it, by id.
@@ -329,6 +334,7 @@ mod tests {
             queued: 0,
             reservations: 0,
             min_wait_s: Some(0),
+            max_wait_s: None,
             outline: vec![],
             best: vec![],
             saturated_requests: 0,
@@ -403,6 +409,30 @@ mod tests {
         assert!(r.is_saturated(&a));
         a.min_wait_s = None;
         assert!(r.is_saturated(&a));
+    }
+
+    #[test]
+    fn the_fogs_own_wait_limit_decides_and_central_s_only_without_one() {
+        let r = Regions::new(Duration::from_secs(6), 1800);
+        let mut a = aggregate("a", 1, 0);
+        a.min_wait_s = Some(900);
+        a.max_wait_s = Some(600);
+        assert!(r.is_saturated(&a), "the fog accepts at most 600 s");
+        a.min_wait_s = Some(2400);
+        a.max_wait_s = Some(3600);
+        assert!(!r.is_saturated(&a), "the fog accepts up to 3600 s");
+        a.max_wait_s = None;
+        assert!(r.is_saturated(&a), "an older fog: central's 1800 s");
+        a.max_wait_s = Some(3600);
+        a.min_wait_s = None;
+        assert!(r.is_saturated(&a), "nothing in service");
+        let views = {
+            let mut r = r.clone();
+            a.min_wait_s = Some(2400);
+            r.ingest(a, Instant::now(), 0);
+            r.views(Instant::now())
+        };
+        assert!(!views[0].saturated);
     }
 
     #[test]

@@ -664,6 +664,7 @@ mod tests {
             queued: 0,
             reservations: 0,
             min_wait_s: stations.iter().map(|s| s.2).min(),
+            max_wait_s: None,
             outline: vec![],
             best: stations
                 .iter()
