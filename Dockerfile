@@ -11,7 +11,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p device-sim --bin fogcharge \
+    cargo build --release --locked -p fogcharge --bin fogcharge \
     && strip -o /fogcharge target/release/fogcharge
 
 FROM debian:bookworm-slim

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::Parser;
-use protocol::{StationState, StationStatus, topics};
+use protocol::{StationStatus, topics};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -187,19 +187,20 @@ fn station_statuses(region: &str, n: usize) -> Vec<StationStatus> {
     let mut rng = StdRng::seed_from_u64(7);
     (0..n)
         .map(|i| {
+            // Drawn in this order: the same seed, the same stations.
             let chargers = rng.random_range(1..=8);
+            let lat = rng.random_range(LAT.0..LAT.1);
+            let lon = rng.random_range(LON.0..LON.1);
+            let power_kw = POWERS_KW[rng.random_range(0..POWERS_KW.len())];
             StationStatus {
-                v: 1,
-                station_id: format!("{region}-{i:05}"),
-                lat: Some(rng.random_range(LAT.0..LAT.1)),
-                lon: Some(rng.random_range(LON.0..LON.1)),
-                chargers: Some(chargers),
-                power_kw: Some(POWERS_KW[rng.random_range(0..POWERS_KW.len())]),
                 occupied: rng.random_range(0..=chargers / 2),
-                queue: 0,
-                state: StationState::Available,
-                ts_ms: None,
-                takes_reservations: false,
+                ..testkit::messages::station(
+                    &format!("{region}-{i:05}"),
+                    lat,
+                    lon,
+                    chargers,
+                    power_kw,
+                )
             }
         })
         .collect()
@@ -383,10 +384,10 @@ async fn reroute(args: &Args, first_seq: u64) -> Result<Vec<Row>> {
             let Ok(regions) = city.regions().await else {
                 return false;
             };
-            let west = regions.get("west").is_some_and(|v| v["saturated"] == true);
-            let middle = regions.get("middle").is_some_and(|v| {
-                v["aggregate"]["stations_in_service"].as_u64() == Some(middle.len() as u64)
-            });
+            let west = regions.get("west").is_some_and(|v| v.saturated);
+            let middle = regions
+                .get("middle")
+                .is_some_and(|v| u64::from(v.aggregate.stations_in_service) == middle.len() as u64);
             west && middle
         },
     )
@@ -549,8 +550,8 @@ async fn saturated(args: &Args, first_seq: [u64; 2]) -> Result<Vec<Row>> {
             let Ok(regions) = city.regions().await else {
                 return false;
             };
-            let north = regions.get(REGION).is_some_and(|v| v["saturated"] == true);
-            let far = regions.get("far").is_some_and(|v| v["saturated"] == false);
+            let north = regions.get(REGION).is_some_and(|v| v.saturated);
+            let far = regions.get("far").is_some_and(|v| !v.saturated);
             north && far
         },
     )

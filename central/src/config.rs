@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Parser;
 use cost_model::{CostParams, EnvNames};
-pub use service::LogFormat;
+pub use serverkit::LogFormat;
 
 /// The fogcharge central server: keeps the latest aggregate of every region, moves
 /// vehicles from saturated regions to neighbours that can serve them sooner, and serves

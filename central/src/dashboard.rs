@@ -10,8 +10,8 @@
 //! - `GET /api/events`: Server-Sent Events: `snapshot` (a [`Snapshot`]) at once and then
 //!   every second, `reroute` (a [`RerouteEvent`]) the moment central answers one.
 //! - `GET /report` (`/report.js`) and `GET /api/report`: device-sim's JSON report drawn as
-//!   charts, when central was given `--report-file`; [`report_html`] makes the same page
-//!   as one self-contained file (`device-sim --report-html`).
+//!   charts (the page of the `report-page` crate), when central was given
+//!   `--report-file`.
 //!
 //! Stations come from the fogs' retained `stations` messages (every periodic
 //! aggregate); region figures from the aggregates ([`crate::regions`]).
@@ -29,14 +29,14 @@ use protocol::fog::{AggregateStation, Stations};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use report_page::{REPORT_HTML, REPORT_JS};
+
 use crate::Shared;
 use crate::metrics::FAILURE_REASONS;
 
 pub const INDEX_HTML: &str = include_str!("dashboard/index.html");
 pub const DASHBOARD_JS: &str = include_str!("dashboard/dashboard.js");
 pub const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
-pub const REPORT_HTML: &str = include_str!("dashboard/report.html");
-pub const REPORT_JS: &str = include_str!("dashboard/report.js");
 
 /// Reroutes kept for the page (the newest).
 const RECENT_REROUTES: usize = 50;
@@ -369,18 +369,4 @@ fn json_event(name: &str, value: &impl Serialize) -> Event {
     Event::default()
         .event(name)
         .data(serde_json::to_string(value).unwrap_or_default())
-}
-
-/// device-sim's report as one self-contained HTML page (the `/report` page with the
-/// report inlined).
-pub fn report_html(report_json: &str) -> String {
-    // `</` cannot end the script element early when written as `<\/`.
-    let data = report_json.replace("</", "<\\/");
-    REPORT_HTML
-        .replace(
-            "<script src=\"/report.js\"></script>",
-            &format!(
-                "<script id=\"report-data\" type=\"application/json\">{data}</script>\n<script>{REPORT_JS}</script>"
-            ),
-        )
 }

@@ -47,10 +47,10 @@ use cost_model::CostParams;
 use metrics::Metrics;
 use regions::{Ingest, Regions};
 use reroute::{Handoffs, Memory, Seen};
-use service::clock;
-use service::link::LinkStatus;
-pub use service::{Clock, cancel_on_signal};
-use service::{Link, LinkSettings, Publisher};
+use serverkit::clock;
+use serverkit::link::LinkStatus;
+pub use serverkit::{Clock, cancel_on_signal};
+use serverkit::{Link, LinkSettings, Publisher};
 
 /// State shared between the message loop, the reroute tasks and the HTTP handlers.
 /// Locks are only held for synchronous work (microseconds), never across an `.await`.
@@ -120,7 +120,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.clock_epoch_ms,
         config.clock_file.as_deref(),
     )?;
-    let password = service::secret::password(
+    let password = serverkit::secret::password(
         config.mqtt_password.as_deref(),
         config.mqtt_password_file.as_deref(),
     )?;

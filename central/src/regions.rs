@@ -68,16 +68,7 @@ pub struct Regions {
     max_wait_s: u32,
 }
 
-/// A region as `GET /api/regions` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RegionView {
-    pub id: String,
-    pub aggregate: Aggregate,
-    pub received_ms: u64,
-    pub data_age_ms: u64,
-    pub stale: bool,
-    pub saturated: bool,
-}
+pub use protocol::api::RegionView;
 
 impl Regions {
     pub fn new(stale_after: Duration, max_wait_s: u32) -> Self {

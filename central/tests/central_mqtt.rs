@@ -138,7 +138,7 @@ fn reroute_request(id: &str, origin: &str, local_best: Option<f64>) -> RerouteRe
         vehicle_id: "car-1".into(),
         request: charge_request("r-1"),
         local_best_total_s: local_best,
-        deadline_ms: service::clock::wall_ms() + 10_000,
+        deadline_ms: serverkit::clock::wall_ms() + 10_000,
     }
 }
 
@@ -159,7 +159,7 @@ fn rerouted(region: &str, station_id: &str) -> Recommendation {
         wait_s: Some(0),
         charge_s: Some(2300),
         reservation_id: Some(format!("{region}-0001")),
-        expires_ms: Some(service::clock::wall_ms() + 1_200_000),
+        expires_ms: Some(serverkit::clock::wall_ms() + 1_200_000),
         reason: None,
         served_by: Some(region.into()),
         data_age_ms: Some(10),
@@ -210,7 +210,7 @@ impl World {
     async fn publish_aggregate(&mut self, region: &str, best: Vec<AggregateStation>) -> Value {
         let seq = self.seq.entry(region.to_owned()).or_insert(0);
         *seq += 1;
-        let a = aggregate(region, *seq, service::clock::wall_ms(), best);
+        let a = aggregate(region, *seq, serverkit::clock::wall_ms(), best);
         self.publish_aggregate_raw(&a).await;
         self.wait_region_seq(region, a.seq).await
     }
@@ -312,7 +312,7 @@ async fn starts_ready_and_healthy() {
 #[tokio::test]
 async fn aggregate_is_visible_with_seq_and_data_age() {
     let w = world().await;
-    let ts = service::clock::wall_ms();
+    let ts = serverkit::clock::wall_ms();
     let a = aggregate("north", 7, ts, vec![station("n1", 1.0, 120)]);
     w.publish_aggregate_raw(&a).await;
     let r = w.wait_region_seq("north", 7).await;
@@ -351,7 +351,7 @@ async fn retained_aggregates_from_before_the_start_are_loaded() {
     let broker = Mosquitto::start(MosquittoConfig::new()).expect("mosquitto");
     let fogs = TestClient::connect(&broker.url(), "fogs").await.unwrap();
     fogs.subscribe(DOWN, 1).await.unwrap();
-    let a = aggregate("east", 3, service::clock::wall_ms(), vec![]);
+    let a = aggregate("east", 3, serverkit::clock::wall_ms(), vec![]);
     fogs.publish_json(&FogMessage::Aggregate.central_topic("east"), &a, 1, true)
         .await
         .unwrap();
@@ -634,13 +634,13 @@ async fn the_deadline_stops_the_search() {
     let mut w = world_with(|c| c.handoff_timeout_ms = 5000).await;
     w.neighbours().await;
     let mut req = reroute_request("rr-7", "a", None);
-    req.deadline_ms = service::clock::wall_ms() + 500;
+    req.deadline_ms = serverkit::clock::wall_ms() + 500;
     w.send_reroute("a", &req).await;
     w.expect_handoff("b", "rr-7").await;
     // b is silent; the deadline (not the 5 s timeout) ends the search before c.
     let reply = w.expect_reply("a").await;
     // Well before the 5 s handoff timeout would have ended the wait.
-    assert!(service::clock::wall_ms() < req.deadline_ms + 2000);
+    assert!(serverkit::clock::wall_ms() < req.deadline_ms + 2000);
     assert!(!reply.ok);
     assert_eq!(reply.tried, ["b"]);
     assert!(

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use protocol::api::RegionView;
 use protocol::fog::{Aggregate, AggregateStation, FogMessage, Handoff, HandoffReply};
 use protocol::{
     ChargeRequest, Recommendation, RecommendationStatus, ReservationAction, ReservationUpdate,
@@ -61,8 +62,8 @@ async fn wait_region(
     city: &City,
     region: &str,
     what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
+    check: impl Fn(&RegionView) -> bool,
+) -> RegionView {
     wait_until(what, T, POLL, || async {
         city.regions()
             .await
@@ -74,10 +75,8 @@ async fn wait_region(
     .unwrap()
 }
 
-fn lists_station(v: &Value, id: &str) -> bool {
-    v["aggregate"]["best"]
-        .as_array()
-        .is_some_and(|b| b.iter().any(|s| s["station_id"] == id))
+fn lists_station(v: &RegionView, id: &str) -> bool {
+    v.aggregate.best.iter().any(|s| s.station_id == id)
 }
 
 /// West saturated (one charger, long queue), middle free just across the border.
@@ -86,10 +85,7 @@ async fn saturated_west(city: &City) -> (TestClient, TestClient) {
     let middle = devices(city, "middle").await;
     publish_station(&west, "west", &status("west-busy", 0.09, 1, 1, 6)).await;
     publish_station(&middle, "middle", &status("middle-free", 0.11, 2, 0, 0)).await;
-    wait_region(city, "west", "west is saturated", |v| {
-        v["saturated"] == true
-    })
-    .await;
+    wait_region(city, "west", "west is saturated", |v| v.saturated).await;
     wait_region(city, "middle", "middle lists its free station", |v| {
         lists_station(v, "middle-free")
     })
@@ -131,13 +127,13 @@ async fn aggregates_reach_central_and_device_traffic_does_not() {
         lists_station(v, "west-1")
     })
     .await;
-    let seq = first["aggregate"]["seq"].as_u64().unwrap();
-    assert_eq!(first["aggregate"]["chargers"], 4);
-    assert_eq!(first["aggregate"]["chargers_free"], 3);
-    assert_eq!(first["aggregate"]["outline"].as_array().unwrap().len(), 4);
-    assert!(first["data_age_ms"].as_u64().unwrap() < 3 * city.spec.aggregate_ms);
+    let seq = first.aggregate.seq;
+    assert_eq!(first.aggregate.chargers, 4);
+    assert_eq!(first.aggregate.chargers_free, 3);
+    assert_eq!(first.aggregate.outline.len(), 4);
+    assert!(first.data_age_ms < 3 * city.spec.aggregate_ms);
     wait_region(&city, "west", "a newer aggregate", |v| {
-        v["aggregate"]["seq"].as_u64() > Some(seq)
+        v.aggregate.seq > seq
     })
     .await;
 
@@ -303,7 +299,7 @@ async fn a_refused_handoff_falls_back_to_the_next_region() {
         v: 1,
         region: "middle".into(),
         seq,
-        ts_ms: service::clock::wall_ms(),
+        ts_ms: serverkit::clock::wall_ms(),
         stations: 1,
         stations_in_service: 1,
         chargers: 4,
@@ -343,10 +339,7 @@ async fn a_refused_handoff_falls_back_to_the_next_region() {
         lists_station(v, "east-free")
     })
     .await;
-    wait_region(&city, "west", "west is saturated", |v| {
-        v["saturated"] == true
-    })
-    .await;
+    wait_region(&city, "west", "west is saturated", |v| v.saturated).await;
 
     // Ask from west; middle (nearer) is tried first and refuses.
     west.publish_json(
@@ -462,18 +455,13 @@ async fn after_a_central_broker_restart_the_bridges_reconnect_and_data_is_fresh(
         POLL,
         || async {
             let regions = city.regions().await.ok()?;
-            (regions.len() == 3
-                && regions.values().all(|v| {
-                    v["data_age_ms"]
-                        .as_u64()
-                        .is_some_and(|age| age < 2 * period)
-                }))
-            .then_some(regions)
+            (regions.len() == 3 && regions.values().all(|v| v.data_age_ms < 2 * period))
+                .then_some(regions)
         },
     )
     .await
     .unwrap();
-    assert!(fresh.values().all(|v| v["stale"] == false));
+    assert!(fresh.values().all(|v| !v.stale));
     // And the reroute path works through the reconnected bridges.
     let (mut west, _middle) = saturated_west(&city).await;
     let answer = ask(&mut west, "west", "car-1", &request("r-1", 0.08)).await;
@@ -497,7 +485,7 @@ async fn with_the_central_broker_down_ten_seconds_regions_answer_and_everything_
     wait_until("central marks every region stale", T, POLL, || async {
         city.regions()
             .await
-            .is_ok_and(|r| r.len() == 3 && r.values().all(|v| v["stale"] == true))
+            .is_ok_and(|r| r.len() == 3 && r.values().all(|v| v.stale))
     })
     .await
     .unwrap();

@@ -259,19 +259,3 @@ async fn the_page_and_its_assets_are_served_by_central_itself() {
     assert_eq!(report.status(), 404);
     assert!(report.text().await.unwrap().contains("--report-file"));
 }
-
-#[test]
-fn a_self_contained_report_page_inlines_its_data_and_script() {
-    let json = r#"{"scenario":{"seed":1},"strategies":{},"order":[],"note":"</script>"}"#;
-    let html = central::dashboard::report_html(json);
-    assert!(html.contains("id=\"report-data\""));
-    assert!(
-        !html.contains("src=\"/report.js\""),
-        "the script is inlined"
-    );
-    assert!(html.contains("function draw(report)"));
-    assert!(
-        html.contains("<\\/script>"),
-        "a </script> in the data cannot end the element"
-    );
-}

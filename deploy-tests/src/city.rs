@@ -12,9 +12,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use protocol::{
-    ChargeRequest, Recommendation, RecommendationStatus, StationState, StationStatus, topics,
-};
+use protocol::api::RegionView;
+use protocol::{ChargeRequest, Recommendation, RecommendationStatus, StationStatus, topics};
 use serde_json::Value;
 use testkit::TestClient;
 use topology::auth::{Credentials, Role};
@@ -109,17 +108,9 @@ impl City {
         )
         .await?;
         let status = StationStatus {
-            v: 1,
-            station_id: id.into(),
-            lat: Some(at.0),
-            lon: Some(at.1),
-            chargers: Some(chargers),
-            power_kw: Some(50.0),
             occupied,
             queue,
-            state: StationState::Available,
-            ts_ms: None,
-            takes_reservations: false,
+            ..testkit::messages::station(id, at.0, at.1, chargers, 50.0)
         };
         c.publish_json(&topics::station_status(region, id), &status, 1, true)
             .await?;
@@ -128,16 +119,9 @@ impl City {
     }
 
     /// Central's view of each region (`/api/regions`).
-    pub async fn regions(&self) -> Result<BTreeMap<String, Value>> {
-        let list = get_json(self.project.port("central"), "/api/regions").await?;
-        let items = list
-            .as_array()
-            .or_else(|| list.get("regions").and_then(Value::as_array))
-            .context("/api/regions is not a list")?;
-        Ok(items
-            .iter()
-            .filter_map(|r| Some((r.get("id")?.as_str()?.to_owned(), r.clone())))
-            .collect())
+    pub async fn regions(&self) -> Result<BTreeMap<String, RegionView>> {
+        let list: Vec<RegionView> = get_json(self.project.port("central"), "/api/regions").await?;
+        Ok(list.into_iter().map(|r| (r.id.clone(), r)).collect())
     }
 
     /// Waits until central's view of `region` satisfies `check`.
@@ -146,8 +130,8 @@ impl City {
         region: &str,
         what: &str,
         timeout: Duration,
-        check: impl Fn(&Value) -> bool,
-    ) -> Result<Value> {
+        check: impl Fn(&RegionView) -> bool,
+    ) -> Result<RegionView> {
         testkit::wait_until(what, timeout, Duration::from_millis(100), || async {
             self.regions()
                 .await
@@ -168,12 +152,10 @@ impl City {
         self.station("south", &free, (-12.985, -38.6), 4, 0, 0)
             .await?;
         let t = Duration::from_secs(30);
-        self.wait_region("north", "north is saturated", t, |v| v["saturated"] == true)
+        self.wait_region("north", "north is saturated", t, |v| v.saturated)
             .await?;
         self.wait_region("south", "south lists its free station", t, |v| {
-            v["aggregate"]["best"]
-                .as_array()
-                .is_some_and(|b| b.iter().any(|s| s["station_id"] == free.as_str()))
+            v.aggregate.best.iter().any(|s| s.station_id == free)
         })
         .await?;
         Ok(())
@@ -181,7 +163,7 @@ impl City {
 
     /// A fog server's reservations (`/api/reservations` on its published port).
     pub async fn reservations(&self, region: &str) -> Result<Vec<Value>> {
-        let v = get_json(
+        let v: Value = get_json(
             self.project.port(&format!("fog-{region}")),
             "/api/reservations",
         )

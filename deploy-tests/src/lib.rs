@@ -389,7 +389,7 @@ pub async fn get_text(port: u16, path: &str) -> Result<String> {
 }
 
 /// [`get_text`], parsed.
-pub async fn get_json(port: u16, path: &str) -> Result<Value> {
+pub async fn get_json<T: serde::de::DeserializeOwned>(port: u16, path: &str) -> Result<T> {
     Ok(serde_json::from_str(&get_text(port, path).await?)?)
 }
 

@@ -148,7 +148,7 @@ async fn a_region_cut_off_from_central_answers_alone_and_comes_back() {
         "north",
         "central shows north stale",
         Duration::from_secs(20),
-        |v| v["stale"] == true,
+        |v| v.stale,
     )
     .await
     .unwrap();
@@ -160,7 +160,7 @@ async fn a_region_cut_off_from_central_answers_alone_and_comes_back() {
         "north",
         "central shows north fresh",
         Duration::from_secs(60),
-        |v| v["stale"] == false,
+        |v| !v.stale,
     )
     .await
     .unwrap();

@@ -12,6 +12,21 @@
 //!   clock (`--speed` = their `--clock-speed`, same `--clock-epoch-ms`);
 //! - **offline** (`--offline`): the naive strategies with no broker at all, as fast as
 //!   the machine goes — deterministic, for tests and quick what-ifs.
+//!
+//! The local run starts the fog servers and central as processes of the `fogcharge`
+//! binary (`fogcharge fog-server …`, `fogcharge central …`, see [`Config::server_exe`]);
+//! nothing of the servers is linked in here.
+//!
+//! Modules:
+//! - [`world`]: the scenario (`--seed`, `--vehicles`, …) and the world it generates:
+//!   regions, stations, vehicles.
+//! - [`sim`]: the simulated city stepping in simulated time: driving, queues, charging.
+//! - [`run`](mod@run): one strategy over a world, paced by the shared clock; requests, answers,
+//!   timeouts and fallbacks.
+//! - [`net`]: the devices' MQTT connections, one per station and a fleet per region.
+//! - [`report`]: the per-strategy figures and the comparison table.
+//! - [`setup`]: `fogcharge setup`, a container deployment's users, secrets and clock.
+//! - [`cli`]: the simulation as a command: run, print the table, stop on Ctrl-C.
 
 #![forbid(unsafe_code)]
 
@@ -25,14 +40,14 @@ pub mod world;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use launcher::delay::Delay;
 use launcher::{LocalBrokers, LocalServers, ServerSettings};
-use service::{Clock, LogFormat, clock::wall_ms};
+use serverkit::{Clock, LogFormat, clock::wall_ms};
 use tokio_util::sync::CancellationToken;
 use topology::Topology;
 
@@ -120,7 +135,8 @@ pub struct Config {
     pub answer_timeout_ms: u64,
 
     /// The binary that runs the local fog servers and central as `EXE fog-server …` and
-    /// `EXE central …` (default: this one).
+    /// `EXE central …` (default: this binary when it is `fogcharge`, else the
+    /// `fogcharge` beside it).
     #[arg(long, env = "SIM_SERVER_EXE", hide = true)]
     pub server_exe: Option<PathBuf>,
 
@@ -213,13 +229,13 @@ impl Config {
     /// Reads `--clock-file` and `--mqtt-password-file` into the options they replace.
     pub fn read_files(&mut self) -> Result<()> {
         if let Some(path) = self.clock_file.take() {
-            let file = service::clock::ClockFile::load(&path)?;
+            let file = serverkit::clock::ClockFile::load(&path)?;
             self.speed = file.speed;
             self.clock_epoch_ms = Some(file.epoch_ms);
         }
         if let Some(path) = self.mqtt_password_file.take() {
             self.mqtt_password =
-                service::secret::password(self.mqtt_password.as_deref(), Some(&path))?;
+                serverkit::secret::password(self.mqtt_password.as_deref(), Some(&path))?;
         }
         Ok(())
     }
@@ -545,7 +561,7 @@ async fn run_local(
     let clock = Clock::scaled(epoch, config.speed);
     let exe = match &config.server_exe {
         Some(p) => p.clone(),
-        None => std::env::current_exe().context("locating this binary")?,
+        None => server_exe_beside(&std::env::current_exe().context("locating this binary")?)?,
     };
     let settings = ServerSettings {
         clock_speed: config.speed,
@@ -626,6 +642,24 @@ async fn run_external(
     r
 }
 
+/// The binary that runs the servers of the local run when `--server-exe` is not given:
+/// `current` when it is `fogcharge` (which has the `fog-server` and `central`
+/// commands), else the `fogcharge` in the same directory (as cargo builds them).
+pub fn server_exe_beside(current: &Path) -> Result<PathBuf> {
+    let name = format!("fogcharge{}", std::env::consts::EXE_SUFFIX);
+    if current.file_name().is_some_and(|n| *n == *name) {
+        return Ok(current.to_owned());
+    }
+    let beside = current.with_file_name(&name);
+    if !beside.is_file() {
+        bail!(
+            "the local run starts its servers with the fogcharge binary, which is not beside {} (build it with `cargo build -p fogcharge`, or pass --server-exe)",
+            current.display()
+        );
+    }
+    Ok(beside)
+}
+
 fn describe(d: &Delay) -> String {
     if d.is_zero() {
         return "direct".into();
@@ -647,8 +681,38 @@ fn finish(report: Report, config: &Config) -> Result<Report> {
         std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &config.report_html {
-        std::fs::write(path, central::dashboard::report_html(&text))
+        std::fs::write(path, report_page::self_contained(&text))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_run_from_fogcharge_itself_or_the_one_beside_this_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = |name: &str| {
+            dir.path()
+                .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+        };
+        let (fogcharge, sim) = (exe("fogcharge"), exe("device-sim"));
+        // `fogcharge sim` runs its servers from itself, whether or not anything is beside it.
+        assert_eq!(server_exe_beside(&fogcharge).unwrap(), fogcharge);
+        let e = server_exe_beside(&sim).unwrap_err().to_string();
+        assert!(
+            e.contains("cargo build -p fogcharge") && e.contains("--server-exe"),
+            "{e}"
+        );
+        std::fs::write(&fogcharge, "").unwrap();
+        assert_eq!(server_exe_beside(&sim).unwrap(), fogcharge);
+    }
+
+    #[test]
+    fn a_hotspot_south_of_the_equator_and_west_of_greenwich_follows_a_space() {
+        let c = Config::try_parse_from(["device-sim", "--hotspot", "-12.97,-38.50"]).unwrap();
+        assert_eq!(c.scenario.hotspot, Some((-12.97, -38.50)));
+    }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use protocol::{Recommendation, StationState, StationStatus, Topic, VehicleChannel, topics};
-use service::{Link, LinkSettings, Publisher, Will};
+use serverkit::{Link, LinkSettings, Publisher, Will};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;

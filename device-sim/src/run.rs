@@ -10,7 +10,7 @@ use protocol::{
     ChargeRequest, RecommendationStatus, ReservationAction, ReservationUpdate, Telemetry, topics,
 };
 use serde::{Deserialize, Serialize};
-use service::Clock;
+use serverkit::Clock;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 

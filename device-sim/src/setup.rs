@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use service::clock::{ClockFile, wall_ms};
+use serverkit::clock::{ClockFile, wall_ms};
 use topology::Topology;
 use topology::auth::Credentials;
 use topology::deploy::{CLOCK_FILE, secret_files, secret_key};

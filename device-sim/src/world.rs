@@ -50,7 +50,7 @@ pub struct Scenario {
     pub hotspot_share: f64,
 
     /// The hotspot, `lat,lon` (default: the middle of the first region).
-    #[arg(long, env = "SIM_HOTSPOT", value_parser = parse_point)]
+    #[arg(long, env = "SIM_HOTSPOT", value_parser = parse_point, allow_hyphen_values = true)]
     pub hotspot: Option<(f64, f64)>,
 
     /// Radius of the hotspot, km.

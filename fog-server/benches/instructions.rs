@@ -43,11 +43,11 @@ const SCENARIOS: [(&str, &str); 10] = [
     ),
     (
         "region_1k",
-        "one request message through Region::handle, 1,000 stations",
+        "one request message through Region::receive (parse and handle), 1,000 stations",
     ),
     (
         "region_10k",
-        "one request message through Region::handle, 10,000 stations",
+        "one request message through Region::receive (parse and handle), 10,000 stations",
     ),
     (
         "aggregate_1k",
@@ -79,7 +79,7 @@ fn measured_aggregate(region: &mut fog_server::region::Region) {
 #[inline(never)]
 fn measured_region(region: &mut fog_server::region::Region, messages: &[(String, Vec<u8>)]) {
     for (topic, payload) in messages {
-        black_box(region.handle(topic, black_box(payload), world::NOW_MS));
+        black_box(region.receive(topic, black_box(payload), world::NOW_MS));
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use geo::{Contains, Coord, LineString, Point, Polygon};
 use serde::Serialize;
-pub use service::LogFormat;
+pub use serverkit::LogFormat;
 
 use crate::planner::{CostParams, PlannerParams};
 use cost_model::EnvNames;
@@ -55,7 +55,13 @@ pub struct Config {
     pub mqtt_ca_file: Option<PathBuf>,
 
     /// The region's bounding box: min_lat,min_lon,max_lat,max_lon.
-    #[arg(long, env = "FOG_BOUNDS", value_parser = parse_bounds, conflicts_with = "polygon")]
+    #[arg(
+        long,
+        env = "FOG_BOUNDS",
+        value_parser = parse_bounds,
+        conflicts_with = "polygon",
+        allow_hyphen_values = true
+    )]
     pub bounds: Option<Bounds>,
 
     /// The region's outline: a JSON file holding an array of [lat, lon] points.

@@ -76,6 +76,7 @@ struct RegionView {
 }
 
 async fn region(State(shared): State<Arc<Shared>>) -> Json<RegionView> {
+    let now_ms = shared.clock.now_ms();
     let region = shared.lock();
     Json(RegionView {
         region: region.name.clone(),
@@ -83,8 +84,8 @@ async fn region(State(shared): State<Arc<Shared>>) -> Json<RegionView> {
         stations: region.planner.stations.len(),
         stations_in_service: region.planner.stations.in_service(),
         reservations_active: region.planner.active_reservations(),
-        central_present: region.central_present(),
+        central_present: region.central_present(now_ms),
         central_open_regions: region.central_open_regions(),
-        now_ms: shared.clock.now_ms(),
+        now_ms,
     })
 }

@@ -5,38 +5,50 @@
 //! - [`config`]: command line / environment ([`Config`]).
 //! - [`index`]: the station R-tree, in great-circle order.
 //! - [`planner`]: the cost model and the reservations.
-//! - [`region`]: what each incoming message does to the region's state (no I/O).
+//! - [`region`]: the region as a pure state machine: a parsed message
+//!   ([`protocol::Incoming`]) and the time in, [`region::Effects`] (journal records,
+//!   metric changes, messages to publish) out; split by job into requests, reroute,
+//!   handoff, stations, station reservations, aggregate and views.
+//! - [`store`]: the reservations journal (`{state-dir}/{region}.jsonl`), read back at
+//!   start so that a restart keeps every promise.
+//! - [`journal`]: the task that writes the journal, off the region's lock.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/api/*`.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics, and the changes to them the region reports.
 //!
-//! [`start`] connects and returns a handle; [`run`] is what `main` calls.
+//! This file is the I/O shell around the region: it owns the MQTT link, parses each
+//! message, hands it to the region under its lock, has the journal written, and only
+//! then publishes. [`start`] connects and returns a handle; [`run`] is what `main`
+//! calls.
 
 pub mod config;
 pub mod http;
 pub mod index;
+pub mod journal;
 pub mod metrics;
 pub mod planner;
 pub mod region;
 pub mod store;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use protocol::{VehicleChannel, topics};
+use protocol::{Incoming, VehicleChannel, topics};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use config::Area;
 pub use config::Config;
+use journal::{Journal, Written};
 use metrics::Metrics;
-use region::{Region, RerouteSettings};
-use service::clock;
-use service::link::LinkStatus;
-pub use service::{Clock, cancel_on_signal};
-use service::{Link, LinkSettings, Publisher};
+use region::{Effects, Region, RerouteSettings};
+use serverkit::clock;
+use serverkit::link::LinkStatus;
+pub use serverkit::{Clock, cancel_on_signal};
+use serverkit::{Link, LinkSettings, Publisher};
 
 /// How long after subscribing the server waits for retained station statuses before it
 /// calls itself ready without any.
@@ -49,8 +61,14 @@ pub struct Shared {
     pub clock: Clock,
     pub area: Option<Area>,
     pub registry: prometheus_client::registry::Registry,
+    metrics: Arc<Metrics>,
     link: Arc<LinkStatus>,
     subscribed_at: Instant,
+    /// Set once the stations are in: the first ones known and the burst of retained
+    /// statuses read (see [`serve`]), or [`SETTLE`] passed.
+    loaded: AtomicBool,
+    /// The reservation journal's writer (none: `--no-state`).
+    journal: Option<Journal>,
 }
 
 impl Shared {
@@ -59,8 +77,29 @@ impl Shared {
         self.region.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Ready when connected and subscribed, and either stations are known or the
-    /// retained statuses had time to arrive.
+    /// Runs `step` on the region under its lock, queues the journal records of its
+    /// effects (under the lock, so they keep the region's order) and applies its
+    /// metric changes; returns the messages to publish once the records are written.
+    fn step(&self, step: impl FnOnce(&mut Region) -> Effects) -> (Vec<region::Outgoing>, Written) {
+        let mut region = self.lock();
+        let Effects {
+            journal,
+            publish,
+            metrics,
+            ..
+        } = step(&mut region);
+        for update in &metrics {
+            self.metrics.apply(update);
+        }
+        let written = match &self.journal {
+            Some(j) => j.write(journal),
+            None => Written::none(),
+        };
+        (publish, written)
+    }
+
+    /// Ready when connected and subscribed, and either the stations are in (the first
+    /// known and the burst of retained statuses read) or they had time to arrive.
     pub fn readiness(&self) -> (bool, &'static str) {
         if self.link.is_taken_over() {
             return (
@@ -71,7 +110,7 @@ impl Shared {
         if !self.link.is_connected() {
             return (false, "not connected to the broker");
         }
-        if self.lock().planner.stations.is_empty() && self.subscribed_at.elapsed() < SETTLE {
+        if !self.loaded.load(Ordering::Relaxed) && self.subscribed_at.elapsed() < SETTLE {
             return (false, "loading stations");
         }
         (true, "ready")
@@ -103,32 +142,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.clock_epoch_ms,
         config.clock_file.as_deref(),
     )?;
-    let password = service::secret::password(
-        config.mqtt_password.as_deref(),
-        config.mqtt_password_file.as_deref(),
-    )?;
     let metrics = Arc::new(Metrics::new());
-    let region_name = config.region.clone();
-    let subscriptions = vec![
-        (topics::filters::station_status(&region_name), 1),
-        (
-            topics::filters::vehicles(&region_name, VehicleChannel::Request),
-            1,
-        ),
-        (
-            topics::filters::vehicles(&region_name, VehicleChannel::Reservation),
-            1,
-        ),
-        (
-            topics::filters::vehicles(&region_name, VehicleChannel::Telemetry),
-            0,
-        ),
-        (protocol::fog::filters::FOG_DOWN.to_owned(), 1),
-        (
-            topics::filters::stations(&region_name, protocol::StationChannel::ReservationEvents),
-            1,
-        ),
-    ];
     let http_listener = match config.http {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -137,26 +151,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ),
         None => None,
     };
-    let settings = LinkSettings {
-        url: config.broker.clone(),
-        client_id: config.client_id(),
-        persistent: true,
-        username: config.mqtt_username.clone(),
-        password,
-        will: None,
-        ca_file: config.mqtt_ca_file.clone(),
-        ..Default::default()
-    };
-    let mut link = Link::connect(&settings, subscriptions, &shutdown).await?;
-    let reconnects = metrics.mqtt_reconnects.clone();
-    link.on_reconnect = Some(Box::new(move || {
-        reconnects.inc();
-    }));
-    let takeovers = metrics.mqtt_takeovers.clone();
-    link.on_takeover = Some(Box::new(move || {
-        takeovers.inc();
-    }));
-    let mut region = Region::new(&region_name, config.planner.clone(), metrics.clone());
+    let mut link = connect(&config, &metrics, &shutdown).await?;
+    let mut region = Region::new(&config.region, config.planner.clone());
     region.reroute = RerouteSettings {
         enabled: !config.no_reroute,
         timeout: Duration::from_millis(config.reroute_timeout_ms),
@@ -164,36 +160,23 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         central_timeout: Duration::from_millis(config.central_timeout_ms),
     };
     region.outline = area.as_ref().map(Area::outline).unwrap_or_default();
-    if !config.no_state {
-        let (store, restored) = store::Store::open(&config.state_dir, &region_name, clock.now_ms())
-            .context("opening the reservation journal (--state-dir)")?;
-        info!(journal = %store.path().display(), restoring = restored.reservations.len(), "reservations are kept on disk");
-        region.attach_store(store, restored, clock.now_ms());
-    }
+    let journal_stop = CancellationToken::new();
+    let (journal, journal_task) =
+        open_journal(&config, &mut region, &clock, &journal_stop)?.unzip();
     let shared = Arc::new(Shared {
         region: Mutex::new(region),
         clock,
         area,
         registry: metrics.registry(),
+        metrics,
         link: link.status(),
         subscribed_at: Instant::now(),
+        loaded: AtomicBool::new(false),
+        journal,
     });
-
     let mut tasks = tokio::task::JoinSet::new();
     let http_addr = match http_listener {
-        Some(listener) => {
-            let addr = listener.local_addr()?;
-            let app = http::router(shared.clone());
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-                    .context("HTTP server")
-            });
-            info!(%addr, "HTTP listening");
-            Some(addr)
-        }
+        Some(listener) => Some(serve_http(listener, &shared, &shutdown, &mut tasks)?),
         None => None,
     };
     tasks.spawn(sweep(
@@ -217,15 +200,111 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         while let Some(res) = tasks.join_next().await {
             res.context("fog server task panicked")??;
         }
+        // Everything that queues records has stopped: the journal ends last.
+        journal_stop.cancel();
+        if let Some(task) = journal_task {
+            task.await.context("journal writer panicked")?;
+        }
         info!("fog server stopped");
         Ok(())
     });
-    info!(region = %region_name, broker = %config.broker, "fog server serving");
+    info!(region = %config.region, broker = %config.broker, "fog server serving");
     Ok(FogServer {
         shared,
         http_addr,
         task,
     })
+}
+
+/// Connects to the region's broker and subscribes to everything a fog receives.
+async fn connect(
+    config: &Config,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Link> {
+    let password = serverkit::secret::password(
+        config.mqtt_password.as_deref(),
+        config.mqtt_password_file.as_deref(),
+    )?;
+    let region = &config.region;
+    let subscriptions = vec![
+        (topics::filters::station_status(region), 1),
+        (
+            topics::filters::vehicles(region, VehicleChannel::Request),
+            1,
+        ),
+        (
+            topics::filters::vehicles(region, VehicleChannel::Reservation),
+            1,
+        ),
+        (
+            topics::filters::vehicles(region, VehicleChannel::Telemetry),
+            0,
+        ),
+        (protocol::fog::filters::FOG_DOWN.to_owned(), 1),
+        (
+            topics::filters::stations(region, protocol::StationChannel::ReservationEvents),
+            1,
+        ),
+    ];
+    let settings = LinkSettings {
+        url: config.broker.clone(),
+        client_id: config.client_id(),
+        persistent: true,
+        username: config.mqtt_username.clone(),
+        password,
+        will: None,
+        ca_file: config.mqtt_ca_file.clone(),
+        ..Default::default()
+    };
+    let mut link = Link::connect(&settings, subscriptions, shutdown).await?;
+    let reconnects = metrics.mqtt_reconnects.clone();
+    link.on_reconnect = Some(Box::new(move || {
+        reconnects.inc();
+    }));
+    let takeovers = metrics.mqtt_takeovers.clone();
+    link.on_takeover = Some(Box::new(move || {
+        takeovers.inc();
+    }));
+    Ok(link)
+}
+
+/// Opens the reservation journal (unless `--no-state`), puts back what it held and
+/// starts its writer, which runs until `stop`.
+fn open_journal(
+    config: &Config,
+    region: &mut Region,
+    clock: &Clock,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<(Journal, JoinHandle<()>)>> {
+    if config.no_state {
+        return Ok(None);
+    }
+    let (store, restored) = store::Store::open(&config.state_dir, &config.region, clock.now_ms())
+        .context("opening the reservation journal (--state-dir)")?;
+    info!(journal = %store.path().display(), restoring = restored.reservations.len(), "reservations are kept on disk");
+    region.restore_journal(restored, clock.now_ms());
+    Ok(Some(Journal::start(store, stop.clone())))
+}
+
+/// Serves the HTTP API on `listener` until `shutdown`.
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+) -> anyhow::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    let app = http::router(shared.clone());
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+            .context("HTTP server")
+    });
+    info!(%addr, "HTTP listening");
+    Ok(addr)
 }
 
 /// Runs a fog server until `shutdown` is cancelled.
@@ -260,7 +339,7 @@ async fn serve(link: &mut Link, shared: &Shared, shutdown: &CancellationToken) {
             Some(Some(msg)) => msg,
             Some(None) => return, // shut down
             None => {
-                answer_held(link, shared, &mut held); // settled
+                answer_held(link, shared, &mut held).await; // settled
                 continue;
             }
         };
@@ -277,29 +356,53 @@ async fn serve(link: &mut Link, shared: &Shared, shutdown: &CancellationToken) {
                 continue;
             }
         }
-        handle(link, shared, &msg);
-        if !held.is_empty() && !loading(link) {
-            answer_held(link, shared, &mut held);
+        handle(link, shared, &msg).await;
+        if !loading(link) {
+            shared.loaded.store(true, Ordering::Relaxed);
+            answer_held(link, shared, &mut held).await;
         }
     }
 }
 
-fn handle(link: &Link, shared: &Shared, msg: &paho_mqtt::Message) {
+/// One message: parsed, handed to the region, journaled, then published.
+async fn handle(link: &Link, shared: &Shared, msg: &paho_mqtt::Message) {
+    let started = Instant::now();
+    let incoming = Incoming::parse(msg.topic(), msg.payload());
     let now = shared.clock.now_ms();
-    let (out, to_stations) = {
-        let mut region = shared.lock();
-        let out = region.handle(msg.topic(), msg.payload(), now);
-        (out, region.take_station_messages())
-    };
-    if let Some(out) = out {
-        link.publish(&out.topic, &out.payload, 1, out.retain);
+    let (out, written) = shared.step(|region| {
+        let fx = region.handle(incoming, now);
+        if fx.planned {
+            let seconds = started.elapsed().as_secs_f64();
+            shared.metrics.planning_seconds.observe(seconds);
+        }
+        fx
+    });
+    publish_when_written(out, written, |o| {
+        link.publish(&o.topic, &o.payload, 1, o.retain)
+    })
+    .await;
+}
+
+/// Publishes `out` once its journal records are written (nothing if they cannot be:
+/// an answer must never be out without its reservation on disk).
+async fn publish_when_written(
+    out: Vec<region::Outgoing>,
+    written: Written,
+    mut publish: impl FnMut(&region::Outgoing),
+) {
+    if !written.wait().await {
+        tracing::error!(
+            messages = out.len(),
+            "journal writer stopped: not publishing what it could not record"
+        );
+        return;
     }
-    for o in to_stations {
-        link.publish(&o.topic, &o.payload, 1, o.retain);
+    for o in &out {
+        publish(o);
     }
 }
 
-fn answer_held(link: &Link, shared: &Shared, held: &mut Vec<paho_mqtt::Message>) {
+async fn answer_held(link: &Link, shared: &Shared, held: &mut Vec<paho_mqtt::Message>) {
     if !held.is_empty() {
         debug!(
             requests = held.len(),
@@ -308,7 +411,7 @@ fn answer_held(link: &Link, shared: &Shared, held: &mut Vec<paho_mqtt::Message>)
         );
     }
     for msg in held.drain(..) {
-        handle(link, shared, &msg);
+        handle(link, shared, &msg).await;
     }
 }
 
@@ -327,15 +430,11 @@ async fn sweep(
             _ = shutdown.cancelled() => return Ok(()),
             _ = interval.tick() => {
                 let now = shared.clock.now_ms();
-                let out = {
-                    let mut region = shared.lock();
-                    let mut out = region.tick(now);
-                    out.extend(region.take_station_messages());
-                    out
-                };
-                for o in out {
-                    publisher.publish(&o.topic, &o.payload, 1, o.retain);
-                }
+                let (out, written) = shared.step(|region| region.tick(now));
+                publish_when_written(out, written, |o| {
+                    publisher.publish(&o.topic, &o.payload, 1, o.retain)
+                })
+                .await;
             }
         }
     }
@@ -380,7 +479,7 @@ async fn publish_aggregates(
         if let Some(stations) = stations {
             publisher.publish(&stations_topic, &protocol::encode(&stations), 1, true);
         }
-        shared.lock().metrics().aggregates_published.inc();
+        shared.metrics.aggregates_published.inc();
         last = Some(Instant::now());
     }
 }

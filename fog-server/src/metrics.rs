@@ -156,6 +156,76 @@ impl Metrics {
             .get_or_create(&KindLabel { kind })
             .inc();
     }
+
+    /// Applies a change the region reported.
+    pub fn apply(&self, update: &Update) {
+        let kind = |kind| KindLabel { kind };
+        match *update {
+            Update::Invalid(k) => self.invalid(k),
+            Update::Telemetry => {
+                self.telemetry.inc();
+            }
+            Update::DuplicateRequest => {
+                self.duplicate_requests.inc();
+            }
+            Update::Answered(status) => {
+                self.requests.get_or_create(&StatusLabel { status }).inc();
+            }
+            Update::ReservationsActive(n) => {
+                self.reservations_active.set(n as i64);
+            }
+            Update::Ended(k, n) => {
+                self.reservations_ended
+                    .get_or_create(&kind(k))
+                    .inc_by(n as u64);
+            }
+            Update::Stations(state, n) => {
+                self.stations
+                    .get_or_create(&StateLabel { state })
+                    .set(n as i64);
+            }
+            Update::Reroute(k) => {
+                self.reroutes.get_or_create(&kind(k)).inc();
+            }
+            Update::Handoff(k) => {
+                self.handoffs.get_or_create(&kind(k)).inc();
+            }
+            Update::StationReservation(k) => {
+                self.station_reservations.get_or_create(&kind(k)).inc();
+            }
+            Update::StationReservationEvent(k) => {
+                self.station_reservation_events
+                    .get_or_create(&kind(k))
+                    .inc();
+            }
+        }
+    }
+}
+
+/// A change to the metrics, as the region reports it in its effects (it keeps no
+/// registry itself): counters count up, gauges are set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// A message refused, by kind.
+    Invalid(&'static str),
+    Telemetry,
+    DuplicateRequest,
+    /// A recommendation sent, by status.
+    Answered(&'static str),
+    /// Reservations active now.
+    ReservationsActive(usize),
+    /// Reservations ended, by how, and how many.
+    Ended(&'static str, usize),
+    /// Stations in a state now.
+    Stations(&'static str, usize),
+    /// A reroute step, by kind.
+    Reroute(&'static str),
+    /// A handoff accepted or refused.
+    Handoff(&'static str),
+    /// A message to a station that takes reservations, by action.
+    StationReservation(&'static str),
+    /// A station's word on one of its reservations, by event.
+    StationReservationEvent(&'static str),
 }
 
 impl Default for Metrics {

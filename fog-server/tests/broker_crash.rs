@@ -7,10 +7,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use protocol::{ChargeRequest, Recommendation, StationState, StationStatus, topics};
+use protocol::{ChargeRequest, Recommendation, topics};
 use serde_json::Value;
-use service::{Link, LinkSettings};
+use serverkit::{Link, LinkSettings};
 use testkit::fog::Fog;
+use testkit::messages::station;
 use testkit::{Mosquitto, MosquittoConfig, TestClient, wait_until};
 use tokio_util::sync::CancellationToken;
 
@@ -51,19 +52,13 @@ async fn a_broker_killed_during_a_burst_loses_no_request_and_answers_none_twice(
         .unwrap();
     for i in 0..20 {
         let id = format!("n-{i:02}");
-        let s = StationStatus {
-            v: 1,
-            station_id: id.clone(),
-            lat: Some(-12.25 + f64::from(i % 5) * 0.01),
-            lon: Some(-38.95 + f64::from(i / 5) * 0.01),
-            chargers: Some(8),
-            power_kw: Some(150.0),
-            occupied: 0,
-            queue: 0,
-            state: StationState::Available,
-            ts_ms: None,
-            takes_reservations: false,
-        };
+        let s = station(
+            &id,
+            -12.25 + f64::from(i % 5) * 0.01,
+            -38.95 + f64::from(i / 5) * 0.01,
+            8,
+            150.0,
+        );
         stations
             .publish_json(&topics::station_status(REGION, &id), &s, 1, true)
             .await

@@ -4,11 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use protocol::{
-    ChargeRequest, Recommendation, RecommendationStatus, StationState, StationStatus, topics,
-};
+use protocol::{ChargeRequest, Recommendation, RecommendationStatus, topics};
 use serde_json::Value;
 use testkit::fog::Fog;
+use testkit::messages::station;
 use testkit::{Mosquitto, MosquittoConfig, TestClient, wait_until};
 
 const REGION: &str = "north";
@@ -25,19 +24,13 @@ async fn five_thousand_requests_in_a_second_are_each_answered_once() {
         .unwrap();
     for i in 0..40 {
         let id = format!("n-{i:02}");
-        let status = StationStatus {
-            v: 1,
-            station_id: id.clone(),
-            lat: Some(-12.25 + f64::from(i % 8) * 0.01),
-            lon: Some(-38.95 + f64::from(i / 8) * 0.01),
-            chargers: Some(4),
-            power_kw: Some(50.0),
-            occupied: 0,
-            queue: 0,
-            state: StationState::Available,
-            ts_ms: None,
-            takes_reservations: false,
-        };
+        let status = station(
+            &id,
+            -12.25 + f64::from(i % 8) * 0.01,
+            -38.95 + f64::from(i / 8) * 0.01,
+            4,
+            50.0,
+        );
         stations
             .publish_json(&topics::station_status(REGION, &id), &status, 1, true)
             .await

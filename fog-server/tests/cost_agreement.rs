@@ -7,11 +7,8 @@
 //! R-tree's chord, central by haversine), so totals are compared to 1e-9 relative and
 //! reachability away from the exact edge of the range.
 
-use std::sync::Arc;
-
 use central::regions::{Vehicle, estimate};
 use fog_server::index::{Station, StationIndex};
-use fog_server::metrics::Metrics;
 use fog_server::planner::{CostParams, NoChoice, PlannerParams};
 use fog_server::region::Region;
 use proptest::prelude::*;
@@ -95,7 +92,7 @@ proptest! {
     ) {
         let cost = params.cost;
         let (lat, lon) = (station.lat, station.lon);
-        let mut region = Region::new("north", params, Arc::new(Metrics::new()));
+        let mut region = Region::new("north", params);
         region.planner.stations = StationIndex::bulk_load([station]);
         let fog = region.planner.choose(&req, NOW);
         let aggregate = region.aggregate(NOW);

@@ -19,17 +19,10 @@ const LON0: f64 = -38.95;
 
 fn station(id: &str, km_north: f64, chargers: u32, occupied: u32, queue: u32) -> StationStatus {
     StationStatus {
-        v: 1,
-        station_id: id.into(),
-        lat: Some(LAT0 + km_north / KM_PER_DEG),
-        lon: Some(LON0),
-        chargers: Some(chargers),
-        power_kw: Some(50.0),
         occupied,
         queue,
-        state: StationState::Available,
         ts_ms: Some(1_732_400_000_000),
-        takes_reservations: false,
+        ..testkit::messages::station(id, LAT0 + km_north / KM_PER_DEG, LON0, chargers, 50.0)
     }
 }
 
@@ -139,7 +132,7 @@ async fn retained_stations_before_start_are_used_and_a_request_is_assigned() {
 }
 
 fn protocol_now() -> u64 {
-    service::clock::wall_ms()
+    serverkit::clock::wall_ms()
 }
 
 #[tokio::test]

@@ -2,9 +2,9 @@
 //! exactly one well-formed answer when its topic names a vehicle, everything else is
 //! dropped and counted — thousands of generated cases on every test run.
 
-use std::sync::Arc;
+mod driver;
 
-use fog_server::metrics::Metrics;
+use driver::Driven;
 use fog_server::planner::PlannerParams;
 use fog_server::region::Region;
 use proptest::prelude::*;
@@ -13,8 +13,8 @@ use protocol::{Recommendation, RecommendationStatus, StationState, StationStatus
 
 const NOW: u64 = 1_700_000_000_000;
 
-fn region() -> Region {
-    let mut r = Region::new("north", PlannerParams::default(), Arc::new(Metrics::new()));
+fn region() -> Driven {
+    let mut r = Driven::from(Region::new("north", PlannerParams::default()));
     r.reroute.enabled = false;
     for i in 0..5 {
         let id = format!("n-{i}");

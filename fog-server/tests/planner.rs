@@ -2,6 +2,7 @@
 
 use fog_server::planner::{NoChoice, Planner, PlannerParams, ReservationError};
 use protocol::{ChargeRequest, StationState, StationStatus};
+use testkit::messages::{request, station};
 
 const NOW: u64 = 1_700_000_000_000;
 /// Kilometres per degree of latitude (and of longitude at the equator).
@@ -9,31 +10,9 @@ const KM_PER_DEG: f64 = 111.19;
 
 fn status(id: &str, lat: f64, lon: f64, chargers: u32, occupied: u32, queue: u32) -> StationStatus {
     StationStatus {
-        v: 1,
-        station_id: id.into(),
-        lat: Some(lat),
-        lon: Some(lon),
-        chargers: Some(chargers),
-        power_kw: Some(50.0),
         occupied,
         queue,
-        state: StationState::Available,
-        ts_ms: None,
-        takes_reservations: false,
-    }
-}
-
-fn request(id: &str, lat: f64, lon: f64, soc: f64) -> ChargeRequest {
-    ChargeRequest {
-        v: 1,
-        request_id: id.into(),
-        lat,
-        lon,
-        soc,
-        battery_kwh: 60.0,
-        kwh_per_km: 0.18,
-        target_soc: 0.8,
-        ts_ms: None,
+        ..station(id, lat, lon, chargers, 50.0)
     }
 }
 

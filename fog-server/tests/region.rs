@@ -1,10 +1,11 @@
 //! The region's message handling without a broker: rerouting through central, the
 //! local fallback, handoffs from other regions, aggregates.
 
-use std::sync::Arc;
+mod driver;
+
 use std::time::Duration;
 
-use fog_server::metrics::Metrics;
+use driver::Driven;
 use fog_server::planner::PlannerParams;
 use fog_server::region::{CentralView, Outgoing, Region, RerouteSettings};
 use protocol::fog::{
@@ -18,8 +19,8 @@ use protocol::{
 const NOW: u64 = 1_700_000_000_000;
 const KM_PER_DEG: f64 = 111.19;
 
-fn region(name: &str, reroute_timeout: Duration) -> Region {
-    let mut r = Region::new(name, PlannerParams::default(), Arc::new(Metrics::new()));
+fn region(name: &str, reroute_timeout: Duration) -> Driven {
+    let mut r = Driven::from(Region::new(name, PlannerParams::default()));
     r.reroute = RerouteSettings {
         enabled: true,
         timeout: reroute_timeout,
@@ -31,7 +32,7 @@ fn region(name: &str, reroute_timeout: Duration) -> Region {
 }
 
 /// Central's heartbeat, listing `open` as the regions that can take vehicles.
-fn heartbeat(r: &mut Region, open: &[&str]) {
+fn heartbeat(r: &mut Driven, open: &[&str]) {
     let hb = CentralHeartbeat {
         v: 1,
         started_ms: NOW - 60_000,
@@ -45,7 +46,7 @@ fn heartbeat(r: &mut Region, open: &[&str]) {
     assert!(r.handle(&topic, &encode(&hb), NOW).is_none());
 }
 
-fn add_station(r: &mut Region, id: &str, km_north: f64, chargers: u32, occupied: u32, queue: u32) {
+fn add_station(r: &mut Driven, id: &str, km_north: f64, chargers: u32, occupied: u32, queue: u32) {
     let s = StationStatus {
         v: 1,
         station_id: id.into(),
@@ -77,7 +78,7 @@ fn request(id: &str) -> ChargeRequest {
     }
 }
 
-fn ask(r: &mut Region, vehicle: &str, req: &ChargeRequest) -> Option<Outgoing> {
+fn ask(r: &mut Driven, vehicle: &str, req: &ChargeRequest) -> Option<Outgoing> {
     let topic = topics::request(&r.name.clone(), vehicle);
     r.handle(&topic, &encode(req), NOW)
 }
@@ -88,7 +89,7 @@ fn recommendation(out: &Outgoing) -> Recommendation {
 }
 
 /// A region whose only station has a long queue: every request is saturated.
-fn saturated(name: &str, timeout: Duration) -> Region {
+fn saturated(name: &str, timeout: Duration) -> Driven {
     let mut r = region(name, timeout);
     add_station(&mut r, &format!("{name}-busy"), 1.0, 1, 1, 6);
     r
@@ -250,7 +251,7 @@ fn handoff(id: &str, max_total_s: Option<f64>) -> Handoff {
     }
 }
 
-fn handoff_reply(r: &mut Region, h: &Handoff) -> HandoffReply {
+fn handoff_reply(r: &mut Driven, h: &Handoff) -> HandoffReply {
     let out = r
         .handle(&FogMessage::Handoff.regional_topic(), &encode(h), NOW)
         .expect("a handoff reply");
@@ -395,10 +396,10 @@ fn a_newer_request_supersedes_one_still_with_central() {
 
 #[test]
 fn with_no_heartbeat_from_central_a_saturated_request_is_answered_at_once() {
-    let mut a = Region::new("a", PlannerParams::default(), Arc::new(Metrics::new()));
+    let mut a = Driven::from(Region::new("a", PlannerParams::default()));
     add_station(&mut a, "a-busy", 1.0, 1, 1, 6);
     assert_eq!(
-        a.central_view(),
+        a.central_view(NOW),
         CentralView::Unreachable { silent_ms: None }
     );
     let out = ask(&mut a, "car-1", &request("r-1")).expect("an answer, not a reroute request");
@@ -417,7 +418,7 @@ fn with_no_heartbeat_from_central_a_saturated_request_is_answered_at_once() {
     assert_eq!(a.pending_reroutes(), 0);
     // Central comes: the next saturated request goes to it.
     heartbeat(&mut a, &["b"]);
-    assert_eq!(a.central_view(), CentralView::Ask);
+    assert_eq!(a.central_view(NOW), CentralView::Ask);
     let out = ask(&mut a, "car-2", &request("r-2")).unwrap();
     assert_eq!(out.topic, FogMessage::Reroute.regional_topic());
 }
@@ -426,11 +427,15 @@ fn with_no_heartbeat_from_central_a_saturated_request_is_answered_at_once() {
 fn a_heartbeat_too_old_means_central_is_gone() {
     let mut a = saturated("a", Duration::from_secs(5));
     a.reroute.central_timeout = Duration::ZERO;
+    // The heartbeat came at NOW: a millisecond later it is too old.
+    assert_eq!(a.central_view(NOW), CentralView::Ask);
     assert!(matches!(
-        a.central_view(),
-        CentralView::Unreachable { silent_ms: Some(_) }
+        a.central_view(NOW + 1),
+        CentralView::Unreachable { silent_ms: Some(1) }
     ));
-    let rec = recommendation(&ask(&mut a, "car-1", &request("r-1")).unwrap());
+    let topic = topics::request("a", "car-1");
+    let out = a.handle(&topic, &encode(&request("r-1")), NOW + 1);
+    let rec = recommendation(&out.unwrap());
     let reason = rec.reason.unwrap();
     assert!(
         reason.contains("central unreachable (no heartbeat for"),
@@ -443,7 +448,7 @@ fn when_central_lists_no_other_open_region_the_fog_does_not_ask() {
     let mut a = saturated("a", Duration::from_secs(5));
     // Only this region itself is "open" (it is not, for this request): nobody else.
     heartbeat(&mut a, &["a"]);
-    assert_eq!(a.central_view(), CentralView::NoOpenRegion);
+    assert_eq!(a.central_view(NOW), CentralView::NoOpenRegion);
     let rec = recommendation(&ask(&mut a, "car-1", &request("r-1")).unwrap());
     assert_eq!(rec.status, RecommendationStatus::Assigned);
     assert!(
@@ -455,7 +460,7 @@ fn when_central_lists_no_other_open_region_the_fog_does_not_ask() {
     // A bad heartbeat changes nothing.
     let topic = FogMessage::Heartbeat.regional_topic();
     assert!(a.handle(&topic, b"{\"v\":1}", NOW).is_none());
-    assert_eq!(a.central_view(), CentralView::NoOpenRegion);
+    assert_eq!(a.central_view(NOW), CentralView::NoOpenRegion);
 }
 
 #[test]

@@ -1,37 +1,28 @@
 //! Stations that take reservations (OCPP chargers behind the gateway), without a
 //! broker: what the fog tells them, and what it does with their answers.
 
-use std::sync::Arc;
+mod driver;
 
-use fog_server::metrics::Metrics;
+use driver::Driven;
 use fog_server::planner::PlannerParams;
 use fog_server::region::{Outgoing, Region};
 use protocol::{
     ChargeRequest, Recommendation, RecommendationStatus, ReservationAction, ReservationUpdate,
     StationReservation, StationReservationAction, StationReservationEvent,
-    StationReservationEventKind, StationState, StationStatus, decode, encode, topics,
+    StationReservationEventKind, StationStatus, decode, encode, topics,
 };
 
 const NOW: u64 = 1_700_000_000_000;
 
 fn station(id: &str, km_north: f64, takes_reservations: bool) -> StationStatus {
     StationStatus {
-        v: 1,
-        station_id: id.into(),
-        lat: Some(km_north / 111.19),
-        lon: Some(0.0),
-        chargers: Some(2),
-        power_kw: Some(50.0),
-        occupied: 0,
-        queue: 0,
-        state: StationState::Available,
-        ts_ms: None,
         takes_reservations,
+        ..testkit::messages::station(id, km_north / 111.19, 0.0, 2, 50.0)
     }
 }
 
-fn region_with(stations: &[StationStatus]) -> Region {
-    let mut r = Region::new("north", PlannerParams::default(), Arc::new(Metrics::new()));
+fn region_with(stations: &[StationStatus]) -> Driven {
+    let mut r = Driven::from(Region::new("north", PlannerParams::default()));
     r.reroute.enabled = false;
     for s in stations {
         let topic = topics::station_status("north", &s.station_id);
@@ -41,20 +32,10 @@ fn region_with(stations: &[StationStatus]) -> Region {
 }
 
 fn request(id: &str) -> ChargeRequest {
-    ChargeRequest {
-        v: 1,
-        request_id: id.into(),
-        lat: 0.0,
-        lon: 0.0,
-        soc: 0.4,
-        battery_kwh: 60.0,
-        kwh_per_km: 0.18,
-        target_soc: 0.8,
-        ts_ms: None,
-    }
+    testkit::messages::request(id, 0.0, 0.0, 0.4)
 }
 
-fn ask(r: &mut Region, vehicle: &str, id: &str) -> Recommendation {
+fn ask(r: &mut Driven, vehicle: &str, id: &str) -> Recommendation {
     let out = r
         .handle(
             &topics::request("north", vehicle),
@@ -66,7 +47,7 @@ fn ask(r: &mut Region, vehicle: &str, id: &str) -> Recommendation {
 }
 
 fn event(
-    r: &mut Region,
+    r: &mut Driven,
     station: &str,
     reservation: &str,
     kind: StationReservationEventKind,
@@ -84,7 +65,7 @@ fn event(
     )
 }
 
-fn only_station_message(r: &mut Region) -> (String, StationReservation) {
+fn only_station_message(r: &mut Driven) -> (String, StationReservation) {
     let mut out = r.take_station_messages();
     assert_eq!(out.len(), 1, "{out:?}");
     let o = out.remove(0);

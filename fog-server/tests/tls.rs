@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use protocol::{Recommendation, RecommendationStatus, topics};
-use service::{Link, LinkSettings};
+use serverkit::{Link, LinkSettings};
 use testkit::fog::Fog;
 use testkit::{Mosquitto, MosquittoConfig, TestClient, free_port};
 use tokio_util::sync::CancellationToken;

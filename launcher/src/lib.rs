@@ -8,13 +8,15 @@
 //! - [`mosquitto`]: one broker process with its own temporary directory (config, log,
 //!   persistence), started when it answers MQTT, stopped or killed on drop, with a
 //!   watchdog so that no broker outlives its owner.
+//! - [`process`]: [`process::Supervised`], a child process that never outlives its
+//!   owner (killed on drop, and by a watchdog if the owner dies).
 //! - [`LocalBrokers`]: every broker of a [`Topology`] on `127.0.0.1`.
 //! - [`LocalServers`]: the fog servers and central on those brokers, each its own
 //!   process (so that no MQTT client library instance is shared), sharing one clock
 //!   (`--clock-speed`/`--clock-epoch-ms`), stopped gracefully with SIGTERM.
 //!
-//! `device-sim` uses it for its one-command local run; the tests use it through the
-//! test kit.
+//! `device-sim` uses it for its one-command local run (the servers as processes of the
+//! `fogcharge` binary); the tests use it through the test kit.
 
 #![forbid(unsafe_code)]
 
@@ -31,7 +33,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
-use serde_json::Value;
+use protocol::api::RegionView;
+use serde::de::DeserializeOwned;
 use topology::auth::Credentials;
 use topology::{Auth, RenderOptions, Topology};
 
@@ -176,7 +179,7 @@ fn usable_port(port: u16) -> Result<u16> {
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     /// The command that runs a fog server, before its flags (e.g. `[fog-server]`, or
-    /// `[device-sim, fog-server]`).
+    /// `[fogcharge, fog-server]`).
     pub fog_command: Vec<OsString>,
     /// The command that runs central, before its flags.
     pub central_command: Vec<OsString>,
@@ -196,8 +199,8 @@ pub struct ServerSettings {
 }
 
 impl ServerSettings {
-    /// Servers run by `exe fog-server …` and `exe central …` (a binary that embeds
-    /// both, as `device-sim` does).
+    /// Servers run by `exe fog-server …` and `exe central …` (a binary that has both
+    /// commands, as `fogcharge` does).
     pub fn embedded(exe: &Path) -> Self {
         Self {
             fog_command: vec![exe.into(), "fog-server".into()],
@@ -329,7 +332,7 @@ impl LocalServers {
             .map(|f| (f.name.trim_start_matches("fog-"), f.http))
     }
 
-    async fn get_json(&self, addr: SocketAddr, path: &str) -> Option<Value> {
+    async fn get_json<T: DeserializeOwned>(&self, addr: SocketAddr, path: &str) -> Option<T> {
         let response = self
             .http
             .get(format!("http://{addr}{path}"))
@@ -343,20 +346,13 @@ impl LocalServers {
         response.json().await.ok()
     }
 
-    /// Central's view of every region, by id.
-    pub async fn regions(&self) -> BTreeMap<String, Value> {
-        let Some(list) = self.get_json(self.central.http, "/api/regions").await else {
-            return BTreeMap::new();
-        };
-        let items = list
-            .as_array()
-            .or_else(|| list.get("regions").and_then(Value::as_array))
-            .cloned()
+    /// Central's view of every region, by id (none while central does not answer).
+    pub async fn regions(&self) -> BTreeMap<String, RegionView> {
+        let list: Vec<RegionView> = self
+            .get_json(self.central.http, "/api/regions")
+            .await
             .unwrap_or_default();
-        items
-            .into_iter()
-            .filter_map(|r| Some((r.get("id")?.as_str()?.to_owned(), r)))
-            .collect()
+        list.into_iter().map(|r| (r.id.clone(), r)).collect()
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
@@ -386,7 +382,7 @@ impl LocalServers {
             let fresh = self.fogs.iter().all(|f| {
                 regions
                     .get(f.name.trim_start_matches("fog-"))
-                    .is_some_and(|r| r["stale"] == false)
+                    .is_some_and(|r| !r.stale)
             });
             if fogs_ready && fresh {
                 return Ok(());
@@ -408,8 +404,7 @@ impl LocalServers {
         stations.iter().all(|(id, n)| {
             regions
                 .get(id)
-                .and_then(|r| r["aggregate"]["stations_in_service"].as_u64())
-                == Some(u64::from(*n))
+                .is_some_and(|r| r.aggregate.stations_in_service == *n)
         })
     }
 

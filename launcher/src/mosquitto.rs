@@ -13,7 +13,8 @@
 //! No broker outlives its owner: dropping a [`Mosquitto`] kills the process, and a
 //! watchdog kills it if the owning process dies without dropping it.
 //!
-//! Mosquitto facts this module relies on (2.0.11, see `DESIGN.md`):
+//! Mosquitto facts this module relies on (2.0.11; `testkit/tests/broker.rs` shows the
+//! queue limit):
 //! - run as root, Mosquitto drops privileges to user `mosquitto` and then cannot write
 //!   its log or persistence file in a root-owned temporary directory. The
 //!   generated config therefore says `user root` (no privilege drop; ignored when not

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::{Parser, ValueEnum};
-pub use service::LogFormat;
+pub use serverkit::LogFormat;
 
 /// An OCPP 1.6J gateway for one region: charge points connect over WebSocket and
 /// appear as stations on the region's broker; the fog's reservations reach them as

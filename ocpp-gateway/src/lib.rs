@@ -34,7 +34,7 @@ use protocol::{
     StationChannel, StationReservation, StationReservationAction, StationReservationEventKind,
     StationStatus, Topic, decode, topics,
 };
-use service::{Link, LinkSettings, Publisher};
+use serverkit::{Link, LinkSettings, Publisher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,7 @@ use chargers::Registry;
 use config::AuthorizeRule;
 pub use config::Config;
 use metrics::{Label, Metrics};
-pub use service::cancel_on_signal;
+pub use serverkit::cancel_on_signal;
 use session::Command;
 
 /// A reservation a charger was asked to hold.
@@ -85,7 +85,7 @@ pub struct Shared {
     /// Reservations held at chargers, by the fog's reservation id.
     reservations: Mutex<HashMap<String, Held>>,
     publisher: Publisher,
-    link: Arc<service::link::LinkStatus>,
+    link: Arc<serverkit::link::LinkStatus>,
     next_transaction: AtomicI32,
     next_reservation: AtomicI32,
     next_generation: AtomicU64,
@@ -220,7 +220,7 @@ impl Gateway {
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Gateway> {
     config.check()?;
     let registry = Registry::load(&config.chargers)?;
-    let password = service::secret::password(
+    let password = serverkit::secret::password(
         config.mqtt_password.as_deref(),
         config.mqtt_password_file.as_deref(),
     )?;

@@ -4,7 +4,7 @@
 
 use clap::Parser;
 use ocpp_gateway::{Config, cancel_on_signal};
-use service::logging;
+use serverkit::logging;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use protocol::api::RegionView;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use topology::{Bounds, RenderOptions, Topology};
 
@@ -203,16 +203,9 @@ impl City {
     }
 
     /// Central's view of every region (`GET /api/regions`), by region id.
-    pub async fn regions(&self) -> Result<BTreeMap<String, Value>> {
-        let list: Value = self.central_json("/api/regions").await?;
-        let items = list
-            .as_array()
-            .or_else(|| list.get("regions").and_then(Value::as_array))
-            .context("/api/regions is not a list")?;
-        Ok(items
-            .iter()
-            .filter_map(|r| Some((r.get("id")?.as_str()?.to_owned(), r.clone())))
-            .collect())
+    pub async fn regions(&self) -> Result<BTreeMap<String, RegionView>> {
+        let list: Vec<RegionView> = self.central_json("/api/regions").await?;
+        Ok(list.into_iter().map(|r| (r.id.clone(), r)).collect())
     }
 
     /// Waits until central holds a non-stale aggregate of every region with a fog.
@@ -224,7 +217,7 @@ impl City {
             Duration::from_millis(50),
             || async {
                 match self.regions().await {
-                    Ok(r) => r.values().filter(|v| v["stale"] == false).count() >= want,
+                    Ok(r) => r.values().filter(|v| !v.stale).count() >= want,
                     Err(_) => false,
                 }
             },

@@ -17,6 +17,8 @@
 //!   brokers from the topology generator, fog servers, central — on free ports.
 //! - [`fog`]: [`fog::Fog`], a fog server started in-process exactly as `fog-server`
 //!   runs it, with its HTTP API on a free port and helpers to read it.
+//! - [`messages`]: builders of the device messages the tests send (station statuses,
+//!   charge requests), so that no test spells a whole message out.
 //! - [`init_tracing`]: log output for tests, filtered by `RUST_LOG` (default `warn`).
 //!
 //! Nothing here needs a broker already running; only the `mosquitto` binary (see

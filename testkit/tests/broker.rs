@@ -372,7 +372,7 @@ async fn default_queue_limit_drops_an_offline_burst() -> Result<()> {
 }
 
 /// `with_extra` carries a bridge section: north's `fog/up/…` shows up on central as
-/// `regions/north/up/…` (the fixed bridge contract from DESIGN.md).
+/// `regions/north/up/…` (the fixed bridge contract, `docs/fog-central.md`).
 #[tokio::test]
 async fn extra_lines_configure_a_bridge() -> Result<()> {
     let mut central = Mosquitto::start(MosquittoConfig::new())?;

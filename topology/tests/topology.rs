@@ -280,6 +280,9 @@ fn kubernetes_containers_match_the_compose_services() {
         };
         let mut command = strings(&svc["command"]);
         if name == "setup" {
+            // Kubernetes: the Secret instead of the shared folder (setup takes one only)
+            let at = command.iter().position(|a| a == "--out").unwrap();
+            command.drain(at..at + 2);
             command.extend(["--kubernetes-secret".into(), "fogcharge-secrets".into()]);
         }
         assert_eq!(strings(&c["command"]), command, "{name}");

@@ -4,10 +4,7 @@
 
 #![allow(dead_code)] // each benchmark uses its part
 
-use std::sync::Arc;
-
 use fog_server::index::{Station, StationIndex};
-use fog_server::metrics::Metrics;
 use fog_server::planner::{Planner, PlannerParams};
 use fog_server::region::Region;
 use protocol::geo::unit_vector;
@@ -101,7 +98,7 @@ pub fn plan_one(planner: &mut Planner, reqs: &[ChargeRequest], i: usize) -> Opti
 /// A region knowing `n` stations (from their status messages), with [`VEHICLES`]
 /// vehicles each holding the reservation of its last request.
 pub fn region(n: usize) -> Region {
-    let mut region = Region::new("north", PlannerParams::default(), Arc::new(Metrics::new()));
+    let mut region = Region::new("north", PlannerParams::default());
     for s in stations(n) {
         let status = StationStatus {
             v: 1,
@@ -117,13 +114,12 @@ pub fn region(n: usize) -> Region {
             takes_reservations: false,
         };
         let topic = topics::station_status("north", &status.station_id);
-        region.handle(&topic, &protocol::encode(&status), NOW_MS);
+        region.receive(&topic, &protocol::encode(&status), NOW_MS);
     }
     let reqs = requests(5);
     for v in 0..VEHICLES {
-        region
-            .handle(&request_topic(v), &request_payload(&reqs, v), NOW_MS)
-            .expect("answered");
+        let fx = region.receive(&request_topic(v), &request_payload(&reqs, v), NOW_MS);
+        assert!(!fx.publish.is_empty(), "answered");
     }
     region
 }

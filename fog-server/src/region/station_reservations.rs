@@ -12,13 +12,13 @@ use std::collections::{HashMap, HashSet};
 
 use protocol::{
     Recommendation, RecommendationStatus, StationReservation, StationReservationAction,
-    StationReservationEvent, StationReservationEventKind, StationStatus, decode,
-    id_tag_for_vehicle, topics,
+    StationReservationEvent, StationReservationEventKind, StationStatus, id_tag_for_vehicle,
+    topics,
 };
 use tracing::{info, warn};
 
-use super::{Outgoing, Region};
-use crate::metrics::KindLabel;
+use super::{Effects, Outgoing, Region};
+use crate::metrics::Update;
 use crate::planner::ReservationChange;
 
 /// A reservation a station was told about.
@@ -37,8 +37,6 @@ pub struct StationReservations {
     stations: HashSet<String>,
     /// Active reservations at such stations, by reservation id.
     told: HashMap<String, Told>,
-    /// Messages for stations, published right after what caused them.
-    out: Vec<Outgoing>,
 }
 
 impl Region {
@@ -58,8 +56,14 @@ impl Region {
     }
 
     /// Tells stations that take reservations about the reservations made and ended
-    /// at them (`changes` from the planner since the last call).
-    pub(super) fn tell_stations(&mut self, changes: &[ReservationChange]) {
+    /// at them (`changes` from the planner since the last call; `request_of` gives
+    /// the request a new reservation answered, if this region answered one).
+    pub(super) fn tell_stations(
+        &mut self,
+        changes: &[ReservationChange],
+        request_of: impl Fn(&str) -> Option<String>,
+        fx: &mut Effects,
+    ) {
         if self.station_reservations.stations.is_empty()
             && self.station_reservations.told.is_empty()
         {
@@ -71,15 +75,7 @@ impl Region {
                     if !self.station_reservations.stations.contains(&r.station_id) {
                         continue;
                     }
-                    let request_id = self.vehicles.get(&r.vehicle_id).and_then(|m| {
-                        m.answers
-                            .iter()
-                            .rev()
-                            .find(|(_, a)| {
-                                a.reservation_id.as_deref() == Some(r.reservation_id.as_str())
-                            })
-                            .map(|(id, _)| id.clone())
-                    });
+                    let request_id = request_of(&r.reservation_id);
                     let message = StationReservation {
                         v: protocol::PROTOCOL_VERSION,
                         reservation_id: r.reservation_id.clone(),
@@ -87,7 +83,7 @@ impl Region {
                         id_tag: Some(id_tag_for_vehicle(&r.vehicle_id)),
                         expires_ms: Some(r.expires_ms),
                     };
-                    self.station_reservations.out.push(Outgoing {
+                    fx.send(Outgoing {
                         topic: topics::station_reservations(&self.name, &r.station_id),
                         payload: protocol::encode(&message),
                         retain: false,
@@ -100,10 +96,7 @@ impl Region {
                             request_id,
                         },
                     );
-                    self.metrics
-                        .station_reservations
-                        .get_or_create(&KindLabel { kind: "reserve" })
-                        .inc();
+                    self.count(Update::StationReservation("reserve"));
                 }
                 ReservationChange::Ended(id) => {
                     let Some(told) = self.station_reservations.told.remove(id) else {
@@ -116,53 +109,37 @@ impl Region {
                         id_tag: None,
                         expires_ms: None,
                     };
-                    self.station_reservations.out.push(Outgoing {
+                    fx.send(Outgoing {
                         topic: topics::station_reservations(&self.name, &told.station_id),
                         payload: protocol::encode(&message),
                         retain: false,
                     });
-                    self.metrics
-                        .station_reservations
-                        .get_or_create(&KindLabel { kind: "cancel" })
-                        .inc();
+                    self.count(Update::StationReservation("cancel"));
                 }
             }
         }
     }
 
     /// What a station said about one of its reservations. A refusal releases the slot
-    /// and returns the vehicle's revised recommendation.
+    /// and sends the vehicle a revised recommendation.
     pub(super) fn on_station_reservation_event(
         &mut self,
         station_id: &str,
-        payload: &[u8],
-    ) -> Option<Outgoing> {
-        let event = match decode::<StationReservationEvent>(payload) {
-            Ok(e) => e,
-            Err(e) => {
-                warn!(station = station_id, error = %e, "station reservation event refused");
-                self.metrics.invalid("station-reservation");
-                return None;
-            }
-        };
+        event: &StationReservationEvent,
+        fx: &mut Effects,
+    ) {
         let told = match self.station_reservations.told.get(&event.reservation_id) {
             Some(t) if t.station_id == station_id => t.clone(),
             _ => {
                 warn!(station = station_id, reservation = %event.reservation_id, event = event.event.as_str(), "event for a reservation this station does not hold (ended or unknown)");
-                self.metrics.invalid("station-reservation");
-                return None;
+                self.count(Update::Invalid("station-reservation"));
+                return;
             }
         };
-        self.metrics
-            .station_reservation_events
-            .get_or_create(&KindLabel {
-                kind: event.event.as_str(),
-            })
-            .inc();
+        self.count(Update::StationReservationEvent(event.event.as_str()));
         match event.event {
             StationReservationEventKind::Accepted => {
                 info!(station = station_id, reservation = %event.reservation_id, "station holds the reservation");
-                None
             }
             StationReservationEventKind::Arrived => {
                 // Nothing to tell the station: it saw the vehicle start.
@@ -176,7 +153,6 @@ impl Region {
                     self.count_ended("arrived", 1);
                     self.dirty = true;
                 }
-                None
             }
             StationReservationEventKind::Rejected => {
                 self.station_reservations.told.remove(&event.reservation_id);
@@ -185,7 +161,7 @@ impl Region {
                     .end(&event.reservation_id, &told.vehicle_id)
                     .is_err()
                 {
-                    return None;
+                    return;
                 }
                 self.count_ended("station_rejected", 1);
                 self.dirty = true;
@@ -193,7 +169,7 @@ impl Region {
                 warn!(station = station_id, vehicle = %told.vehicle_id, reservation = %event.reservation_id, reason = why, "station refused the reservation: slot released");
                 let Some(request_id) = told.request_id else {
                     // A handoff's vehicle is answered by its own region.
-                    return None;
+                    return;
                 };
                 let mut answer = Recommendation::refusal(
                     request_id,
@@ -213,14 +189,9 @@ impl Region {
                         }
                     }
                 }
-                Some(self.reply(&told.vehicle_id, &answer))
+                let out = self.reply(&told.vehicle_id, &answer);
+                fx.send(out);
             }
         }
-    }
-
-    /// Messages for stations produced since the last call; publish them after the
-    /// answer of the message that caused them.
-    pub fn take_station_messages(&mut self) -> Vec<Outgoing> {
-        std::mem::take(&mut self.station_reservations.out)
     }
 }

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use service::link::{Link, LinkSettings};
+use serverkit::link::{Link, LinkSettings};
 use testkit::{Mosquitto, MosquittoConfig, TestClient};
 use tokio_util::sync::CancellationToken;
 

@@ -37,7 +37,7 @@ fn config(topology: &Path, args: &[&str]) -> Config {
         topology.to_str().unwrap(),
         "--start-local",
         "--server-exe",
-        env!("CARGO_BIN_EXE_device-sim"),
+        env!("CARGO_BIN_EXE_fogcharge"),
         "--central-http",
         "127.0.0.1:0",
         "--no-progress",
@@ -339,7 +339,7 @@ fn ctrl_c_stops_the_local_topology_and_leaves_no_process_behind() {
     let dir = tempfile::tempdir().unwrap();
     let topology = three_regions(dir.path());
     let t = Topology::load(&topology).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_device-sim"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fogcharge"))
         .args(["--topology", topology.to_str().unwrap(), "--start-local"])
         .args(["--central-http", "127.0.0.1:0", "--no-progress"])
         .args([
@@ -430,11 +430,11 @@ async fn runs_against_brokers_and_servers_that_already_exist() {
     let topology = Topology::load(&three_regions(dir.path())).unwrap();
     // Brokers and servers started by someone else, on a shared clock at 300x.
     let brokers = launcher::LocalBrokers::start(&topology).unwrap();
-    let epoch = service::clock::wall_ms();
+    let epoch = serverkit::clock::wall_ms();
     let settings = launcher::ServerSettings {
         clock_speed: 300.0,
         clock_epoch_ms: epoch,
-        ..launcher::ServerSettings::embedded(std::path::Path::new(env!("CARGO_BIN_EXE_device-sim")))
+        ..launcher::ServerSettings::embedded(std::path::Path::new(env!("CARGO_BIN_EXE_fogcharge")))
     };
     let servers = launcher::LocalServers::start(&brokers.topology, &settings)
         .await
@@ -473,7 +473,7 @@ async fn runs_against_brokers_and_servers_that_already_exist() {
     let regions = servers.regions().await;
     let listed: u64 = regions
         .values()
-        .filter_map(|r| r["aggregate"]["stations"].as_u64())
+        .map(|r| u64::from(r.aggregate.stations))
         .sum();
     assert_eq!(listed, 20, "{regions:?}");
     servers.stop().await.unwrap();
@@ -496,7 +496,7 @@ async fn with_no_fog_server_answering_vehicles_retry_then_drive_to_the_nearest_s
         "--speed",
         "10",
         "--clock-epoch-ms",
-        &service::clock::wall_ms().to_string(),
+        &serverkit::clock::wall_ms().to_string(),
         "--strategy",
         "fog",
         "--stations",

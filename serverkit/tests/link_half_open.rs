@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use service::link::{Link, LinkSettings};
+use serverkit::link::{Link, LinkSettings};
 use testkit::{Mosquitto, MosquittoConfig, wait_until};
 use tokio_util::sync::CancellationToken;
 

@@ -37,7 +37,7 @@ fn base_args(args: &[&str]) -> Vec<String> {
     let mut all: Vec<String> = [
         "device-sim",
         "--server-exe",
-        env!("CARGO_BIN_EXE_device-sim"),
+        env!("CARGO_BIN_EXE_fogcharge"),
         "--central-http",
         "127.0.0.1:0",
         "--no-progress",

@@ -7,6 +7,7 @@
 //! - [`clock`]: the servers' notion of now (wall clock, or a simulation's scaled clock).
 //! - [`secret`]: passwords read from files (container secrets).
 //! - [`cancel_on_signal`]: SIGTERM / Ctrl-C cancel a shutdown token.
+//! - [`serve`]: the body of every server's `main` (logging, signals, exit code).
 
 pub mod clock;
 pub mod link;
@@ -17,8 +18,35 @@ pub use clock::Clock;
 pub use link::{Link, LinkSettings, Publisher, Will};
 pub use logging::LogFormat;
 
+use std::future::Future;
+use std::process::ExitCode;
+
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+/// What a server's `main` does once its configuration is parsed, the same in its own
+/// binary and as a `fogcharge` command: logging (`RUST_LOG`, default `info`), `run`
+/// until SIGTERM or Ctrl-C cancels its token, and a failure as one line `name: error`
+/// with a non-zero exit.
+pub async fn serve<F>(
+    name: &str,
+    log_format: LogFormat,
+    run: impl FnOnce(CancellationToken) -> F,
+) -> ExitCode
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    logging::init(log_format, "info");
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    match run(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Cancels `token` on SIGTERM or Ctrl-C.
 pub fn cancel_on_signal(token: CancellationToken) {

@@ -9,7 +9,7 @@
 //! stations' opening burst (1,000 clients announcing themselves) is over before the
 //! world starts (the run waits until central lists every station).
 //!
-//! `cargo bench -p device-sim --bench city_scale` (`-- 60 120 240` picks the speeds;
+//! `cargo bench -p fogcharge --bench city_scale` (`-- 60 120 240` picks the speeds;
 //! arguments starting with `--` go to device-sim, e.g. `-- 240 --edge-rtt-ms 0`).
 
 use clap::Parser;
@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
             "127.0.0.1:0",
             "--no-progress",
             "--server-exe",
-            env!("CARGO_BIN_EXE_device-sim"),
+            env!("CARGO_BIN_EXE_fogcharge"),
             "--min-start-soc",
             "0.3",
             "--overload-region",

@@ -1,0 +1,186 @@
+//! The region's summary for central: totals over its stations and its best few
+//! (`aggregate`, retained, after each change as often as allowed), and every station
+//! once a period (`stations`, for central's dashboard).
+
+use protocol::fog::{Aggregate, AggregateStation};
+
+use super::Region;
+use crate::index::{Slot, Station};
+
+/// How many of the region's best stations an aggregate lists.
+const AGGREGATE_BEST: usize = 8;
+
+impl Region {
+    /// Whether something an aggregate shows changed since the last aggregate.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// The region's aggregate for central (and marks the state as published).
+    pub fn aggregate(&mut self, now_ms: u64) -> Aggregate {
+        self.aggregate_seq += 1;
+        self.dirty = false;
+        let mut agg = Aggregate {
+            v: protocol::PROTOCOL_VERSION,
+            region: self.name.clone(),
+            seq: self.aggregate_seq,
+            ts_ms: now_ms,
+            stations: self.planner.stations.len() as u32,
+            stations_in_service: self.planner.stations.in_service() as u32,
+            chargers: 0,
+            chargers_free: 0,
+            queued: 0,
+            reservations: self.planner.active_reservations() as u32,
+            min_wait_s: None,
+            max_wait_s: Some(self.planner.params.cost.max_wait_s),
+            outline: self.outline.clone(),
+            best: Vec::new(),
+            saturated_requests: self.saturated_requests,
+            requests_total: self.answered,
+        };
+        // Totals over every in-service station; only the best few are described
+        // (picked without sorting, or copying, all of them: this runs under the
+        // region's lock, every `--aggregate-min-ms` while requests come in).
+        let mut ranked: Vec<(u32, Slot, &Station)> = Vec::new();
+        for (slot, s) in self.planner.stations.iter() {
+            if !s.state.is_in_service() {
+                continue;
+            }
+            agg.chargers += s.chargers;
+            agg.chargers_free += s.chargers - s.occupied.min(s.chargers);
+            agg.queued += s.queue;
+            ranked.push((self.predicted_wait_s(slot, s, now_ms), slot, s));
+        }
+        let order = |a: &(u32, Slot, &Station), b: &(u32, Slot, &Station)| {
+            summary_order(a.0, a.2, b.0, b.2)
+        };
+        if ranked.len() > AGGREGATE_BEST {
+            ranked.select_nth_unstable_by(AGGREGATE_BEST - 1, order);
+            ranked.truncate(AGGREGATE_BEST);
+        }
+        ranked.sort_by(order);
+        agg.min_wait_s = ranked.first().map(|(wait, _, _)| *wait);
+        agg.best = ranked
+            .iter()
+            .map(|&(wait, slot, s)| self.summary(slot, s, wait))
+            .collect();
+        agg
+    }
+
+    /// A station's predicted wait for a vehicle arriving now, whole seconds.
+    fn predicted_wait_s(&self, slot: Slot, s: &Station, now_ms: u64) -> u32 {
+        self.planner.expected_wait_s(slot, s, now_ms, 0.0).round() as u32
+    }
+
+    /// A station as aggregates show it.
+    fn summary(&self, slot: Slot, s: &Station, predicted_wait_s: u32) -> AggregateStation {
+        AggregateStation {
+            station_id: s.station_id.clone(),
+            lat: s.lat,
+            lon: s.lon,
+            chargers: s.chargers,
+            power_kw: s.power_kw,
+            occupied: s.occupied,
+            queue: s.queue,
+            reservations: self.planner.promised_at(slot) as u32,
+            predicted_wait_s,
+        }
+    }
+
+    /// Every in-service station, shortest predicted wait first (the `stations` message).
+    pub fn stations_snapshot(&self, now_ms: u64) -> protocol::fog::Stations {
+        protocol::fog::Stations {
+            v: protocol::PROTOCOL_VERSION,
+            region: self.name.clone(),
+            ts_ms: now_ms,
+            stations: self.station_summaries(now_ms),
+        }
+    }
+
+    /// The in-service stations as aggregates show them, best first.
+    fn station_summaries(&self, now_ms: u64) -> Vec<AggregateStation> {
+        let mut out: Vec<AggregateStation> = self
+            .planner
+            .stations
+            .iter()
+            .filter(|(_, s)| s.state.is_in_service())
+            .map(|(slot, s)| self.summary(slot, s, self.predicted_wait_s(slot, s, now_ms)))
+            .collect();
+        out.sort_by(|a, b| {
+            a.predicted_wait_s
+                .cmp(&b.predicted_wait_s)
+                .then(b.chargers.cmp(&a.chargers))
+                .then_with(|| a.station_id.cmp(&b.station_id))
+        });
+        out
+    }
+}
+
+/// The order of stations in aggregates: shortest predicted wait, then most chargers,
+/// then by id (as the `stations` message sorts them).
+fn summary_order(a_wait: u32, a: &Station, b_wait: u32, b: &Station) -> std::cmp::Ordering {
+    a_wait
+        .cmp(&b_wait)
+        .then(b.chargers.cmp(&a.chargers))
+        .then_with(|| a.station_id.cmp(&b.station_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::{StationState, StationStatus, topics};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::planner::PlannerParams;
+
+    /// The aggregate picks its best stations without sorting them all: the same ones,
+    /// in the same order, as the full list (`stations` message), and the same totals.
+    #[test]
+    fn aggregate_best_is_the_head_of_the_full_list() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let now = 1_750_000_000_000;
+        for n in [0, 1, 5, 8, 9, 300] {
+            let mut region = Region::new("north", PlannerParams::default());
+            for i in 0..n {
+                let chargers = rng.random_range(1..=4);
+                let status = StationStatus {
+                    v: 1,
+                    station_id: format!("s-{:03}", rng.random_range(0..1000)),
+                    lat: Some(rng.random_range(0.0..0.1)),
+                    lon: Some(rng.random_range(0.0..0.1)),
+                    chargers: Some(chargers),
+                    power_kw: Some(50.0),
+                    // Many ties: free stations all wait 0.
+                    occupied: rng.random_range(0..=chargers),
+                    queue: if i % 3 == 0 {
+                        rng.random_range(0..3)
+                    } else {
+                        0
+                    },
+                    state: if i % 7 == 0 {
+                        StationState::Faulted
+                    } else {
+                        StationState::Available
+                    },
+                    ts_ms: None,
+                    takes_reservations: false,
+                };
+                let topic = topics::station_status("north", &status.station_id);
+                region.receive(&topic, &protocol::encode(&status), now);
+            }
+            let all = region.stations_snapshot(now).stations;
+            let agg = region.aggregate(now);
+            assert_eq!(agg.best, all[..all.len().min(AGGREGATE_BEST)], "n = {n}");
+            assert_eq!(agg.min_wait_s, all.first().map(|s| s.predicted_wait_s));
+            assert_eq!(agg.chargers, all.iter().map(|s| s.chargers).sum::<u32>());
+            assert_eq!(
+                agg.chargers_free,
+                all.iter()
+                    .map(|s| s.chargers - s.occupied.min(s.chargers))
+                    .sum::<u32>()
+            );
+            assert_eq!(agg.queued, all.iter().map(|s| s.queue).sum::<u32>());
+        }
+    }
+}
