@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
-use clap::{Args, Parser};
+use clap::Parser;
+use cost_model::{CostParams, EnvNames};
 pub use serverkit::LogFormat;
 
 /// The fogcharge central server: keeps the latest aggregate of every region, moves
@@ -13,6 +14,7 @@ pub use serverkit::LogFormat;
 /// an HTTP API with Prometheus metrics.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "central", version, about)]
+#[command(mut_args(|arg| CostParams::with_env(arg, &COST_ENV)))]
 pub struct Config {
     /// The central MQTT broker (the regional brokers bridge to it), e.g. tcp://127.0.0.1:1884.
     #[arg(long, env = "CENTRAL_BROKER", default_value = "tcp://127.0.0.1:1884")]
@@ -57,11 +59,6 @@ pub struct Config {
     #[arg(long, env = "CENTRAL_HEARTBEAT_MS", default_value_t = 1000)]
     pub heartbeat_ms: u64,
 
-    /// Longest acceptable predicted wait, seconds: a region whose shortest predicted
-    /// wait is longer (or that has no station in service) is saturated.
-    #[arg(long, env = "CENTRAL_MAX_WAIT_S", default_value_t = 1800)]
-    pub max_wait_s: u32,
-
     /// How long to wait for a target region's handoff reply before trying the next
     /// candidate, real milliseconds.
     #[arg(long, env = "CENTRAL_HANDOFF_TIMEOUT_MS", default_value_t = 1000)]
@@ -87,62 +84,21 @@ pub struct Config {
     #[arg(long, env = "CENTRAL_REPORT_FILE")]
     pub report_file: Option<PathBuf>,
 
+    /// The cost model (the fog servers' own, see `docs/planner.md`). `--max-wait-s`
+    /// counts only for a region whose aggregate does not state its fog's limit (a fog
+    /// older than that field): such a region is saturated when its shortest predicted
+    /// wait is longer, or when it has no station in service.
     #[command(flatten)]
-    pub model: ModelParams,
+    pub model: CostParams,
 }
 
-/// The travel model central uses to compare regions (the same as the fog servers'
-/// planner, see `docs/planner.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Args)]
-pub struct ModelParams {
-    /// Road distance = great-circle distance × this factor.
-    #[arg(long, env = "CENTRAL_ROAD_FACTOR", default_value_t = 1.3)]
-    pub road_factor: f64,
-
-    /// Average driving speed, km/h.
-    #[arg(long, env = "CENTRAL_AVG_SPEED_KMH", default_value_t = 40.0)]
-    pub avg_speed_kmh: f64,
-
-    /// Share of the vehicle's range kept in reserve: a station is reachable when its
-    /// road distance is at most range × (1 − margin).
-    #[arg(long, env = "CENTRAL_SAFETY_MARGIN", default_value_t = 0.1)]
-    pub safety_margin: f64,
-}
-
-impl Default for ModelParams {
-    fn default() -> Self {
-        Self {
-            road_factor: 1.3,
-            avg_speed_kmh: 40.0,
-            safety_margin: 0.1,
-        }
-    }
-}
-
-impl ModelParams {
-    /// Refuses parameters that would make the model meaningless.
-    pub fn check(&self) -> anyhow::Result<()> {
-        if !(self.road_factor.is_finite() && self.road_factor >= 1.0) {
-            bail!(
-                "--road-factor must be a number of at least 1, got {}",
-                self.road_factor
-            );
-        }
-        if !(self.avg_speed_kmh.is_finite() && self.avg_speed_kmh > 0.0) {
-            bail!(
-                "--avg-speed-kmh must be a positive number, got {}",
-                self.avg_speed_kmh
-            );
-        }
-        if !(0.0..1.0).contains(&self.safety_margin) {
-            bail!(
-                "--safety-margin must be in [0, 1), got {}",
-                self.safety_margin
-            );
-        }
-        Ok(())
-    }
-}
+/// The environment fallbacks of the cost model's flags.
+const COST_ENV: EnvNames = EnvNames {
+    road_factor: "CENTRAL_ROAD_FACTOR",
+    avg_speed_kmh: "CENTRAL_AVG_SPEED_KMH",
+    safety_margin: "CENTRAL_SAFETY_MARGIN",
+    max_wait_s: "CENTRAL_MAX_WAIT_S",
+};
 
 impl Config {
     /// A configuration with every default, on `broker`.
@@ -176,7 +132,7 @@ impl Config {
         if !(self.clock_speed.is_finite() && self.clock_speed > 0.0) {
             bail!("--clock-speed must be a positive number");
         }
-        self.model.check()
+        Ok(self.model.check()?)
     }
 
     pub fn stale_after(&self) -> Duration {
@@ -202,9 +158,9 @@ mod tests {
         c.check().unwrap();
         assert_eq!(c.client_id, "central");
         assert_eq!(c.stale_after_ms, 6000);
-        assert_eq!(c.max_wait_s, 1800);
+        assert_eq!(c.model.max_wait_s, 1800);
         assert_eq!(c.handoff_timeout_ms, 1000);
-        assert_eq!(c.model, ModelParams::default());
+        assert_eq!(c.model, CostParams::default());
         assert!(c.http.is_none());
     }
 
@@ -231,6 +187,24 @@ mod tests {
                 .to_string()
                 .contains("--handoff-timeout-ms")
         );
+    }
+
+    #[test]
+    fn the_cost_model_flags_keep_their_central_variables() {
+        let cmd = <Config as clap::CommandFactory>::command();
+        let env = |id: &str| {
+            let arg = cmd.get_arguments().find(|a| a.get_id() == id).unwrap();
+            arg.get_env().and_then(|e| e.to_str()).map(str::to_owned)
+        };
+        for (id, var) in [
+            ("road_factor", "CENTRAL_ROAD_FACTOR"),
+            ("avg_speed_kmh", "CENTRAL_AVG_SPEED_KMH"),
+            ("safety_margin", "CENTRAL_SAFETY_MARGIN"),
+            ("max_wait_s", "CENTRAL_MAX_WAIT_S"),
+            ("broker", "CENTRAL_BROKER"),
+        ] {
+            assert_eq!(env(id).as_deref(), Some(var), "{id}");
+        }
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //!
 //! - [`config`]: command line / environment ([`Config`]).
 //! - [`regions`]: the latest aggregate per region, data age, staleness, the saturation
-//!   rule, and the travel estimate for a vehicle (no I/O).
-//! - [`reroute`]: the reroute decision (documented there), the handoff conversation,
-//!   duplicate suppression.
+//!   rule, and the travel estimate for a vehicle (the `cost_model` crate's, no I/O).
+//! - [`reroute`]: the reroute decision (documented there): `candidates` (which regions
+//!   to ask), `conversation` (one reroute, its handoffs, the reply), `handoffs` (replies
+//!   to the waiting tasks), `memory` (duplicate suppression).
 //! - [`http`]: `/api/regions`, `/api/stations/best`, `/healthz`, `/readyz`, `/metrics`.
 //! - [`dashboard`]: the live web page at `/`, its JSON and event stream, `/report`.
 //! - [`metrics`]: Prometheus metrics.
@@ -42,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use config::Config;
-use config::ModelParams;
+use cost_model::CostParams;
 use metrics::Metrics;
 use regions::{Ingest, Regions};
 use reroute::{Handoffs, Memory, Seen};
@@ -59,7 +60,7 @@ pub struct Shared {
     /// Handoffs waiting for their reply.
     pub handoffs: Handoffs,
     pub clock: Clock,
-    pub model: ModelParams,
+    pub model: CostParams,
     pub handoff_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub registry: prometheus_client::registry::Registry,
@@ -132,28 +133,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
-    let settings = LinkSettings {
-        url: config.broker.clone(),
-        client_id: config.client_id.clone(),
-        persistent: true,
-        username: config.mqtt_username.clone(),
-        password,
-        will: None,
-        ca_file: config.mqtt_ca_file.clone(),
-        ..Default::default()
-    };
-    let subscriptions = vec![(fog::filters::CENTRAL_UP.to_owned(), 1)];
-    let mut link = Link::connect(&settings, subscriptions, &shutdown).await?;
-    let reconnects = metrics.mqtt_reconnects.clone();
-    link.on_reconnect = Some(Box::new(move || {
-        reconnects.inc();
-    }));
-    let takeovers = metrics.mqtt_takeovers.clone();
-    link.on_takeover = Some(Box::new(move || {
-        takeovers.inc();
-    }));
+    let mut link = connect(&config, password, &metrics, &shutdown).await?;
     let shared = Arc::new(Shared {
-        regions: Mutex::new(Regions::new(config.stale_after(), config.max_wait_s)),
+        regions: Mutex::new(Regions::new(config.stale_after(), config.model.max_wait_s)),
         reroutes: Mutex::new(Memory::default()),
         handoffs: Handoffs::default(),
         clock,
@@ -169,19 +151,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let mut tasks = JoinSet::new();
     let http_addr = match http_listener {
-        Some(listener) => {
-            let addr = listener.local_addr()?;
-            let app = http::router(shared.clone());
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-                    .context("HTTP server")
-            });
-            info!(%addr, "HTTP listening");
-            Some(addr)
-        }
+        Some(listener) => Some(serve_http(listener, &shared, &mut tasks, &shutdown)?),
         None => None,
     };
     tasks.spawn(heartbeats(
@@ -209,6 +179,57 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         http_addr,
         task,
     })
+}
+
+/// Connects to the central broker and subscribes to every region's `up/` topics; the
+/// link counts its reconnects and takeovers.
+async fn connect(
+    config: &Config,
+    password: Option<String>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Link> {
+    let settings = LinkSettings {
+        url: config.broker.clone(),
+        client_id: config.client_id.clone(),
+        persistent: true,
+        username: config.mqtt_username.clone(),
+        password,
+        will: None,
+        ca_file: config.mqtt_ca_file.clone(),
+        ..Default::default()
+    };
+    let subscriptions = vec![(fog::filters::CENTRAL_UP.to_owned(), 1)];
+    let mut link = Link::connect(&settings, subscriptions, shutdown).await?;
+    let reconnects = metrics.mqtt_reconnects.clone();
+    link.on_reconnect = Some(Box::new(move || {
+        reconnects.inc();
+    }));
+    let takeovers = metrics.mqtt_takeovers.clone();
+    link.on_takeover = Some(Box::new(move || {
+        takeovers.inc();
+    }));
+    Ok(link)
+}
+
+/// Serves the HTTP API on `listener` in `tasks` until `shutdown`; returns its address.
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    shared: &Arc<Shared>,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    let app = http::router(shared.clone());
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+            .context("HTTP server")
+    });
+    info!(%addr, "HTTP listening");
+    Ok(addr)
 }
 
 /// Runs central until `shutdown` is cancelled.

@@ -199,7 +199,7 @@ impl Metrics {
         );
         r.register(
             "regions_saturated",
-            "Regions whose shortest predicted wait is missing or over --max-wait-s",
+            "Regions whose shortest predicted wait is missing or over their fog's wait limit (--max-wait-s)",
             self.regions_saturated.clone(),
         );
         r.register(

@@ -13,19 +13,22 @@
 //! the fog's `ts_ms` is only shown. A region is **stale** when its data age exceeds
 //! `--stale-after-ms`.
 //!
-//! **Saturation** (one rule, the fog planner's own): a region is saturated when its
-//! shortest predicted wait (`min_wait_s`) is missing — no station in service — or
-//! longer than `--max-wait-s`. Free chargers and queues are already inside the
-//! predicted waits, so they are not counted a second time.
+//! **Saturation** (one rule, the fog planner's own, [`cost_model::is_saturated`]): a
+//! region is saturated when its shortest predicted wait (`min_wait_s`) is missing — no
+//! station in service — or longer than the wait limit its aggregate states
+//! (`max_wait_s`, its fog's `--max-wait-s`). An aggregate without one, from a fog
+//! server older than that field, is held to central's own `--max-wait-s`. Free
+//! chargers and queues are already inside the predicted waits, so they are not counted
+//! a second time.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use protocol::ChargeRequest;
 use protocol::fog::{Aggregate, AggregateStation};
 use serde::Serialize;
 
-use crate::config::ModelParams;
+use cost_model::CostParams;
+pub use cost_model::Vehicle;
 
 /// What central holds for one region.
 #[derive(Debug, Clone)]
@@ -61,6 +64,7 @@ pub enum Ingest {
 pub struct Regions {
     map: BTreeMap<String, RegionState>,
     stale_after: Duration,
+    /// The wait limit of regions whose aggregate states none.
     max_wait_s: u32,
 }
 
@@ -134,7 +138,8 @@ impl Regions {
 
     /// The saturation rule (see the module docs).
     pub fn is_saturated(&self, aggregate: &Aggregate) -> bool {
-        aggregate.min_wait_s.is_none_or(|w| w > self.max_wait_s)
+        let limit = aggregate.max_wait_s.unwrap_or(self.max_wait_s);
+        cost_model::is_saturated(aggregate.min_wait_s, limit)
     }
 
     /// Every region as the API shows it, by id.
@@ -207,7 +212,7 @@ impl Regions {
     pub fn rank_stations(
         &self,
         vehicle: &Vehicle,
-        model: &ModelParams,
+        model: &CostParams,
         now: Instant,
     ) -> Vec<StationEstimate> {
         let mut out: Vec<StationEstimate> = self
@@ -243,39 +248,6 @@ impl Regions {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A vehicle as the model sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Vehicle {
-    pub lat: f64,
-    pub lon: f64,
-    /// State of charge now, in [0, 1].
-    pub soc: f64,
-    pub battery_kwh: f64,
-    pub kwh_per_km: f64,
-    /// State of charge to charge up to, in [0, 1].
-    pub target_soc: f64,
-}
-
-impl From<&ChargeRequest> for Vehicle {
-    fn from(r: &ChargeRequest) -> Self {
-        Self {
-            lat: r.lat,
-            lon: r.lon,
-            soc: r.soc,
-            battery_kwh: r.battery_kwh,
-            kwh_per_km: r.kwh_per_km,
-            target_soc: r.target_soc,
-        }
-    }
-}
-
-impl Vehicle {
-    /// Kilometres the vehicle may drive to a station: its range less the safety margin.
-    pub fn usable_range_km(&self, model: &ModelParams) -> f64 {
-        self.soc * self.battery_kwh / self.kwh_per_km * (1.0 - model.safety_margin)
-    }
 }
 
 /// The predicted cost of sending a vehicle to one station, seconds.
@@ -314,21 +286,18 @@ pub struct StationEstimate {
 pub fn estimate(
     vehicle: &Vehicle,
     station: &AggregateStation,
-    model: &ModelParams,
+    model: &CostParams,
 ) -> Option<Estimate> {
     let km = protocol::geo::haversine_km(vehicle.lat, vehicle.lon, station.lat, station.lon);
-    let road_km = km * model.road_factor;
+    let road_km = model.road_km(km);
     // Written so that NaN (bad data) counts as unreachable / unpowered.
-    let reachable = road_km <= vehicle.usable_range_km(model);
+    let reachable = road_km <= model.usable_range_km(vehicle);
     let powered = station.power_kw.is_finite() && station.power_kw > 0.0;
     if !(reachable && powered) {
         return None;
     }
-    let drive_s = road_km / model.avg_speed_kmh * 3600.0;
-    let arrival_soc = vehicle.soc - road_km * vehicle.kwh_per_km / vehicle.battery_kwh;
-    let charge_s = ((vehicle.target_soc - arrival_soc).max(0.0) * vehicle.battery_kwh
-        / station.power_kw)
-        * 3600.0;
+    let drive_s = model.drive_s(road_km);
+    let charge_s = vehicle.charge_s(road_km, station.power_kw);
     let wait_s = f64::from(station.predicted_wait_s);
     Some(Estimate {
         road_km,
@@ -356,6 +325,7 @@ mod tests {
             queued: 0,
             reservations: 0,
             min_wait_s: Some(0),
+            max_wait_s: None,
             outline: vec![],
             best: vec![],
             saturated_requests: 0,
@@ -433,8 +403,32 @@ mod tests {
     }
 
     #[test]
+    fn the_fogs_own_wait_limit_decides_and_central_s_only_without_one() {
+        let r = Regions::new(Duration::from_secs(6), 1800);
+        let mut a = aggregate("a", 1, 0);
+        a.min_wait_s = Some(900);
+        a.max_wait_s = Some(600);
+        assert!(r.is_saturated(&a), "the fog accepts at most 600 s");
+        a.min_wait_s = Some(2400);
+        a.max_wait_s = Some(3600);
+        assert!(!r.is_saturated(&a), "the fog accepts up to 3600 s");
+        a.max_wait_s = None;
+        assert!(r.is_saturated(&a), "an older fog: central's 1800 s");
+        a.max_wait_s = Some(3600);
+        a.min_wait_s = None;
+        assert!(r.is_saturated(&a), "nothing in service");
+        let views = {
+            let mut r = r.clone();
+            a.min_wait_s = Some(2400);
+            r.ingest(a, Instant::now(), 0);
+            r.views(Instant::now())
+        };
+        assert!(!views[0].saturated);
+    }
+
+    #[test]
     fn estimate_adds_drive_wait_and_charge_and_respects_range() {
-        let model = ModelParams::default();
+        let model = CostParams::default();
         // 10 km north (great circle) => 13 road km.
         let s = station("s", 10.0 / 111.195, 0.0, 300);
         let e = estimate(&CAR, &s, &model).unwrap();
@@ -462,7 +456,7 @@ mod tests {
         b.best = vec![station("b-ok", 0.05, 0.0, 60)];
         r.ingest(a, t0, 0);
         r.ingest(b, t0, 0);
-        let ranked = r.rank_stations(&CAR, &ModelParams::default(), t0);
+        let ranked = r.rank_stations(&CAR, &CostParams::default(), t0);
         let ids: Vec<&str> = ranked.iter().map(|s| s.station_id.as_str()).collect();
         assert_eq!(ids, ["b-ok", "a-busy"], "a-far is out of range");
     }

@@ -108,6 +108,7 @@ fn aggregate(region: &str, seq: u64, ts_ms: u64, best: Vec<AggregateStation>) ->
         queued: 0,
         reservations: 0,
         min_wait_s: best.iter().map(|s| s.predicted_wait_s).min(),
+        max_wait_s: None,
         outline: vec![],
         best,
         saturated_requests: 0,

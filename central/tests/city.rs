@@ -307,6 +307,7 @@ async fn a_refused_handoff_falls_back_to_the_next_region() {
         queued: 0,
         reservations: 0,
         min_wait_s: Some(0),
+        max_wait_s: None,
         outline: vec![],
         best: vec![AggregateStation {
             station_id: "middle-ghost".into(),

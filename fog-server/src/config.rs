@@ -9,12 +9,22 @@ use geo::{Contains, Coord, LineString, Point, Polygon};
 use serde::Serialize;
 pub use serverkit::LogFormat;
 
-use crate::planner::PlannerParams;
+use crate::planner::{CostParams, PlannerParams};
+use cost_model::EnvNames;
+
+/// The environment fallbacks of the cost model's flags.
+const COST_ENV: EnvNames = EnvNames {
+    road_factor: "FOG_ROAD_FACTOR",
+    avg_speed_kmh: "FOG_AVG_SPEED_KMH",
+    safety_margin: "FOG_SAFETY_MARGIN",
+    max_wait_s: "FOG_MAX_WAIT_S",
+};
 
 /// A regional fog server: answers charge requests from the region's vehicles with the
 /// station that charges them soonest, and reserves a slot there.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "fog-server", version, about)]
+#[command(mut_args(|arg| CostParams::with_env(arg, &COST_ENV)))]
 pub struct Config {
     /// Region id (1-64 of A-Z a-z 0-9 _ -): the `{region}` of the device topics.
     #[arg(long, env = "FOG_REGION")]
@@ -255,5 +265,34 @@ impl Area {
             ],
             Self::Polygon(poly) => poly.exterior().coords().map(|c| [c.y, c.x]).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cost_model_flags_keep_their_fog_variables_and_defaults() {
+        let cmd = <Config as clap::CommandFactory>::command();
+        let env = |id: &str| {
+            let arg = cmd.get_arguments().find(|a| a.get_id() == id).unwrap();
+            arg.get_env().and_then(|e| e.to_str()).map(str::to_owned)
+        };
+        for (id, var) in [
+            ("road_factor", "FOG_ROAD_FACTOR"),
+            ("avg_speed_kmh", "FOG_AVG_SPEED_KMH"),
+            ("safety_margin", "FOG_SAFETY_MARGIN"),
+            ("max_wait_s", "FOG_MAX_WAIT_S"),
+            ("session_kwh", "FOG_SESSION_KWH"),
+            ("region", "FOG_REGION"),
+        ] {
+            assert_eq!(env(id).as_deref(), Some(var), "{id}");
+        }
+        let c = Config::new("north", "tcp://127.0.0.1:1883");
+        assert_eq!(c.planner.cost, CostParams::default());
+        c.check().unwrap();
+        let c = Config::try_parse_from(["fog-server", "--region", "n", "--max-wait-s", "900"]);
+        assert_eq!(c.unwrap().planner.cost.max_wait_s, 900);
     }
 }

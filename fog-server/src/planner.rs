@@ -20,28 +20,20 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::index::{Slot, Station, StationIndex};
+pub use cost_model::CostParams;
+use cost_model::{Vehicle, session_s, wait_at_arrival_s};
 use protocol::ChargeRequest;
 
-/// The model's parameters; every one is a CLI flag with an environment fallback.
+/// The planner's parameters; every one is a CLI flag with an environment fallback
+/// (`FOG_…`, see the fog server's `Config`).
 #[derive(Debug, Clone, Args)]
 pub struct PlannerParams {
-    /// Road distance = great-circle distance × this factor.
-    #[arg(long, env = "FOG_ROAD_FACTOR", default_value_t = 1.3)]
-    pub road_factor: f64,
-    /// Average driving speed, km/h.
-    #[arg(long, env = "FOG_AVG_SPEED_KMH", default_value_t = 40.0)]
-    pub avg_speed_kmh: f64,
-    /// Share of the vehicle's range kept in reserve: a station is reachable when its
-    /// road distance is at most range × (1 − margin).
-    #[arg(long, env = "FOG_SAFETY_MARGIN", default_value_t = 0.1)]
-    pub safety_margin: f64,
+    /// The cost model's parameters, shared with central.
+    #[command(flatten)]
+    pub cost: CostParams,
     /// Seconds a reservation is held past the vehicle's ETA.
     #[arg(long, env = "FOG_RESERVATION_GRACE_S", default_value_t = 600)]
     pub reservation_grace_s: u32,
-    /// Longest acceptable predicted wait, seconds; a region whose every reachable
-    /// station waits longer is saturated for that request.
-    #[arg(long, env = "FOG_MAX_WAIT_S", default_value_t = 1800)]
-    pub max_wait_s: u32,
     /// Typical energy of the charging session of a vehicle already at a station, kWh:
     /// such a session lasts `session_kwh / power_kw` hours at that station (a charging
     /// vehicle is assumed to be half-way through one). 40 kWh is a 70 kWh battery from
@@ -56,11 +48,8 @@ pub struct PlannerParams {
 impl Default for PlannerParams {
     fn default() -> Self {
         Self {
-            road_factor: 1.3,
-            avg_speed_kmh: 40.0,
-            safety_margin: 0.1,
+            cost: CostParams::default(),
             reservation_grace_s: 600,
-            max_wait_s: 1800,
             session_kwh: 40.0,
             max_candidates: 256,
         }
@@ -70,26 +59,11 @@ impl Default for PlannerParams {
 impl PlannerParams {
     /// Refuses parameters that would make the model meaningless.
     pub fn check(&self) -> Result<(), String> {
-        let positive = [
-            ("road-factor", self.road_factor),
-            ("avg-speed-kmh", self.avg_speed_kmh),
-            ("session-kwh", self.session_kwh),
-        ];
-        for (name, value) in positive {
-            if !(value.is_finite() && value > 0.0) {
-                return Err(format!("--{name} must be a positive number, got {value}"));
-            }
-        }
-        if self.road_factor < 1.0 {
+        self.cost.check().map_err(|e| e.to_string())?;
+        if !(self.session_kwh.is_finite() && self.session_kwh > 0.0) {
             return Err(format!(
-                "--road-factor must be at least 1, got {}",
-                self.road_factor
-            ));
-        }
-        if !(0.0..1.0).contains(&self.safety_margin) {
-            return Err(format!(
-                "--safety-margin must be in [0, 1), got {}",
-                self.safety_margin
+                "--session-kwh must be a positive number, got {}",
+                self.session_kwh
             ));
         }
         if self.max_candidates == 0 {
@@ -181,17 +155,6 @@ impl Planner {
         }
     }
 
-    fn drive_s(&self, road_km: f64) -> f64 {
-        road_km / self.params.avg_speed_kmh * 3600.0
-    }
-
-    /// Seconds to charge from the state of charge at arrival to the target.
-    fn charge_s(req: &ChargeRequest, road_km: f64, power_kw: f64) -> f64 {
-        let arrival_soc = req.soc - road_km * req.kwh_per_km / req.battery_kwh;
-        let kwh = (req.target_soc - arrival_soc).max(0.0) * req.battery_kwh;
-        kwh / power_kw * 3600.0
-    }
-
     /// Predicted wait, seconds, for a vehicle arriving `eta_s` from `now_ms`.
     ///
     /// The chargers' "free at" times live in a small array on the stack (no allocation
@@ -203,7 +166,7 @@ impl Planner {
     ///   by `session` once per round): no heap needed;
     /// - each earlier promise takes the charger that frees first.
     pub fn expected_wait_s(&self, slot: Slot, station: &Station, now_ms: u64, eta_s: f64) -> f64 {
-        let session = self.params.session_kwh / station.power_kw.max(f64::MIN_POSITIVE) * 3600.0;
+        let session = session_s(self.params.session_kwh, station.power_kw);
         let chargers = station.chargers as usize;
         let busy = (station.occupied as usize).min(chargers);
         let queue = station.queue as usize;
@@ -216,7 +179,7 @@ impl Planner {
         };
         if chargers == 0 || (busy < chargers && queue == 0 && promises.is_empty()) {
             // The first charger is free now (or there is none): nothing to replay.
-            return (0.0 - eta_s).max(0.0);
+            return wait_at_arrival_s(0.0, eta_s);
         }
         let mut inline = [0.0f64; INLINE_CHARGERS];
         let mut spilled = Vec::new();
@@ -247,7 +210,7 @@ impl Planner {
                 serve(free, at, f64::from(*charge_s));
             }
             let earliest = free[first_min(free)];
-            return (earliest - eta_s).max(0.0);
+            return wait_at_arrival_s(earliest, eta_s);
         }
         // Many chargers and several promises: a heap.
         let mut heap: BinaryHeap<Reverse<OrdF64>> =
@@ -259,13 +222,15 @@ impl Planner {
             }
         }
         let earliest = heap.peek().map_or(0.0, |Reverse(OrdF64(at))| *at);
-        (earliest - eta_s).max(0.0)
+        wait_at_arrival_s(earliest, eta_s)
     }
 
     /// The best station for a request, without reserving it.
     pub fn choose(&self, req: &ChargeRequest, now_ms: u64) -> Result<Choice, NoChoice> {
         let p = &self.params;
-        let range_km = req.range_km() * (1.0 - p.safety_margin);
+        let cost = &p.cost;
+        let vehicle = Vehicle::from(req);
+        let range_km = cost.usable_range_km(&vehicle);
         let max_power = self.stations.max_power_kw().max(f64::MIN_POSITIVE);
         let mut best: Option<Choice> = None;
         let mut best_too_slow: Option<Choice> = None;
@@ -274,19 +239,19 @@ impl Planner {
             .nearest(req.lat, req.lon)
             .take(p.max_candidates)
         {
-            let road_km = gc_km * p.road_factor;
+            let road_km = cost.road_km(gc_km);
             if road_km > range_km {
                 break;
             }
-            let eta_s = self.drive_s(road_km);
+            let eta_s = cost.drive_s(road_km);
             // No farther station can beat the best: it drives longer and charges at
             // best at the highest power in the region.
             if let Some(b) = &best {
-                if eta_s + Self::charge_s(req, road_km, max_power) >= b.total_s() {
+                if eta_s + vehicle.charge_s(road_km, max_power) >= b.total_s() {
                     break;
                 }
             }
-            let charge_s = Self::charge_s(req, road_km, station.power_kw);
+            let charge_s = vehicle.charge_s(road_km, station.power_kw);
             // Nor can this one, even without any wait (its total would be at least
             // `eta + charge`, and only a strictly smaller total replaces the best):
             // skip replaying its chargers.
@@ -303,7 +268,7 @@ impl Planner {
                 wait_s: self.expected_wait_s(slot, station, now_ms, eta_s),
                 charge_s,
             };
-            let target = if choice.wait_s <= f64::from(p.max_wait_s) {
+            let target = if cost.accepts_wait(choice.wait_s) {
                 &mut best
             } else {
                 &mut best_too_slow
@@ -577,9 +542,16 @@ mod tests {
         (earliest - eta_s).max(0.0)
     }
 
+    /// Seconds to charge from the state of charge at arrival to the target.
+    fn reference_charge_s(req: &ChargeRequest, road_km: f64, power_kw: f64) -> f64 {
+        let arrival_soc = req.soc - road_km * req.kwh_per_km / req.battery_kwh;
+        let kwh = (req.target_soc - arrival_soc).max(0.0) * req.battery_kwh;
+        kwh / power_kw * 3600.0
+    }
+
     /// Every candidate costed, with the reference wait.
     fn reference_choose(p: &Planner, req: &ChargeRequest, now_ms: u64) -> Result<Choice, NoChoice> {
-        let range_km = req.range_km() * (1.0 - p.params.safety_margin);
+        let range_km = req.range_km() * (1.0 - p.params.cost.safety_margin);
         let max_power = p.stations.max_power_kw().max(f64::MIN_POSITIVE);
         let mut best: Option<Choice> = None;
         let mut best_too_slow: Option<Choice> = None;
@@ -588,13 +560,13 @@ mod tests {
             .nearest(req.lat, req.lon)
             .take(p.params.max_candidates)
         {
-            let road_km = gc_km * p.params.road_factor;
+            let road_km = gc_km * p.params.cost.road_factor;
             if road_km > range_km {
                 break;
             }
-            let eta_s = p.drive_s(road_km);
+            let eta_s = road_km / p.params.cost.avg_speed_kmh * 3600.0;
             if let Some(b) = &best {
-                if eta_s + Planner::charge_s(req, road_km, max_power) >= b.total_s() {
+                if eta_s + reference_charge_s(req, road_km, max_power) >= b.total_s() {
                     break;
                 }
             }
@@ -603,9 +575,9 @@ mod tests {
                 road_km,
                 eta_s,
                 wait_s: reference_wait(p, slot, station, now_ms, eta_s),
-                charge_s: Planner::charge_s(req, road_km, station.power_kw),
+                charge_s: reference_charge_s(req, road_km, station.power_kw),
             };
-            let target = if choice.wait_s <= f64::from(p.params.max_wait_s) {
+            let target = if choice.wait_s <= f64::from(p.params.cost.max_wait_s) {
                 &mut best
             } else {
                 &mut best_too_slow

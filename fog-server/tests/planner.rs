@@ -112,7 +112,7 @@ fn a_burst_next_to_one_station_is_spread() {
     }
     assert_eq!(p.active_reservations(), 20);
     // Everyone's predicted wait respects the limit the model allows.
-    let limit = f64::from(p.params.max_wait_s);
+    let limit = f64::from(p.params.cost.max_wait_s);
     let worst = waits.iter().copied().fold(0.0, f64::max);
     assert!(
         worst <= limit,

@@ -159,6 +159,11 @@ pub struct Aggregate {
     /// Shortest predicted wait at any in-service station, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_wait_s: Option<u32>,
+    /// The longest predicted wait this fog server accepts (its `--max-wait-s`): the
+    /// region is saturated when `min_wait_s` is missing or longer. Fog servers older
+    /// than this field leave it out; central then applies its own `--max-wait-s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_s: Option<u32>,
     /// The region's outline as `[lat, lon]` points (a box has 4), if configured.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outline: Vec<[f64; 2]>,
@@ -460,6 +465,56 @@ impl Validate for RerouteReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn aggregate() -> Aggregate {
+        Aggregate {
+            v: 1,
+            region: "north".into(),
+            seq: 7,
+            ts_ms: 1_750_000_000_000,
+            stations: 2,
+            stations_in_service: 2,
+            chargers: 6,
+            chargers_free: 1,
+            queued: 3,
+            reservations: 2,
+            min_wait_s: Some(420),
+            max_wait_s: Some(900),
+            outline: vec![[0.0, 0.0], [0.0, 0.1], [0.1, 0.1], [0.1, 0.0]],
+            best: vec![],
+            saturated_requests: 4,
+            requests_total: 40,
+        }
+    }
+
+    #[test]
+    fn an_aggregate_round_trips_with_its_fogs_wait_limit() {
+        let a = aggregate();
+        let bytes = crate::encode(&a);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["max_wait_s"], 900);
+        assert_eq!(crate::decode::<Aggregate>(&bytes).unwrap(), a);
+    }
+
+    #[test]
+    fn an_aggregate_of_an_older_fog_has_no_wait_limit() {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&crate::encode(&aggregate())).unwrap();
+        json.as_object_mut().unwrap().remove("max_wait_s");
+        let old = crate::decode::<Aggregate>(&serde_json::to_vec(&json).unwrap()).unwrap();
+        assert_eq!(old.max_wait_s, None);
+        assert_eq!(
+            old,
+            Aggregate {
+                max_wait_s: None,
+                ..aggregate()
+            }
+        );
+        // And a fog that has none to say says nothing.
+        let bytes = crate::encode(&old);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(json.get("max_wait_s").is_none());
+    }
 
     #[test]
     fn regional_and_central_topics_follow_the_bridge_contract() {

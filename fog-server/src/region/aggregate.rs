@@ -32,6 +32,7 @@ impl Region {
             queued: 0,
             reservations: self.planner.active_reservations() as u32,
             min_wait_s: None,
+            max_wait_s: Some(self.planner.params.cost.max_wait_s),
             outline: self.outline.clone(),
             best: Vec::new(),
             saturated_requests: self.saturated_requests,

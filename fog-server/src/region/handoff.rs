@@ -43,7 +43,7 @@ impl Region {
         };
         let choice = match self.planner.choose(&h.request, now_ms) {
             Ok(choice) => choice,
-            Err(no) => return refuse(saturation_reason(&no, self.planner.params.max_wait_s)),
+            Err(no) => return refuse(saturation_reason(&no, self.planner.params.cost.max_wait_s)),
         };
         if let Some(max) = h.max_total_s {
             if choice.total_s() >= max {

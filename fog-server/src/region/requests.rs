@@ -214,7 +214,7 @@ impl Region {
         Recommendation::refusal(
             req.request_id.clone(),
             RecommendationStatus::Unavailable,
-            saturation_reason(no, self.planner.params.max_wait_s),
+            saturation_reason(no, self.planner.params.cost.max_wait_s),
             self.name.clone(),
         )
     }

@@ -91,8 +91,8 @@ pub enum CentralView {
 impl Region {
     /// How far `req` can get, great-circle km (its usable range over the road factor).
     fn reach_km(&self, req: &ChargeRequest) -> f64 {
-        let p = &self.planner.params;
-        req.range_km() * (1.0 - p.safety_margin) / p.road_factor
+        let vehicle = cost_model::Vehicle::from(req);
+        self.planner.params.cost.reach_great_circle_km(&vehicle)
     }
 
     /// Whether central's heartbeat says that every station of a region that can take
