@@ -11,40 +11,21 @@ use fog_server::region::{CentralView, Effects, Region, RerouteSettings};
 use fog_server::store::Record;
 use protocol::fog::{CentralHeartbeat, FogMessage, RerouteReply, RerouteRequest};
 use protocol::{
-    ChargeRequest, Recommendation, RecommendationStatus, StationState, StationStatus, decode,
-    encode, topics,
+    ChargeRequest, Recommendation, RecommendationStatus, StationStatus, decode, encode, topics,
 };
 
 const NOW: u64 = 1_700_000_000_000;
 
 fn station(id: &str, occupied: u32, queue: u32) -> StationStatus {
     StationStatus {
-        v: 1,
-        station_id: id.into(),
-        lat: Some(1.0 / 111.19),
-        lon: Some(0.0),
-        chargers: Some(1),
-        power_kw: Some(50.0),
         occupied,
         queue,
-        state: StationState::Available,
-        ts_ms: None,
-        takes_reservations: false,
+        ..testkit::messages::station(id, 1.0 / 111.19, 0.0, 1, 50.0)
     }
 }
 
 fn request(id: &str) -> ChargeRequest {
-    ChargeRequest {
-        v: 1,
-        request_id: id.into(),
-        lat: 0.0,
-        lon: 0.0,
-        soc: 0.4,
-        battery_kwh: 60.0,
-        kwh_per_km: 0.18,
-        target_soc: 0.8,
-        ts_ms: None,
-    }
+    testkit::messages::request(id, 0.0, 0.0, 0.4)
 }
 
 fn heartbeat(r: &mut Region, at_ms: u64) {

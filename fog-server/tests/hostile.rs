@@ -9,7 +9,7 @@ use fog_server::planner::PlannerParams;
 use fog_server::region::Region;
 use proptest::prelude::*;
 use protocol::fog::FogMessage;
-use protocol::{Recommendation, RecommendationStatus, StationState, StationStatus, encode, topics};
+use protocol::{Recommendation, RecommendationStatus, encode, topics};
 
 const NOW: u64 = 1_700_000_000_000;
 
@@ -18,19 +18,7 @@ fn region() -> Driven {
     r.reroute.enabled = false;
     for i in 0..5 {
         let id = format!("n-{i}");
-        let s = StationStatus {
-            v: 1,
-            station_id: id.clone(),
-            lat: Some(-12.25 + f64::from(i) * 0.01),
-            lon: Some(-38.95),
-            chargers: Some(2),
-            power_kw: Some(50.0),
-            occupied: 0,
-            queue: 0,
-            state: StationState::Available,
-            ts_ms: None,
-            takes_reservations: false,
-        };
+        let s = testkit::messages::station(&id, -12.25 + f64::from(i) * 0.01, -38.95, 2, 50.0);
         r.handle(&topics::station_status("north", &id), &encode(&s), NOW);
     }
     r

@@ -12,8 +12,8 @@ use protocol::fog::{
     Aggregate, CentralHeartbeat, FogMessage, Handoff, HandoffReply, RerouteReply, RerouteRequest,
 };
 use protocol::{
-    ChargeRequest, Recommendation, RecommendationStatus, StationRef, StationState, StationStatus,
-    decode, encode, topics,
+    ChargeRequest, Recommendation, RecommendationStatus, StationRef, StationStatus, decode, encode,
+    topics,
 };
 
 const NOW: u64 = 1_700_000_000_000;
@@ -48,34 +48,16 @@ fn heartbeat(r: &mut Driven, open: &[&str]) {
 
 fn add_station(r: &mut Driven, id: &str, km_north: f64, chargers: u32, occupied: u32, queue: u32) {
     let s = StationStatus {
-        v: 1,
-        station_id: id.into(),
-        lat: Some(km_north / KM_PER_DEG),
-        lon: Some(0.0),
-        chargers: Some(chargers),
-        power_kw: Some(50.0),
         occupied,
         queue,
-        state: StationState::Available,
-        ts_ms: None,
-        takes_reservations: false,
+        ..testkit::messages::station(id, km_north / KM_PER_DEG, 0.0, chargers, 50.0)
     };
     let topic = topics::station_status(&r.name, id);
     assert!(r.handle(&topic, &encode(&s), NOW).is_none());
 }
 
 fn request(id: &str) -> ChargeRequest {
-    ChargeRequest {
-        v: 1,
-        request_id: id.into(),
-        lat: 0.0,
-        lon: 0.0,
-        soc: 0.4,
-        battery_kwh: 60.0,
-        kwh_per_km: 0.18,
-        target_soc: 0.8,
-        ts_ms: None,
-    }
+    testkit::messages::request(id, 0.0, 0.0, 0.4)
 }
 
 fn ask(r: &mut Driven, vehicle: &str, req: &ChargeRequest) -> Option<Outgoing> {
