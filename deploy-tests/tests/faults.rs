@@ -346,10 +346,12 @@ async fn a_paused_central_does_not_hold_saturated_requests() {
 }
 
 /// A rolling replacement of a fog server: the new container starts (same service: same
-/// client id, same volume) before the old one stops. No request is answered twice; every
-/// request once the old one is gone is answered exactly once by the new one. While both
-/// run they take the client id from each other; requests lost in that fight are counted
-/// and printed (bounding it is the MQTT link's takeover detection, docs/fog-central.md).
+/// client id, same volume) before the old one stops. No request gets two different
+/// answers; every request once the old one is gone is answered exactly once by the new
+/// one. While both run they take the client id from each other; requests lost in that
+/// fight, and answers sent twice alike (a QoS 1 answer whose acknowledgement the
+/// takeover cut off is sent again, seen once in three CI runs), are counted and printed
+/// (bounding it is the MQTT link's takeover detection, docs/fog-central.md).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolling_replacement_of_a_fog_container_loses_nothing() {
     let mut city = City::start().await.unwrap();
@@ -400,7 +402,7 @@ async fn a_rolling_replacement_of_a_fog_container_loses_nothing() {
         .cloned()
         .collect();
     assert!(!after.is_empty());
-    let (slowest, lost) = fleet
+    let (slowest, lost, repeated) = fleet
         .settle_some(Duration::from_secs(15), &after)
         .await
         .unwrap();
@@ -414,9 +416,10 @@ async fn a_rolling_replacement_of_a_fog_container_loses_nothing() {
     assert_eq!(r.status, RecommendationStatus::Assigned, "{r:?}");
     docker(&["rm", "-f", &next]).unwrap();
     println!(
-        "rolling replacement of fog-north: {} ms with both running; {} requests, none answered twice, {} unanswered from before the old one stopped {lost:?}, all {} after it answered once; slowest {} ms",
+        "rolling replacement of fog-north: {} ms with both running; {} requests, none answered two ways, {} answered twice alike while both ran {repeated:?}, {} unanswered from before the old one stopped {lost:?}, all {} after it answered once; slowest {} ms",
         overlap.as_millis(),
         fleet.sent.len(),
+        repeated.len(),
         lost.len(),
         after.len(),
         slowest.as_millis()
