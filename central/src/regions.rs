@@ -132,8 +132,11 @@ impl Regions {
         self.map.iter().map(|(k, v)| (k.as_str(), v))
     }
 
+    /// Stale once the data is older than `stale_after`, in whole milliseconds: the
+    /// same figure the API shows as `data_age_ms`, so a region shown stale always
+    /// shows an age above the limit.
     pub fn is_stale(&self, state: &RegionState, now: Instant) -> bool {
-        state.data_age(now) > self.stale_after
+        millis(state.data_age(now)) > millis(self.stale_after)
     }
 
     /// The saturation rule (see the module docs).
@@ -385,6 +388,11 @@ mod tests {
         let s = r.get("a").unwrap();
         assert!(!r.is_stale(s, t0 + Duration::from_millis(100)));
         assert!(r.is_stale(s, t0 + Duration::from_millis(101)));
+        // Between 100 and 101 ms the API shows an age of 100: not yet stale, so a
+        // region shown stale always shows an age above the limit.
+        let just_over = t0 + Duration::from_micros(100_500);
+        assert!(!r.is_stale(s, just_over));
+        assert_eq!(r.views(just_over)[0].data_age_ms, 100);
         assert_eq!(r.stale_count(t0 + Duration::from_secs(1)), 1);
         let v = &r.views(t0 + Duration::from_millis(42))[0];
         assert_eq!(v.data_age_ms, 42);
