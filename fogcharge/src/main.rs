@@ -7,6 +7,8 @@
 //! | `fogcharge [sim] …` | the simulation, as `device-sim` (the default command) |
 //! | `fogcharge fog-server …` | a regional fog server, as `fog-server` |
 //! | `fogcharge central …` | the central server, as `central` |
+//! | `fogcharge ocpp-gateway …` | a region's OCPP 1.6J gateway, as `ocpp-gateway` |
+//! | `fogcharge hash-password` | the hash of the password on stdin, for a chargers file (as `ocpp-gateway hash-password`) |
 //! | `fogcharge setup …` | a deployment's users, broker password/ACL files, bridge sections and shared clock (`device_sim::setup`) |
 //! | `fogcharge probe URL` | exit 0 when URL answers 2xx (container health checks; `--wait-s` retries) ([`probe`]) |
 
@@ -38,6 +40,10 @@ enum Command {
     FogServer(fog_server::Config),
     /// The central server (as `central`).
     Central(central::Config),
+    /// A region's OCPP 1.6J gateway (as `ocpp-gateway`).
+    OcppGateway(ocpp_gateway::Config),
+    /// Print the hash of the password given on stdin, for a chargers file.
+    HashPassword,
     /// A deployment's users, broker password/ACL files, bridge sections and clock.
     Setup(device_sim::setup::SetupArgs),
     /// Exit 0 when a URL answers 2xx (container health checks).
@@ -60,6 +66,15 @@ async fn main() -> ExitCode {
                 central::run(config, shutdown)
             })
             .await
+        }
+        Command::OcppGateway(config) => {
+            serverkit::serve("ocpp-gateway", config.log_format, |shutdown| {
+                ocpp_gateway::run(config, shutdown)
+            })
+            .await
+        }
+        Command::HashPassword => {
+            exit_code("hash-password", ocpp_gateway::hash_password_from_stdin())
         }
         Command::Setup(args) => {
             logging::init(logging::LogFormat::Text, "info");

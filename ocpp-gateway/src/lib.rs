@@ -44,8 +44,20 @@ use chargers::Registry;
 use config::AuthorizeRule;
 pub use config::Config;
 use metrics::{Label, Metrics};
-pub use serverkit::cancel_on_signal;
 use session::Command;
+
+/// Reads a password from stdin and prints its hash, the form the chargers file holds
+/// (`ocpp-gateway hash-password`).
+pub fn hash_password_from_stdin() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(!password.is_empty(), "give the password on stdin");
+    println!("{}", topology::auth::hash_password(password));
+    Ok(())
+}
 
 /// A reservation a charger was asked to hold.
 #[derive(Debug, Clone)]

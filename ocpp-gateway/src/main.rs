@@ -3,33 +3,22 @@
 //! in the chargers file.
 
 use clap::Parser;
-use ocpp_gateway::{Config, cancel_on_signal};
-use serverkit::logging;
-use tokio_util::sync::CancellationToken;
+use ocpp_gateway::Config;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("hash-password") {
-        let mut line = String::new();
-        if std::io::stdin().read_line(&mut line).is_err() || line.trim_end().is_empty() {
-            eprintln!("ocpp-gateway hash-password: give the password on stdin");
-            return std::process::ExitCode::FAILURE;
-        }
-        println!(
-            "{}",
-            topology::auth::hash_password(line.trim_end_matches(['\n', '\r']))
-        );
-        return std::process::ExitCode::SUCCESS;
+        return match ocpp_gateway::hash_password_from_stdin() {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ocpp-gateway hash-password: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let config = Config::parse();
-    logging::init(config.log_format, "info");
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
-    match ocpp_gateway::run(config, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ocpp-gateway: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    serverkit::serve("ocpp-gateway", config.log_format, |shutdown| {
+        ocpp_gateway::run(config, shutdown)
+    })
+    .await
 }
