@@ -149,19 +149,7 @@ impl Net {
                 .with_context(|| format!("no broker for region {region}"))?
                 .clone();
             station_counters.push(by_region[region].clone());
-            let offline = StationStatus {
-                v: 1,
-                station_id: id.clone(),
-                lat: None,
-                lon: None,
-                chargers: None,
-                power_kw: None,
-                occupied: 0,
-                queue: 0,
-                state: StationState::Offline,
-                ts_ms: None,
-                takes_reservations: false,
-            };
+            let offline = StationStatus::offline(id.clone());
             let (username, password) = brokers.login(id);
             let settings = LinkSettings {
                 url,
@@ -308,5 +296,6 @@ pub fn station_status(
         },
         ts_ms: Some(ts_ms),
         takes_reservations: false,
+        gateway: None,
     }
 }

@@ -252,6 +252,7 @@ mod tests {
             state,
             ts_ms: None,
             takes_reservations: false,
+            gateway: None,
         }
     }
 

@@ -229,6 +229,7 @@ async fn connect(
     let region = &config.region;
     let subscriptions = vec![
         (topics::filters::station_status(region), 1),
+        (topics::filters::gateway_status(region), 1),
         (
             topics::filters::vehicles(region, VehicleChannel::Request),
             1,

@@ -130,6 +130,11 @@ impl Registry {
         self.chargers.len()
     }
 
+    /// The charge point ids in the file.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.chargers.keys().map(String::as_str)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.chargers.is_empty()
     }

@@ -31,10 +31,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use protocol::{
-    StationChannel, StationReservation, StationReservationAction, StationReservationEventKind,
-    StationStatus, Topic, decode, topics,
+    GatewayStatus, StationChannel, StationReservation, StationReservationAction,
+    StationReservationEventKind, StationStatus, Topic, decode, topics,
 };
-use serverkit::{Link, LinkSettings, Publisher};
+use serverkit::{Link, LinkSettings, Publisher, Will};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,7 @@ use chargers::Registry;
 use config::AuthorizeRule;
 pub use config::Config;
 use metrics::{Label, Metrics};
-use session::Command;
+use session::{Command, now_ms};
 
 /// Reads a password from stdin and prints its hash, the form the chargers file holds
 /// (`ocpp-gateway hash-password`).
@@ -87,6 +87,9 @@ struct SessionHandle {
 /// for synchronous work only.
 pub struct Shared {
     pub region: String,
+    /// This gateway's id (its MQTT client id, `ocpp-{region}` by default): the
+    /// presence topic and the `gateway` of every station status it publishes.
+    pub gateway_id: String,
     pub settings: Settings,
     pub metrics: Metrics,
     pub prometheus: prometheus_client::registry::Registry,
@@ -96,6 +99,9 @@ pub struct Shared {
     seen: Mutex<HashSet<String>>,
     /// Reservations held at chargers, by the fog's reservation id.
     reservations: Mutex<HashMap<String, Held>>,
+    /// The last status published for each charger, sent again after a reconnect to
+    /// the broker (the last will said the gateway was gone meanwhile).
+    last_status: Mutex<HashMap<String, StationStatus>>,
     publisher: Publisher,
     link: Arc<serverkit::link::LinkStatus>,
     next_transaction: AtomicI32,
@@ -137,13 +143,47 @@ impl Shared {
     }
 
     fn publish_status(&self, status: &StationStatus) {
+        let status = StationStatus {
+            gateway: Some(self.gateway_id.clone()),
+            ..status.clone()
+        };
         self.metrics.statuses.inc();
         self.publisher.publish(
             &topics::station_status(&self.region, &status.station_id),
-            &protocol::encode(status),
+            &protocol::encode(&status),
             1,
             true,
         );
+        self.last_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(status.station_id.clone(), status);
+    }
+
+    /// Says (retained) whether this gateway is there.
+    fn announce(&self, online: bool) {
+        self.publisher.publish(
+            &topics::gateway_status(&self.region, &self.gateway_id),
+            &protocol::encode(&presence(&self.gateway_id, online, Some(now_ms()))),
+            1,
+            true,
+        );
+    }
+
+    /// After a reconnect to the broker: the gateway is back, and so is the status of
+    /// each of its chargers (the last will made them all offline in the fog).
+    fn republish(&self) {
+        self.announce(true);
+        let statuses: Vec<StationStatus> = self
+            .last_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for status in &statuses {
+            self.publish_status(status);
+        }
     }
 
     /// Registers a new session for `charger_id`, replacing (and closing) an older one.
@@ -210,6 +250,16 @@ impl Shared {
     }
 }
 
+/// The gateway's presence message; `online: false` is its last will.
+fn presence(gateway_id: &str, online: bool, ts_ms: Option<u64>) -> GatewayStatus {
+    GatewayStatus {
+        v: protocol::PROTOCOL_VERSION,
+        gateway_id: gateway_id.to_owned(),
+        online,
+        ts_ms,
+    }
+}
+
 /// A running gateway.
 pub struct Gateway {
     pub shared: Arc<Shared>,
@@ -252,13 +302,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         (Some(cert), Some(key)) => Some(server::tls_config(cert, key).await?),
         _ => None,
     };
+    let gateway_id = config.client_id();
     let settings = LinkSettings {
         url: config.broker.clone(),
-        client_id: config.client_id(),
+        client_id: gateway_id.clone(),
         persistent: true,
         username: config.mqtt_username.clone(),
         password,
-        will: None,
+        // A gateway that dies takes its chargers with it: the fog hears it at once.
+        will: Some(Will {
+            topic: topics::gateway_status(&config.region, &gateway_id),
+            payload: protocol::encode(&presence(&gateway_id, false, None)),
+            qos: 1,
+            retain: true,
+        }),
         ca_file: config.mqtt_ca_file.clone(),
         ..Default::default()
     };
@@ -269,9 +326,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let mut link = Link::connect(&settings, subscriptions, &shutdown).await?;
     let metrics = Metrics::default();
     let reconnects = metrics.mqtt_reconnects.clone();
-    link.on_reconnect = Some(Box::new(move || {
-        reconnects.inc();
-    }));
     // Reservation ids distinct across restarts of the gateway (chargers keep theirs).
     let base = (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -280,6 +334,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         * 1000;
     let shared = Arc::new(Shared {
         region: config.region.clone(),
+        gateway_id,
         settings: Settings {
             heartbeat: Duration::from_secs(u64::from(config.heartbeat_s)),
             call_timeout: Duration::from_millis(config.call_timeout_ms.max(1)),
@@ -293,6 +348,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         sessions: Mutex::default(),
         seen: Mutex::default(),
         reservations: Mutex::default(),
+        last_status: Mutex::default(),
         publisher: link.publisher(),
         link: link.status(),
         next_transaction: AtomicI32::new(1),
@@ -300,6 +356,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         next_generation: AtomicU64::new(1),
         shutdown: shutdown.clone(),
     });
+
+    let weak = Arc::downgrade(&shared);
+    link.on_reconnect = Some(Box::new(move || {
+        reconnects.inc();
+        if let Some(shared) = weak.upgrade() {
+            shared.republish();
+        }
+    }));
+    // No charger is connected yet: a status retained from before (a crash) must not
+    // stand for one. Then the gateway says it is there.
+    let ids: Vec<String> = shared.registry().ids().map(str::to_owned).collect();
+    for id in ids {
+        shared.publish_status(&status::offline(&id, now_ms()));
+    }
+    shared.announce(true);
 
     let mut tasks = tokio::task::JoinSet::new();
     let is_tls = tls.is_some();
@@ -338,7 +409,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         while let Some(res) = tasks.join_next().await {
             res.context("gateway task panicked")??;
         }
-        // The sessions published their chargers offline; let it go out.
+        // The sessions published their chargers offline; the gateway says it is gone
+        // (a clean disconnect sends no last will); let it go out.
+        loop_shared.announce(false);
         link.disconnect().await;
         info!("gateway stopped");
         Ok(())

@@ -104,9 +104,17 @@ pub struct Session {
     last_seen: Instant,
     /// The station is published offline (heartbeat missed) until the charger speaks.
     silent: bool,
+    /// A charger this gateway has not seen before that does not boot by then is
+    /// resuming a boot made with an earlier gateway (it restarted, or another
+    /// replica): it is then asked for its statuses.
+    resync_at: Option<Instant>,
     /// Frames to send, in order.
     out: Vec<String>,
 }
+
+/// How long a charger new to this gateway has to send BootNotification before it is
+/// taken to be resuming an earlier boot (and sent TriggerMessage(StatusNotification)).
+const BOOT_GRACE: Duration = Duration::from_secs(2);
 
 impl Session {
     pub fn new(shared: Arc<Shared>, charger_id: String, reconnect: bool) -> Self {
@@ -124,11 +132,14 @@ impl Session {
             call_seq: 0,
             last_seen: Instant::now(),
             silent: false,
+            resync_at: None,
             out: Vec::new(),
         };
         if reconnect {
             // The charger was here before: ask it for every connector's status now.
             s.enqueue_trigger();
+        } else {
+            s.resync_at = Some(Instant::now() + BOOT_GRACE);
         }
         s
     }
@@ -256,6 +267,11 @@ impl Session {
 
     /// Periodically: call timeouts and heartbeat silence.
     pub fn on_tick(&mut self) {
+        if self.resync_at.is_some_and(|t| t <= Instant::now()) {
+            self.resync_at = None;
+            info!(charger = %self.charger_id, "connected without booting: asking for its statuses");
+            self.enqueue_trigger();
+        }
         if self
             .pending
             .as_ref()
@@ -290,6 +306,7 @@ impl Session {
         match action {
             "BootNotification" => {
                 let req: BootNotificationRequest = checked(payload)?;
+                self.resync_at = None;
                 info!(charger = %self.charger_id, vendor = %req.charge_point_vendor, model = %req.charge_point_model, "boot");
                 // Whether ReserveNow may use connector 0.
                 self.queue.push_back(Outgoing {
@@ -796,7 +813,7 @@ fn known_action(action: &str) -> &'static str {
         .unwrap_or("other")
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

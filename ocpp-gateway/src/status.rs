@@ -101,6 +101,7 @@ pub fn station_status(charger: &Charger, connectors: &Connectors, ts_ms: u64) ->
         state: connectors.state(),
         ts_ms: Some(ts_ms),
         takes_reservations: true,
+        gateway: None,
     }
 }
 
@@ -108,17 +109,8 @@ pub fn station_status(charger: &Charger, connectors: &Connectors, ts_ms: u64) ->
 /// will form, which the fog never recommends.
 pub fn offline(station_id: &str, ts_ms: u64) -> StationStatus {
     StationStatus {
-        v: protocol::PROTOCOL_VERSION,
-        station_id: station_id.to_owned(),
-        lat: None,
-        lon: None,
-        chargers: None,
-        power_kw: None,
-        occupied: 0,
-        queue: 0,
-        state: StationState::Offline,
         ts_ms: Some(ts_ms),
-        takes_reservations: false,
+        ..StationStatus::offline(station_id)
     }
 }
 

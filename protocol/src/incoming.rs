@@ -7,7 +7,8 @@ use thiserror::Error;
 
 use crate::fog::{CentralHeartbeat, FogMessage, Handoff, RerouteReply};
 use crate::messages::{
-    ChargeRequest, ReservationUpdate, StationReservationEvent, StationStatus, Telemetry,
+    ChargeRequest, GatewayStatus, ReservationUpdate, StationReservationEvent, StationStatus,
+    Telemetry,
 };
 use crate::topics::{StationChannel, Topic, VehicleChannel};
 use crate::validate::{decode, validate_id};
@@ -22,6 +23,12 @@ pub enum Incoming {
         region: String,
         station_id: String,
         status: Option<StationStatus>,
+    },
+    /// An OCPP gateway's (retained) presence; `None`: cleared.
+    GatewayStatus {
+        region: String,
+        gateway_id: String,
+        status: Option<GatewayStatus>,
     },
     /// A vehicle asks where to charge.
     Request {
@@ -62,6 +69,7 @@ pub enum Incoming {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IncomingKind {
     StationStatus,
+    GatewayStatus,
     Request,
     Reservation,
     Telemetry,
@@ -142,6 +150,15 @@ impl Incoming {
                     status,
                 }
             }
+            Topic::GatewayStatus { gateway_id, .. } => {
+                let status = gateway_status(gateway_id, payload)
+                    .map_err(|e| refused(K::GatewayStatus, gateway_id, e))?;
+                Self::GatewayStatus {
+                    region,
+                    gateway_id: gateway_id.to_owned(),
+                    status,
+                }
+            }
             Topic::Vehicle {
                 vehicle_id,
                 channel,
@@ -187,6 +204,7 @@ impl Incoming {
     pub fn region(&self) -> Option<&str> {
         match self {
             Self::StationStatus { region, .. }
+            | Self::GatewayStatus { region, .. }
             | Self::Request { region, .. }
             | Self::Reservation { region, .. }
             | Self::Telemetry { region, .. }
@@ -212,6 +230,26 @@ fn station_status(
             field: "station_id",
             payload: status.station_id,
             topic: station_id.into(),
+        });
+    }
+    Ok(Some(status))
+}
+
+/// A gateway status, checked against the gateway id of its topic; an empty payload
+/// (a cleared retained status) is `None`.
+fn gateway_status(
+    gateway_id: &str,
+    payload: &[u8],
+) -> Result<Option<GatewayStatus>, ProtocolError> {
+    if payload.is_empty() {
+        return Ok(None);
+    }
+    let status: GatewayStatus = decode(payload)?;
+    if status.gateway_id != gateway_id {
+        return Err(ProtocolError::TopicMismatch {
+            field: "gateway_id",
+            payload: status.gateway_id,
+            topic: gateway_id.into(),
         });
     }
     Ok(Some(status))

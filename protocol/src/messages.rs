@@ -30,6 +30,45 @@ pub struct StationStatus {
     /// gateway). Absent (false) for plain stations, which get nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub takes_reservations: bool,
+    /// The OCPP gateway that speaks for this station (its `gateway_id`): while that
+    /// gateway is offline (`ev/{region}/gateways/{gateway_id}/status`), the station
+    /// counts as offline whatever its last status says. Absent for plain stations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+}
+
+impl StationStatus {
+    /// The `offline` form, without position (a station's last will): never recommended.
+    pub fn offline(station_id: impl Into<String>) -> Self {
+        Self {
+            v: crate::PROTOCOL_VERSION,
+            station_id: station_id.into(),
+            lat: None,
+            lon: None,
+            chargers: None,
+            power_kw: None,
+            occupied: 0,
+            queue: 0,
+            state: StationState::Offline,
+            ts_ms: None,
+            takes_reservations: false,
+            gateway: None,
+        }
+    }
+}
+
+/// An OCPP gateway's presence: `ev/{region}/gateways/{gateway_id}/status` (QoS 1,
+/// retained). The gateway says `online: true` once connected and `online: false` when
+/// it stops; its last will is the `online: false` form, so a gateway that dies is
+/// known at once. While a gateway is offline, every station whose status names it
+/// counts as offline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayStatus {
+    pub v: u32,
+    pub gateway_id: String,
+    pub online: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts_ms: Option<u64>,
 }
 
 /// A station's operating state. Only `available` and `full` stations are recommended.

@@ -5,6 +5,7 @@
 //! - `ev/{region}/stations/{station_id}/status`
 //! - `ev/{region}/stations/{station_id}/{reservations|reservation-events}` (stations
 //!   that take reservations: fog → station, station → fog)
+//! - `ev/{region}/gateways/{gateway_id}/status` (an OCPP gateway's presence)
 //! - `ev/{region}/vehicles/{vehicle_id}/{request|recommendation|reservation|telemetry}`
 
 use crate::{ProtocolError, validate_id};
@@ -76,6 +77,11 @@ pub enum Topic<'a> {
         vehicle_id: &'a str,
         channel: VehicleChannel,
     },
+    /// An OCPP gateway's presence: `ev/{region}/gateways/{gateway_id}/status`.
+    GatewayStatus {
+        region: &'a str,
+        gateway_id: &'a str,
+    },
     /// A station's reservation channels (not its status).
     Station {
         region: &'a str,
@@ -98,7 +104,7 @@ impl<'a> Topic<'a> {
             (next(), next(), next(), next(), next(), next())
         else {
             return Err(bad(
-                "expected ev/{region}/stations/{id}/status or ev/{region}/vehicles/{id}/{channel}",
+                "expected ev/{region}/stations/{id}/status, ev/{region}/gateways/{id}/status or ev/{region}/vehicles/{id}/{channel}",
             ));
         };
         validate_id("region", region).map_err(|_| bad("region is not a valid id"))?;
@@ -121,6 +127,13 @@ impl<'a> Topic<'a> {
                     channel,
                 })
             }
+            ("gateways", "status") => {
+                validate_id("gateway_id", id).map_err(|_| bad("gateway id is not a valid id"))?;
+                Ok(Self::GatewayStatus {
+                    region,
+                    gateway_id: id,
+                })
+            }
             ("vehicles", leaf) => {
                 validate_id("vehicle_id", id).map_err(|_| bad("vehicle id is not a valid id"))?;
                 let channel = VehicleChannel::from_str(leaf).ok_or_else(|| {
@@ -140,6 +153,7 @@ impl<'a> Topic<'a> {
     pub fn region(&self) -> &'a str {
         match *self {
             Self::StationStatus { region, .. }
+            | Self::GatewayStatus { region, .. }
             | Self::Vehicle { region, .. }
             | Self::Station { region, .. } => region,
         }
@@ -149,6 +163,11 @@ impl<'a> Topic<'a> {
 /// `ev/{region}/stations/{station_id}/status`
 pub fn station_status(region: &str, station_id: &str) -> String {
     format!("ev/{region}/stations/{station_id}/status")
+}
+
+/// `ev/{region}/gateways/{gateway_id}/status`
+pub fn gateway_status(region: &str, gateway_id: &str) -> String {
+    format!("ev/{region}/gateways/{gateway_id}/status")
 }
 
 /// `ev/{region}/stations/{station_id}/{channel}`
@@ -203,6 +222,11 @@ pub mod filters {
     /// `ev/{region}/stations/+/status`
     pub fn station_status(region: &str) -> String {
         format!("ev/{region}/stations/+/status")
+    }
+
+    /// `ev/{region}/gateways/+/status`
+    pub fn gateway_status(region: &str) -> String {
+        format!("ev/{region}/gateways/+/status")
     }
 
     /// `ev/{region}/vehicles/+/{channel}`

@@ -124,6 +124,9 @@ impl Validate for StationStatus {
     fn validate(&self) -> Result<(), ProtocolError> {
         version(self.v)?;
         validate_id("station_id", &self.station_id)?;
+        if let Some(gateway) = &self.gateway {
+            validate_id("gateway", gateway)?;
+        }
         if let (Some(lat), Some(lon)) = (self.lat, self.lon) {
             position(lat, lon)?;
         }
@@ -168,6 +171,13 @@ impl Validate for StationStatus {
             });
         }
         Ok(())
+    }
+}
+
+impl Validate for GatewayStatus {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        version(self.v)?;
+        validate_id("gateway_id", &self.gateway_id)
     }
 }
 

@@ -193,8 +193,9 @@ fn schema_check(root: &Value, message: &str, payload: &Value) -> Vec<String> {
 // ---------------------------------------------------------------------------------
 
 /// The JSON messages of the document and the fewest examples each must have.
-const JSON_MESSAGES: [(&str, usize); 8] = [
+const JSON_MESSAGES: [(&str, usize); 9] = [
     ("StationStatus", 2),
+    ("GatewayStatus", 2),
     ("ChargeRequest", 1),
     ("Recommendation", 4),
     ("ReservationUpdate", 2),
@@ -242,6 +243,7 @@ fn assert_fields_survive(name: &str, example: &Value, encoded: &Value) {
 fn decode_as(message: &str, bytes: &[u8]) -> Result<(), ProtocolError> {
     match message {
         "StationStatus" => decode::<StationStatus>(bytes).map(drop),
+        "GatewayStatus" => decode::<GatewayStatus>(bytes).map(drop),
         "ChargeRequest" => decode::<ChargeRequest>(bytes).map(drop),
         "Recommendation" => decode::<Recommendation>(bytes).map(drop),
         "ReservationUpdate" => decode::<ReservationUpdate>(bytes).map(drop),
@@ -299,6 +301,7 @@ fn every_message_example_decodes_round_trips_and_fits_its_schema() {
             );
             match name {
                 "StationStatus" => drop(roundtrip_as::<StationStatus>(name, payload)),
+                "GatewayStatus" => drop(roundtrip_as::<GatewayStatus>(name, payload)),
                 "ChargeRequest" => drop(roundtrip_as::<ChargeRequest>(name, payload)),
                 "Recommendation" => drop(roundtrip_as::<Recommendation>(name, payload)),
                 "ReservationUpdate" => drop(roundtrip_as::<ReservationUpdate>(name, payload)),
@@ -425,9 +428,17 @@ fn rejected_examples_show_real_reasons() {
 const REGION: &str = "north";
 const STATION: &str = "north-001";
 const VEHICLE: &str = "car-7";
+const GATEWAY: &str = "ocpp-north";
 
 /// Channel key, address, expected action of the fog server, QoS, retain.
-const CHANNELS: [(&str, &str, &str, u64, bool); 8] = [
+const CHANNELS: [(&str, &str, &str, u64, bool); 9] = [
+    (
+        "gatewayStatus",
+        "ev/{region}/gateways/{gateway_id}/status",
+        "receive",
+        1,
+        true,
+    ),
     (
         "stationReservations",
         "ev/{region}/stations/{station_id}/reservations",
@@ -488,6 +499,12 @@ const CHANNELS: [(&str, &str, &str, u64, bool); 8] = [
 ];
 
 fn expected_topic(address: &str) -> Topic<'static> {
+    if address.contains("/gateways/") {
+        return Topic::GatewayStatus {
+            region: REGION,
+            gateway_id: GATEWAY,
+        };
+    }
     if address.ends_with("/status") {
         return Topic::StationStatus {
             region: REGION,
@@ -534,6 +551,7 @@ fn channel_addresses_parse_as_the_expected_topics() {
         ("region", REGION),
         ("station_id", STATION),
         ("vehicle_id", VEHICLE),
+        ("gateway_id", GATEWAY),
     ]);
     for (key, address, ..) in CHANNELS {
         let channel = &channels[key];
@@ -569,6 +587,9 @@ fn channel_addresses_parse_as_the_expected_topics() {
         let built = match expected_topic(address) {
             Topic::StationStatus { region, station_id } => {
                 topics::station_status(region, station_id)
+            }
+            Topic::GatewayStatus { region, gateway_id } => {
+                topics::gateway_status(region, gateway_id)
             }
             Topic::Station {
                 region,
@@ -687,6 +708,13 @@ fn full_instances() -> Vec<(&'static str, Value)> {
         state: StationState::Available,
         ts_ms: Some(1_732_400_000_000),
         takes_reservations: true,
+        gateway: Some("ocpp-north".into()),
+    };
+    let gateway = GatewayStatus {
+        v: 1,
+        gateway_id: "ocpp-north".into(),
+        online: true,
+        ts_ms: Some(1_732_400_000_000),
     };
     let request = ChargeRequest {
         v: 1,
@@ -771,6 +799,7 @@ fn full_instances() -> Vec<(&'static str, Value)> {
                 reason: Some("Occupied".into()),
             })),
         ),
+        ("GatewayStatus", v(encode(&gateway))),
     ]
 }
 

@@ -31,6 +31,7 @@ fn status(id: &str) -> StationStatus {
         state: StationState::Available,
         ts_ms: None,
         takes_reservations: false,
+        gateway: None,
     }
 }
 
@@ -208,4 +209,60 @@ fn unknown_topics_are_refused() {
             "{topic}: {e:?}"
         );
     }
+}
+
+#[test]
+fn a_gateway_status_is_parsed_checked_against_its_topic_and_may_be_cleared() {
+    let topic = topics::gateway_status("north", "ocpp-north");
+    assert_eq!(topic, "ev/north/gateways/ocpp-north/status");
+    let will = GatewayStatus {
+        v: 1,
+        gateway_id: "ocpp-north".into(),
+        online: false,
+        ts_ms: None,
+    };
+    assert_eq!(
+        Incoming::parse(&topic, &encode(&will)).unwrap(),
+        Incoming::GatewayStatus {
+            region: "north".into(),
+            gateway_id: "ocpp-north".into(),
+            status: Some(will.clone()),
+        }
+    );
+    assert_eq!(
+        Incoming::parse(&topic, b"").unwrap(),
+        Incoming::GatewayStatus {
+            region: "north".into(),
+            gateway_id: "ocpp-north".into(),
+            status: None,
+        }
+    );
+    // Another gateway's status on this topic, or a payload of the wrong shape.
+    let other = GatewayStatus {
+        gateway_id: "ocpp-south".into(),
+        ..will
+    };
+    let Err(IncomingError::Payload(refused)) = Incoming::parse(&topic, &encode(&other)) else {
+        panic!("expected a refusal");
+    };
+    assert_eq!(refused.kind, IncomingKind::GatewayStatus);
+    assert_eq!(refused.id, "ocpp-north");
+    assert!(matches!(
+        refused.error,
+        ProtocolError::TopicMismatch {
+            field: "gateway_id",
+            ..
+        }
+    ));
+    let (kind, region, id, _) = payload_error(&topic, br#"{"v":1,"gateway_id":"ocpp-north"}"#);
+    assert_eq!(
+        (kind, region.as_deref(), id.as_str()),
+        (IncomingKind::GatewayStatus, Some("north"), "ocpp-north")
+    );
+    assert!(Incoming::parse("ev/north/gateways/a b/status", b"{}").is_err());
+    assert!(Incoming::parse("ev/north/gateways/ocpp-north/other", b"{}").is_err());
+    // A station status may name its gateway; a bad name is refused.
+    let mut s = status("n-1");
+    s.gateway = Some("bad gateway".into());
+    assert!(Incoming::parse(&topics::station_status("north", "n-1"), &encode(&s)).is_err());
 }

@@ -28,6 +28,7 @@ fn station() -> StationStatus {
         state: StationState::Available,
         ts_ms: Some(1_732_400_000_000),
         takes_reservations: false,
+        gateway: None,
     }
 }
 
@@ -131,6 +132,7 @@ fn every_variant_round_trips() {
         state: StationState::Offline,
         ts_ms: None,
         takes_reservations: false,
+        gateway: None,
     };
     roundtrip(&last_will);
     roundtrip(&ChargeRequest {
@@ -953,6 +955,7 @@ prop_compose! {
             v: 1, station_id, lat: Some(lat), lon: Some(lon), chargers: Some(chargers),
             power_kw: Some(power_kw), occupied, queue, state, ts_ms,
             takes_reservations: false,
+            gateway: None,
         }
     }
 }

@@ -16,6 +16,7 @@ pub fn station(id: &str, lat: f64, lon: f64, chargers: u32, power_kw: f64) -> St
         state: StationState::Available,
         ts_ms: None,
         takes_reservations: false,
+        gateway: None,
     }
 }
 

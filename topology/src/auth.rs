@@ -6,7 +6,7 @@
 //! | `fog` (`fog-{region}`) | its region's | read and write `ev/{region}/#` and `fog/#` |
 //! | `fleet` (`fleet-{region}`) | its region's | write any vehicle's `request`, `reservation`, `telemetry`; read any vehicle's `recommendation` — a fleet operator's gateway, such as `device-sim` |
 //! | `station` (user = station id) | its region's | write only its own `ev/{region}/stations/{id}/status` |
-//! | `ocpp` (`ocpp-{region}`) | its region's | write its region's station statuses and reservation events, read what the fog sends its stations (`…/reservations`) — the region's OCPP gateway |
+//! | `ocpp` (`ocpp-{region}`) | its region's | write its presence and its region's station statuses and reservation events, read what the fog sends its stations (`…/reservations`) — the region's OCPP gateway |
 //! | `vehicle` (user = vehicle id) | every region's | write only its own `request`, `reservation`, `telemetry`; read only its own `recommendation` |
 //! | `bridge` (`bridge-{region}`) | central | read and write `regions/{region}/#` (the regional broker's bridge logs in with it) |
 //! | `central` | central | read and write `regions/#` |
@@ -198,6 +198,7 @@ impl Credentials {
                 ],
                 Role::Station { .. } => vec![format!("write ev/{r}/stations/{}/status", u.name)],
                 Role::Ocpp { .. } => vec![
+                    format!("write ev/{r}/gateways/{}/status", u.name),
                     format!("write ev/{r}/stations/+/status"),
                     format!("write ev/{r}/stations/+/reservation-events"),
                     format!("read ev/{r}/stations/+/reservations"),
@@ -327,6 +328,7 @@ mod tests {
         assert_eq!(
             block,
             [
+                format!("topic write ev/{region}/gateways/ocpp-{region}/status"),
                 format!("topic write ev/{region}/stations/+/status"),
                 format!("topic write ev/{region}/stations/+/reservation-events"),
                 format!("topic read ev/{region}/stations/+/reservations"),

@@ -112,6 +112,7 @@ pub fn region(n: usize) -> Region {
             state: s.state,
             ts_ms: None,
             takes_reservations: false,
+            gateway: None,
         };
         let topic = topics::station_status("north", &status.station_id);
         region.receive(&topic, &protocol::encode(&status), NOW_MS);

@@ -165,6 +165,7 @@ mod tests {
                     },
                     ts_ms: None,
                     takes_reservations: false,
+                    gateway: None,
                 };
                 let topic = topics::station_status("north", &status.station_id);
                 region.receive(&topic, &protocol::encode(&status), now);

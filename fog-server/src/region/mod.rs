@@ -14,6 +14,7 @@
 //! - [`handoff`]: the target side: central asks this region to take a vehicle;
 //! - [`stations`]: station statuses, and putting back journaled reservations;
 //! - [`station_reservations`]: stations that take reservations themselves (OCPP);
+//! - [`gateways`]: OCPP gateways' presence (a dead gateway's stations are offline);
 //! - [`aggregate`]: the region's summary for central;
 //! - [`views`]: what the HTTP API and the gauges show.
 
@@ -28,6 +29,7 @@ use crate::planner::{Planner, PlannerParams, ReservationChange};
 use crate::store::{Record, Restored, Saved};
 
 mod aggregate;
+mod gateways;
 mod handoff;
 mod requests;
 mod reroute;
@@ -111,6 +113,8 @@ pub struct Region {
     hints: VecDeque<NoRegionHint>,
     /// Stations that take reservations and what they were told.
     station_reservations: station_reservations::StationReservations,
+    /// OCPP gateways and their stations.
+    gateways: gateways::Gateways,
 }
 
 impl Region {
@@ -143,6 +147,7 @@ impl Region {
             central: None,
             hints: VecDeque::new(),
             station_reservations: Default::default(),
+            gateways: Default::default(),
         }
     }
 
@@ -202,6 +207,9 @@ impl Region {
             Incoming::StationStatus {
                 station_id, status, ..
             } => self.on_status(&station_id, status, now_ms),
+            Incoming::GatewayStatus {
+                gateway_id, status, ..
+            } => self.on_gateway_status(&gateway_id, status, now_ms),
             Incoming::Request {
                 vehicle_id,
                 request,
@@ -339,6 +347,7 @@ impl Region {
 fn invalid_label(kind: IncomingKind) -> &'static str {
     match kind {
         IncomingKind::StationStatus => "status",
+        IncomingKind::GatewayStatus => "gateway",
         IncomingKind::Request => "request",
         IncomingKind::Reservation => "reservation",
         IncomingKind::Telemetry => "telemetry",

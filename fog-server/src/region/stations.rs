@@ -18,6 +18,7 @@ impl Region {
         now_ms: u64,
     ) {
         let Some(status) = status else {
+            self.forget_gateway_of(station_id);
             if let Some(slot) = self.planner.stations.slot_of(station_id) {
                 let released = self.planner.release_station(slot);
                 self.count_ended("station_removed", released);
@@ -28,6 +29,7 @@ impl Region {
             self.refresh_station_gauges();
             return;
         };
+        let status = self.through_gateway(status);
         self.note_station_reservations(&status);
         let change = self.planner.stations.apply(&status, now_ms);
         self.dirty = true;
