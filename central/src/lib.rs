@@ -36,7 +36,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use protocol::fog::{self, Aggregate, FogMessage, HandoffReply, RerouteReply, RerouteRequest};
+use protocol::fog::{
+    self, Aggregate, FogMessage, HandoffReply, RerouteReply, RerouteRequest, Revoked,
+};
 use protocol::{PROTOCOL_VERSION, ProtocolError};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -284,8 +286,15 @@ fn handle(shared: &Shared, topic: &str, payload: &[u8]) -> Option<(String, Rerou
             on_handoff_reply(shared, region, payload);
             None
         }
+        FogMessage::HandoffRevoked => {
+            on_handoff_revoked(shared, region, payload);
+            None
+        }
         // parse_central refuses down-direction messages on up topics.
-        FogMessage::Handoff | FogMessage::RerouteReply | FogMessage::Heartbeat => {
+        FogMessage::Handoff
+        | FogMessage::RerouteReply
+        | FogMessage::Heartbeat
+        | FogMessage::RerouteRevoked => {
             shared.metrics.invalid("topic");
             None
         }
@@ -505,6 +514,27 @@ fn on_handoff_reply(shared: &Shared, region: &str, payload: &[u8]) {
             warn!(region, handoff = %id, %expected, "handoff reply from another region than the one asked");
         }
     }
+}
+
+/// A target region could not keep a handed-off vehicle's reservation (its station
+/// refused it): passed on to the origin, which answered the vehicle.
+fn on_handoff_revoked(shared: &Shared, region: &str, payload: &[u8]) {
+    let revoked = match protocol::decode::<Revoked>(payload)
+        .and_then(|r| matches_topic("region", &r.region, region).map(|()| r))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            shared.metrics.invalid("handoff_revoked");
+            warn!(region, error = %e, "invalid handoff revocation");
+            return;
+        }
+    };
+    shared.metrics.handoff("revoked");
+    info!(region, origin = %revoked.origin_region, vehicle = %revoked.vehicle_id, reservation = %revoked.reservation_id, "handoff revoked: telling the origin");
+    shared.publish(
+        &FogMessage::RerouteRevoked.central_topic(&revoked.origin_region),
+        &protocol::encode(&revoked),
+    );
 }
 
 fn matches_topic(field: &'static str, payload: &str, topic: &str) -> Result<(), ProtocolError> {

@@ -9,7 +9,7 @@
 //! | `central_reroutes_duplicate_total` | counter | — repeated `reroute_id`s (no second reroute) |
 //! | `central_reroutes_succeeded_total` | counter | — |
 //! | `central_reroutes_failed_total` | counter | `reason`: `invalid`, `no_region`, `refused`, `timeout`, `deadline`, `shutdown` |
-//! | `central_handoffs_total` | counter | `outcome`: `accepted`, `refused`, `timeout` |
+//! | `central_handoffs_total` | counter | `outcome`: `accepted`, `refused`, `timeout`, `revoked` (the target could not keep the reservation; passed on to the origin) |
 //! | `central_handoff_replies_unmatched_total` | counter | — replies to no waiting handoff (late or unknown) |
 //! | `central_handoff_seconds` | histogram | — handoff sent → reply received |
 //! | `central_reroute_seconds` | histogram | — reroute request received → reply sent |
@@ -35,7 +35,14 @@ use prometheus_client::registry::Registry;
 use crate::regions::Regions;
 
 /// The `kind` values of `central_invalid_messages_total`.
-pub const INVALID_KINDS: [&str; 5] = ["topic", "aggregate", "stations", "reroute", "handoff_reply"];
+pub const INVALID_KINDS: [&str; 6] = [
+    "topic",
+    "aggregate",
+    "stations",
+    "reroute",
+    "handoff_reply",
+    "handoff_revoked",
+];
 
 /// The `reason` values of `central_reroutes_failed_total`.
 pub const FAILURE_REASONS: [&str; 6] = [
@@ -48,7 +55,7 @@ pub const FAILURE_REASONS: [&str; 6] = [
 ];
 
 /// The `outcome` values of `central_handoffs_total`.
-pub const HANDOFF_OUTCOMES: [&str; 3] = ["accepted", "refused", "timeout"];
+pub const HANDOFF_OUTCOMES: [&str; 4] = ["accepted", "refused", "timeout", "revoked"];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use central::{Central, Config};
 use protocol::fog::{
     Aggregate, AggregateStation, FogMessage, Handoff, HandoffReply, RerouteReply, RerouteRequest,
+    Revoked,
 };
 use protocol::{ChargeRequest, Recommendation, RecommendationStatus, StationRef};
 use serde_json::Value;
@@ -908,4 +909,47 @@ async fn central_tells_every_region_it_is_there_and_which_regions_are_open() {
         .await
         .unwrap();
     assert_eq!(hb_b.started_ms, first.started_ms);
+}
+
+#[tokio::test]
+async fn a_revoked_handoff_is_passed_on_to_the_origin() {
+    let mut w = world().await;
+    let revoked = Revoked {
+        v: 1,
+        reroute_id: "a-rr-1".into(),
+        handoff_id: "h-1".into(),
+        origin_region: "a".into(),
+        region: "b".into(),
+        vehicle_id: "car-1".into(),
+        reservation_id: "b-77".into(),
+        reason: "station CP-b could not hold reservation b-77 (Occupied)".into(),
+    };
+    let up = FogMessage::HandoffRevoked.central_topic("b");
+    // From another region than the one that held the reservation: refused.
+    w.fogs
+        .publish_json(
+            &FogMessage::HandoffRevoked.central_topic("c"),
+            &revoked,
+            1,
+            false,
+        )
+        .await
+        .unwrap();
+    w.wait_metric(
+        r#"central_invalid_messages_total{kind="handoff_revoked"}"#,
+        1.0,
+    )
+    .await;
+    w.fogs.publish(&up, b"{\"v\":1}", 1, false).await.unwrap();
+    w.wait_metric(
+        r#"central_invalid_messages_total{kind="handoff_revoked"}"#,
+        2.0,
+    )
+    .await;
+    w.fogs.publish_json(&up, &revoked, 1, false).await.unwrap();
+    let down = FogMessage::RerouteRevoked.central_topic("a");
+    let got: Revoked = w.fogs.wait_for_json(&down, T).await.unwrap();
+    assert_eq!(got, revoked);
+    w.wait_metric(r#"central_handoffs_total{outcome="revoked"}"#, 1.0)
+        .await;
 }

@@ -91,6 +91,11 @@ async fn saturated_west(city: &City) -> (TestClient, TestClient) {
     })
     .await;
     // And west has heard from central that middle can take vehicles.
+    west_hears_middle_is_open(city).await;
+    (west, middle)
+}
+
+async fn west_hears_middle_is_open(city: &City) {
     wait_until("west hears that middle is open", T, POLL, || async {
         city.fog("west")
             .get_json::<Value>("/api/region")
@@ -103,7 +108,6 @@ async fn saturated_west(city: &City) -> (TestClient, TestClient) {
     })
     .await
     .unwrap();
-    (west, middle)
 }
 
 async fn reservations(city: &City, region: &str) -> Vec<Value> {
@@ -538,4 +542,79 @@ async fn with_the_central_broker_down_ten_seconds_regions_answer_and_everything_
     println!(
         "central broker down 10 s: {n} rounds answered; regions fresh {fresh_after:?} after its restart"
     );
+}
+
+#[tokio::test]
+async fn a_rerouted_vehicle_whose_charger_refuses_the_reservation_is_told_by_its_own_region() {
+    let city = City::start(CitySpec::three_regions()).await.unwrap();
+    let mut west = devices(&city, "west").await;
+    publish_station(&west, "west", &status("west-busy", 0.09, 1, 1, 6)).await;
+    // Middle's free station is an OCPP charger (it takes reservations), played here by
+    // a client on middle's broker that refuses every ReserveNow.
+    let mut charger = TestClient::connect(&city.broker("middle").url(), "CP-middle")
+        .await
+        .unwrap();
+    charger
+        .subscribe(&topics::station_reservations("middle", "CP-middle"), 1)
+        .await
+        .unwrap();
+    let ocpp = StationStatus {
+        takes_reservations: true,
+        ..status("CP-middle", 0.11, 2, 0, 0)
+    };
+    publish_station(&charger, "middle", &ocpp).await;
+    wait_region(&city, "west", "west is saturated", |v| v.saturated).await;
+    wait_region(&city, "middle", "middle lists the charger", |v| {
+        lists_station(v, "CP-middle")
+    })
+    .await;
+    west_hears_middle_is_open(&city).await;
+
+    let answer = ask(&mut west, "west", "car-1", &request("r-1", 0.08)).await;
+    assert_eq!(answer.status, RecommendationStatus::Rerouted, "{answer:?}");
+    let reservation_id = answer.reservation_id.clone().unwrap();
+    let reserve: protocol::StationReservation = charger
+        .wait_for_json(&topics::station_reservations("middle", "CP-middle"), T)
+        .await
+        .unwrap();
+    assert_eq!(reserve.reservation_id, reservation_id);
+    let refused = protocol::StationReservationEvent {
+        v: 1,
+        reservation_id: reservation_id.clone(),
+        event: protocol::StationReservationEventKind::Rejected,
+        reason: Some("Occupied".into()),
+    };
+    charger
+        .publish_json(
+            &topics::station_reservation_events("middle", "CP-middle"),
+            &refused,
+            1,
+            false,
+        )
+        .await
+        .unwrap();
+
+    // Middle frees the slot; the vehicle hears it from west, its own region.
+    let revised: Recommendation = west
+        .wait_for_json(&topics::recommendation("west", "car-1"), T)
+        .await
+        .unwrap();
+    assert_eq!(
+        (revised.request_id.as_str(), revised.status, revised.revised),
+        ("r-1", RecommendationStatus::Unavailable, true),
+        "{revised:?}"
+    );
+    let reason = revised.reason.unwrap();
+    assert!(
+        reason.contains(&reservation_id) && reason.contains("Occupied"),
+        "{reason}"
+    );
+    wait_until("middle frees the slot", T, POLL, || async {
+        reservations(&city, "middle").await.is_empty()
+    })
+    .await
+    .unwrap();
+    // Asked again, the same request id gets the revision, not the lost reservation.
+    let again = ask(&mut west, "west", "car-1", &request("r-1", 0.08)).await;
+    assert!(again.revised && again.reservation_id.is_none(), "{again:?}");
 }

@@ -10,6 +10,7 @@ use fog_server::planner::PlannerParams;
 use fog_server::region::{CentralView, Outgoing, Region, RerouteSettings};
 use protocol::fog::{
     Aggregate, CentralHeartbeat, FogMessage, Handoff, HandoffReply, RerouteReply, RerouteRequest,
+    Revoked,
 };
 use protocol::{
     ChargeRequest, Recommendation, RecommendationStatus, StationRef, StationStatus, decode, encode,
@@ -77,6 +78,32 @@ fn saturated(name: &str, timeout: Duration) -> Driven {
     r
 }
 
+/// Central's answer to request r-1 of region a: station `station_id` in region b,
+/// reservation b-77.
+fn rerouted_to_b(station_id: &str) -> Recommendation {
+    Recommendation {
+        v: 1,
+        request_id: "r-1".into(),
+        status: RecommendationStatus::Rerouted,
+        station: Some(StationRef {
+            station_id: station_id.into(),
+            region: "b".into(),
+            lat: 0.05,
+            lon: 0.0,
+        }),
+        distance_km: Some(7.2),
+        eta_s: Some(650),
+        wait_s: Some(0),
+        charge_s: Some(1700),
+        reservation_id: Some("b-77".into()),
+        expires_ms: Some(NOW + 1_250_000),
+        reason: Some("region a is saturated; rerouted to b".into()),
+        served_by: Some("b".into()),
+        data_age_ms: Some(10),
+        revised: false,
+    }
+}
+
 #[test]
 fn a_saturated_request_goes_to_central_and_a_reroute_is_forwarded() {
     let mut a = saturated("a", Duration::from_secs(5));
@@ -96,27 +123,7 @@ fn a_saturated_request_goes_to_central_and_a_reroute_is_forwarded() {
     // A redelivered request while central works on it: nothing new is sent.
     assert!(ask(&mut a, "car-1", &request("r-1")).is_none());
 
-    let target = Recommendation {
-        v: 1,
-        request_id: "r-1".into(),
-        status: RecommendationStatus::Rerouted,
-        station: Some(StationRef {
-            station_id: "b-1".into(),
-            region: "b".into(),
-            lat: 0.05,
-            lon: 0.0,
-        }),
-        distance_km: Some(7.2),
-        eta_s: Some(650),
-        wait_s: Some(0),
-        charge_s: Some(1700),
-        reservation_id: Some("b-77".into()),
-        expires_ms: Some(NOW + 1_250_000),
-        reason: Some("region a is saturated; rerouted to b".into()),
-        served_by: Some("b".into()),
-        data_age_ms: Some(10),
-        revised: false,
-    };
+    let target = rerouted_to_b("b-1");
     let reply = RerouteReply {
         v: 1,
         reroute_id: rr.reroute_id.clone(),
@@ -513,4 +520,125 @@ fn a_heartbeat_that_puts_every_open_station_beyond_reach_spares_the_round_trip()
     assert!(a.handle(&topic, &encode(&hb(50.0)), NOW).is_none());
     let out = ask(&mut a, "car-2", &request("r-2")).unwrap();
     assert_eq!(out.topic, FogMessage::Reroute.regional_topic());
+}
+
+/// An OCPP charger of region b (it takes reservations) on which a handoff lands.
+fn add_ocpp_station(r: &mut Driven, id: &str, km_north: f64) {
+    let s = StationStatus {
+        takes_reservations: true,
+        ..testkit::messages::station(id, km_north / KM_PER_DEG, 0.0, 2, 50.0)
+    };
+    let topic = topics::station_status(&r.name, id);
+    assert!(r.handle(&topic, &encode(&s), NOW).is_none());
+}
+
+#[test]
+fn a_handoff_the_charger_refuses_is_revoked_towards_the_origin() {
+    let mut b = region("b", Duration::from_secs(5));
+    add_ocpp_station(&mut b, "CP-b", 2.0);
+    let reply = handoff_reply(&mut b, &handoff("h-1", Some(100_000.0)));
+    assert!(reply.accepted, "{reply:?}");
+    let reservation_id = reply.recommendation.unwrap().reservation_id.unwrap();
+    assert_eq!(b.take_station_messages().len(), 1, "ReserveNow goes out");
+
+    let refused = protocol::StationReservationEvent {
+        v: 1,
+        reservation_id: reservation_id.clone(),
+        event: protocol::StationReservationEventKind::Rejected,
+        reason: Some("Occupied".into()),
+    };
+    let out = b
+        .handle(
+            &topics::station_reservation_events("b", "CP-b"),
+            &encode(&refused),
+            NOW,
+        )
+        .expect("a revocation for central");
+    assert_eq!(out.topic, FogMessage::HandoffRevoked.regional_topic());
+    let revoked: Revoked = decode(&out.payload).unwrap();
+    assert_eq!(
+        revoked,
+        Revoked {
+            v: 1,
+            reroute_id: "a-rr-1".into(),
+            handoff_id: "h-1".into(),
+            origin_region: "a".into(),
+            region: "b".into(),
+            vehicle_id: "car-9".into(),
+            reservation_id: reservation_id.clone(),
+            reason: revoked.reason.clone(),
+        }
+    );
+    assert!(revoked.reason.contains("Occupied"), "{}", revoked.reason);
+    assert_eq!(b.planner.active_reservations(), 0, "the slot is free again");
+    // The same refusal again: the reservation is gone, nothing is sent twice.
+    let again = b.handle(
+        &topics::station_reservation_events("b", "CP-b"),
+        &encode(&refused),
+        NOW,
+    );
+    assert!(again.is_none());
+}
+
+#[test]
+fn the_origin_revises_a_rerouted_answer_whose_reservation_was_revoked() {
+    let mut a = saturated("a", Duration::from_secs(5));
+    let out = ask(&mut a, "car-1", &request("r-1")).expect("a reroute request");
+    let rr: RerouteRequest = decode(&out.payload).unwrap();
+    let target = rerouted_to_b("CP-b");
+    let reply = RerouteReply {
+        v: 1,
+        reroute_id: rr.reroute_id.clone(),
+        ok: true,
+        recommendation: Some(target),
+        reason: None,
+        tried: vec!["b".into()],
+        no_region_within_km: None,
+        hold_ms: None,
+    };
+    a.handle(
+        &FogMessage::RerouteReply.regional_topic(),
+        &encode(&reply),
+        NOW,
+    )
+    .expect("the rerouted answer");
+
+    let revoked = Revoked {
+        v: 1,
+        reroute_id: rr.reroute_id.clone(),
+        handoff_id: "h-1".into(),
+        origin_region: "a".into(),
+        region: "b".into(),
+        vehicle_id: "car-1".into(),
+        reservation_id: "b-77".into(),
+        reason: "station CP-b could not hold reservation b-77 (Occupied)".into(),
+    };
+    let topic = FogMessage::RerouteRevoked.regional_topic();
+    let out = a
+        .handle(&topic, &encode(&revoked), NOW)
+        .expect("a revised answer");
+    assert_eq!(out.topic, topics::recommendation("a", "car-1"));
+    let revised = recommendation(&out);
+    assert_eq!(
+        (
+            revised.request_id.as_str(),
+            revised.status,
+            revised.revised,
+            revised.reservation_id.as_deref()
+        ),
+        ("r-1", RecommendationStatus::Unavailable, true, None)
+    );
+    assert!(revised.reason.as_deref().unwrap().contains("Occupied"));
+    // A redelivered request gets the revision, not the lost reservation.
+    let again = ask(&mut a, "car-1", &request("r-1")).unwrap();
+    assert_eq!(recommendation(&again), revised);
+    // Once the vehicle holds another answer, a revocation of the old one changes nothing.
+    assert!(a.handle(&topic, &encode(&revoked), NOW).is_none());
+    let other = Revoked {
+        vehicle_id: "car-unknown".into(),
+        ..revoked.clone()
+    };
+    assert!(a.handle(&topic, &encode(&other), NOW).is_none());
+    // A malformed one is refused.
+    assert!(a.handle(&topic, b"{\"v\":1}", NOW).is_none());
 }

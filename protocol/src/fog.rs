@@ -13,6 +13,8 @@
 //! | [`HandoffReply`] | `fog/up/handoff-reply` | `regions/{r}/up/handoff-reply` | 1 | no |
 //! | [`RerouteReply`] | `fog/down/reroute-reply` | `regions/{r}/down/reroute-reply` | 1 | no |
 //! | [`CentralHeartbeat`] | `fog/down/heartbeat` | `regions/{r}/down/heartbeat` | 0 | no |
+//! | [`Revoked`] | `fog/up/handoff-revoked` | `regions/{r}/up/handoff-revoked` | 1 | no |
+//! | [`Revoked`] | `fog/down/reroute-revoked` | `regions/{r}/down/reroute-revoked` | 1 | no |
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +32,10 @@ pub enum FogMessage {
     HandoffReply,
     RerouteReply,
     Heartbeat,
+    /// Target → central: a handed-off vehicle's reservation could not be kept.
+    HandoffRevoked,
+    /// Central → origin: the same, for the region that answered the vehicle.
+    RerouteRevoked,
 }
 
 /// Which way a message crosses the bridge.
@@ -42,7 +48,7 @@ pub enum Direction {
 }
 
 impl FogMessage {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Aggregate,
         Self::Stations,
         Self::Reroute,
@@ -50,6 +56,8 @@ impl FogMessage {
         Self::HandoffReply,
         Self::RerouteReply,
         Self::Heartbeat,
+        Self::HandoffRevoked,
+        Self::RerouteRevoked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,13 +69,21 @@ impl FogMessage {
             Self::HandoffReply => "handoff-reply",
             Self::RerouteReply => "reroute-reply",
             Self::Heartbeat => "heartbeat",
+            Self::HandoffRevoked => "handoff-revoked",
+            Self::RerouteRevoked => "reroute-revoked",
         }
     }
 
     pub fn direction(self) -> Direction {
         match self {
-            Self::Aggregate | Self::Stations | Self::Reroute | Self::HandoffReply => Direction::Up,
-            Self::Handoff | Self::RerouteReply | Self::Heartbeat => Direction::Down,
+            Self::Aggregate
+            | Self::Stations
+            | Self::Reroute
+            | Self::HandoffReply
+            | Self::HandoffRevoked => Direction::Up,
+            Self::Handoff | Self::RerouteReply | Self::Heartbeat | Self::RerouteRevoked => {
+                Direction::Down
+            }
         }
     }
 
@@ -305,6 +321,25 @@ pub struct RerouteReply {
     pub hold_ms: Option<u64>,
 }
 
+/// A rerouted vehicle's reservation that the target region could not keep (the OCPP
+/// charger refused ReserveNow): the target sends it to central
+/// ([`FogMessage::HandoffRevoked`]), central passes it on to the origin
+/// ([`FogMessage::RerouteRevoked`]), and the origin, which answered the vehicle, sends
+/// it a revised recommendation for its original request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub v: u32,
+    pub reroute_id: String,
+    pub handoff_id: String,
+    pub origin_region: String,
+    /// The region that held the reservation (the target).
+    pub region: String,
+    pub vehicle_id: String,
+    pub reservation_id: String,
+    /// Why (at most 200 characters).
+    pub reason: String,
+}
+
 /// Central → every region it knows, every `period_ms` and whenever `open_regions`
 /// changes (QoS 0, not retained: only a live central sends it). A fog server that has
 /// not heard one for a few periods treats central as unreachable and answers saturated
@@ -426,6 +461,28 @@ impl Validate for Handoff {
         validate_id("origin_region", &self.origin_region)?;
         validate_id("vehicle_id", &self.vehicle_id)?;
         self.request.validate()
+    }
+}
+
+impl Validate for Revoked {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        version(self.v)?;
+        validate_id("reroute_id", &self.reroute_id)?;
+        validate_id("handoff_id", &self.handoff_id)?;
+        validate_id("origin_region", &self.origin_region)?;
+        validate_id("region", &self.region)?;
+        validate_id("vehicle_id", &self.vehicle_id)?;
+        validate_id("reservation_id", &self.reservation_id)?;
+        let n = self.reason.chars().count();
+        if n > crate::validate::MAX_REASON_LEN {
+            return Err(ProtocolError::OutOfRange {
+                field: "reason length",
+                value: n as f64,
+                min: 0.0,
+                max: crate::validate::MAX_REASON_LEN as f64,
+            });
+        }
+        Ok(())
     }
 }
 

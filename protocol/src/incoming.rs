@@ -5,7 +5,7 @@
 
 use thiserror::Error;
 
-use crate::fog::{CentralHeartbeat, FogMessage, Handoff, RerouteReply};
+use crate::fog::{CentralHeartbeat, FogMessage, Handoff, RerouteReply, Revoked};
 use crate::messages::{
     ChargeRequest, GatewayStatus, ReservationUpdate, StationReservationEvent, StationStatus,
     Telemetry,
@@ -63,6 +63,8 @@ pub enum Incoming {
     /// Central's answer to a reroute this region asked for.
     RerouteReply(RerouteReply),
     Heartbeat(CentralHeartbeat),
+    /// A vehicle this region rerouted lost its reservation in the target region.
+    RerouteRevoked(Revoked),
 }
 
 /// Which message a payload was meant to be.
@@ -77,6 +79,7 @@ pub enum IncomingKind {
     Handoff,
     RerouteReply,
     Heartbeat,
+    RerouteRevoked,
 }
 
 /// Why a received message was refused.
@@ -210,7 +213,10 @@ impl Incoming {
             | Self::Telemetry { region, .. }
             | Self::StationReservationEvent { region, .. }
             | Self::Own { region } => Some(region),
-            Self::Handoff(_) | Self::RerouteReply(_) | Self::Heartbeat(_) => None,
+            Self::Handoff(_)
+            | Self::RerouteReply(_)
+            | Self::Heartbeat(_)
+            | Self::RerouteRevoked(_) => None,
         }
     }
 }
@@ -275,6 +281,9 @@ fn parse_fog(topic: &str, payload: &[u8]) -> Result<Incoming, IncomingError> {
         Ok(FogMessage::Heartbeat) => decode(payload)
             .map(Incoming::Heartbeat)
             .map_err(|e| refused(IncomingKind::Heartbeat, e)),
+        Ok(FogMessage::RerouteRevoked) => decode(payload)
+            .map(Incoming::RerouteRevoked)
+            .map_err(|e| refused(IncomingKind::RerouteRevoked, e)),
         Ok(_) | Err(_) => Err(IncomingError::FogTopic {
             topic: topic.chars().take(200).collect(),
         }),

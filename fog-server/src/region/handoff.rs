@@ -7,6 +7,7 @@ use protocol::fog::{FogMessage, Handoff, HandoffReply};
 use tracing::info;
 
 use super::requests::saturation_reason;
+use super::station_reservations::HandedOff;
 use super::{Effects, Outgoing, Region};
 use crate::metrics::Update;
 
@@ -66,6 +67,16 @@ impl Region {
             Some(reason),
         );
         let accepted = recommendation.status == RecommendationStatus::Rerouted;
+        if let (true, Some(reservation_id)) = (accepted, &recommendation.reservation_id) {
+            self.just_handed.push((
+                reservation_id.clone(),
+                HandedOff {
+                    handoff_id: h.handoff_id.clone(),
+                    reroute_id: h.reroute_id.clone(),
+                    origin_region: h.origin_region.clone(),
+                },
+            ));
+        }
         info!(vehicle = %h.vehicle_id, origin = %h.origin_region, accepted, "handoff");
         self.count(Update::Handoff(if accepted {
             "accepted"

@@ -103,6 +103,8 @@ pub struct Region {
     /// Answers given since the last [`Region::sync`], with their request ids: what the
     /// journal and the stations are told about the reservations just made.
     just_answered: Vec<(String, Recommendation)>,
+    /// Handoffs taken since the last [`Region::sync`], by reservation id.
+    just_handed: Vec<(String, station_reservations::HandedOff)>,
     /// Reservations read back at start whose station is not known yet, by station id.
     restoring: HashMap<String, Vec<Saved>>,
     /// Answers to publish at the next tick (requests superseded while with central).
@@ -142,6 +144,7 @@ impl Region {
             dirty: true,
             journal: false,
             just_answered: Vec::new(),
+            just_handed: Vec::new(),
             restoring: HashMap::new(),
             deferred: Vec::new(),
             central: None,
@@ -226,6 +229,7 @@ impl Region {
             Incoming::Handoff(handoff) => self.on_handoff(&handoff, now_ms, fx),
             Incoming::RerouteReply(reply) => self.on_reroute_reply(reply, now_ms, fx),
             Incoming::Heartbeat(hb) => self.on_heartbeat(hb, now_ms),
+            Incoming::RerouteRevoked(revoked) => self.on_reroute_revoked(&revoked, fx),
         }
     }
 
@@ -313,6 +317,7 @@ impl Region {
     /// change log and the answers just given (no search).
     fn sync(&mut self, fx: &mut Effects) {
         let answered = std::mem::take(&mut self.just_answered);
+        let handed = std::mem::take(&mut self.just_handed);
         let changes = self.planner.take_changes();
         if changes.is_empty() {
             return;
@@ -323,7 +328,12 @@ impl Region {
                 .rev()
                 .find(|(_, a)| a.reservation_id.as_deref() == Some(reservation_id))
         };
-        self.tell_stations(&changes, |id| answer_of(id).map(|(r, _)| r.clone()), fx);
+        self.tell_stations(
+            &changes,
+            |id| answer_of(id).map(|(r, _)| r.clone()),
+            &handed,
+            fx,
+        );
         if !self.journal {
             return;
         }
@@ -355,6 +365,7 @@ fn invalid_label(kind: IncomingKind) -> &'static str {
         IncomingKind::Handoff => "handoff",
         IncomingKind::RerouteReply => "reroute-reply",
         IncomingKind::Heartbeat => "heartbeat",
+        IncomingKind::RerouteRevoked => "reroute-revoked",
     }
 }
 

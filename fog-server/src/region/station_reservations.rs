@@ -10,6 +10,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use protocol::fog::{FogMessage, Revoked};
+use protocol::validate::MAX_REASON_LEN;
 use protocol::{
     Recommendation, RecommendationStatus, StationReservation, StationReservationAction,
     StationReservationEvent, StationReservationEventKind, StationStatus, id_tag_for_vehicle,
@@ -28,6 +30,17 @@ struct Told {
     vehicle_id: String,
     /// The request it answered, when this region answered it (not for handoffs).
     request_id: Option<String>,
+    /// For a handoff: whom to tell when the station refuses it (the origin region
+    /// answered the vehicle).
+    handoff: Option<HandedOff>,
+}
+
+/// A vehicle another region sent here, as its handoff named it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct HandedOff {
+    pub handoff_id: String,
+    pub reroute_id: String,
+    pub origin_region: String,
 }
 
 /// What the region knows about stations that take reservations.
@@ -57,11 +70,13 @@ impl Region {
 
     /// Tells stations that take reservations about the reservations made and ended
     /// at them (`changes` from the planner since the last call; `request_of` gives
-    /// the request a new reservation answered, if this region answered one).
+    /// the request a new reservation answered, if this region answered one; `handed`
+    /// the handoffs taken since the last call, by reservation id).
     pub(super) fn tell_stations(
         &mut self,
         changes: &[ReservationChange],
         request_of: impl Fn(&str) -> Option<String>,
+        handed: &[(String, HandedOff)],
         fx: &mut Effects,
     ) {
         if self.station_reservations.stations.is_empty()
@@ -76,6 +91,10 @@ impl Region {
                         continue;
                     }
                     let request_id = request_of(&r.reservation_id);
+                    let handoff = handed
+                        .iter()
+                        .find(|(id, _)| *id == r.reservation_id)
+                        .map(|(_, h)| h.clone());
                     let message = StationReservation {
                         v: protocol::PROTOCOL_VERSION,
                         reservation_id: r.reservation_id.clone(),
@@ -94,6 +113,7 @@ impl Region {
                             station_id: r.station_id.clone(),
                             vehicle_id: r.vehicle_id.clone(),
                             request_id,
+                            handoff,
                         },
                     );
                     self.count(Update::StationReservation("reserve"));
@@ -167,31 +187,94 @@ impl Region {
                 self.dirty = true;
                 let why = event.reason.as_deref().unwrap_or("no reason given");
                 warn!(station = station_id, vehicle = %told.vehicle_id, reservation = %event.reservation_id, reason = why, "station refused the reservation: slot released");
-                let Some(request_id) = told.request_id else {
-                    // A handoff's vehicle is answered by its own region.
-                    return;
-                };
-                let mut answer = Recommendation::refusal(
-                    request_id,
-                    RecommendationStatus::Unavailable,
-                    format!(
-                        "station {station_id} could not hold reservation {} ({why}); the slot is released, ask again",
-                        event.reservation_id
-                    ),
-                    &self.name,
+                let reason = format!(
+                    "station {station_id} could not hold reservation {} ({why}); the slot is released, ask again",
+                    event.reservation_id
                 );
-                answer.revised = true;
-                // A redelivered request gets the revision, not the refused station.
-                if let Some(memory) = self.vehicles.get_mut(&told.vehicle_id) {
-                    for (id, remembered) in memory.answers.iter_mut() {
-                        if *id == answer.request_id {
-                            *remembered = answer.clone();
-                        }
+                match (told.request_id, told.handoff) {
+                    (Some(request_id), _) => {
+                        let out = self.revise(&told.vehicle_id, request_id, reason);
+                        fx.send(out);
                     }
+                    // A handoff's vehicle was answered by its own region: tell it, by
+                    // central.
+                    (None, Some(h)) => {
+                        let revoked = Revoked {
+                            v: protocol::PROTOCOL_VERSION,
+                            reroute_id: h.reroute_id,
+                            handoff_id: h.handoff_id,
+                            origin_region: h.origin_region,
+                            region: self.name.clone(),
+                            vehicle_id: told.vehicle_id,
+                            reservation_id: event.reservation_id.clone(),
+                            reason: reason.chars().take(MAX_REASON_LEN).collect(),
+                        };
+                        self.count(Update::Handoff("revoked"));
+                        fx.send(Outgoing {
+                            topic: FogMessage::HandoffRevoked.regional_topic(),
+                            payload: protocol::encode(&revoked),
+                            retain: false,
+                        });
+                    }
+                    (None, None) => {}
                 }
-                let out = self.reply(&told.vehicle_id, &answer);
-                fx.send(out);
             }
         }
+    }
+}
+
+impl Region {
+    /// Replaces the answer to a vehicle's request with a revised `unavailable` one
+    /// (what a redelivered request gets from now on) and returns it to send.
+    pub(super) fn revise(
+        &mut self,
+        vehicle_id: &str,
+        request_id: String,
+        reason: String,
+    ) -> Outgoing {
+        let mut answer = Recommendation::refusal(
+            request_id,
+            RecommendationStatus::Unavailable,
+            reason,
+            &self.name,
+        );
+        answer.revised = true;
+        if let Some(memory) = self.vehicles.get_mut(vehicle_id) {
+            for (id, remembered) in memory.answers.iter_mut() {
+                if *id == answer.request_id {
+                    *remembered = answer.clone();
+                }
+            }
+        }
+        self.reply(vehicle_id, &answer)
+    }
+
+    /// A vehicle this region rerouted lost its reservation in the target region (its
+    /// station refused it): the vehicle gets a revised recommendation for its request,
+    /// if that answer is still the one it holds.
+    pub(super) fn on_reroute_revoked(&mut self, revoked: &Revoked, fx: &mut Effects) {
+        let request_id = self.vehicles.get(&revoked.vehicle_id).and_then(|m| {
+            m.answers
+                .iter()
+                .rev()
+                .find(|(_, a)| {
+                    a.status == RecommendationStatus::Rerouted
+                        && a.reservation_id.as_deref() == Some(revoked.reservation_id.as_str())
+                })
+                .map(|(id, _)| id.clone())
+        });
+        let Some(request_id) = request_id else {
+            info!(vehicle = %revoked.vehicle_id, reservation = %revoked.reservation_id, "revoked reservation is no longer the vehicle's answer");
+            self.count(Update::Reroute("revoked_stale"));
+            return;
+        };
+        info!(vehicle = %revoked.vehicle_id, region = %revoked.region, reservation = %revoked.reservation_id, "rerouted vehicle's reservation revoked: revised answer sent");
+        self.count(Update::Reroute("revoked"));
+        let reason = format!(
+            "region {} could not keep reservation {}: {}",
+            revoked.region, revoked.reservation_id, revoked.reason
+        );
+        let out = self.revise(&revoked.vehicle_id, request_id, reason);
+        fx.send(out);
     }
 }
