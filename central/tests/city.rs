@@ -618,3 +618,45 @@ async fn a_rerouted_vehicle_whose_charger_refuses_the_reservation_is_told_by_its
     let again = ask(&mut west, "west", "car-1", &request("r-1", 0.08)).await;
     assert!(again.revised && again.reservation_id.is_none(), "{again:?}");
 }
+
+#[tokio::test]
+async fn when_a_bridge_comes_back_the_region_sends_its_aggregate_at_once() {
+    // A period far longer than the test: any aggregate after the first comes from the
+    // bridge reconnecting, not from the clock.
+    let spec = CitySpec {
+        aggregate_ms: 60_000,
+        ..CitySpec::three_regions()
+    };
+    let mut city = City::start(spec).await.unwrap();
+    let before: BTreeMap<String, u64> = wait_until("every region known", T, POLL, || async {
+        let regions = city.regions().await.ok()?;
+        (regions.len() == 3).then(|| {
+            regions
+                .iter()
+                .map(|(id, v)| (id.clone(), v.aggregate.seq))
+                .collect()
+        })
+    })
+    .await
+    .unwrap();
+    city.central_broker.restart().unwrap();
+    let restarted = Instant::now();
+    // Retained: an aggregate that came before the spy subscribed is delivered too.
+    let mut spy = TestClient::connect(&city.central_broker.url(), "spy")
+        .await
+        .unwrap();
+    spy.subscribe("regions/+/up/aggregate", 1).await.unwrap();
+    let mut fresh = BTreeMap::new();
+    while fresh.len() < 3 {
+        // Without the bridge's word, the next aggregate would come a minute later.
+        let m = spy
+            .wait_for("regions/+/up/aggregate", Duration::from_secs(20))
+            .await
+            .unwrap();
+        let a: Aggregate = serde_json::from_slice(m.payload()).unwrap();
+        if a.seq > before[&a.region] {
+            fresh.entry(a.region).or_insert(restarted.elapsed());
+        }
+    }
+    eprintln!("a new aggregate from each region after the central broker restart: {fresh:?}");
+}

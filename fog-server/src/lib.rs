@@ -243,6 +243,8 @@ async fn connect(
             0,
         ),
         (protocol::fog::filters::FOG_DOWN.to_owned(), 1),
+        // The bridge reconnecting sends the next aggregate at once.
+        (protocol::incoming::BRIDGE_STATE_FILTER.to_owned(), 0),
         (
             topics::filters::stations(region, protocol::StationChannel::ReservationEvents),
             1,

@@ -642,3 +642,16 @@ fn the_origin_revises_a_rerouted_answer_whose_reservation_was_revoked() {
     // A malformed one is refused.
     assert!(a.handle(&topic, b"{\"v\":1}", NOW).is_none());
 }
+
+#[test]
+fn the_bridge_coming_back_makes_the_next_aggregate_go_out_at_once() {
+    let mut r = region("a", Duration::from_secs(5));
+    add_station(&mut r, "a-1", 1.0, 2, 0, 0);
+    let _ = r.aggregate(NOW);
+    assert!(!r.is_dirty());
+    let topic = "$SYS/broker/connection/a-bridge/state";
+    assert!(r.handle(topic, b"0", NOW).is_none());
+    assert!(!r.is_dirty(), "a lost bridge changes nothing");
+    assert!(r.handle(topic, b"1", NOW).is_none());
+    assert!(r.is_dirty(), "the bridge is back: publish now");
+}

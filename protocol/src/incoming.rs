@@ -14,6 +14,12 @@ use crate::topics::{StationChannel, Topic, VehicleChannel};
 use crate::validate::{decode, validate_id};
 use crate::{MAX_PAYLOAD_BYTES, ProtocolError};
 
+/// Where Mosquitto says how its bridges are: `$SYS/broker/connection/{name}/state`.
+pub const BRIDGE_STATE_PREFIX: &str = "$SYS/broker/connection/";
+
+/// The subscription for every bridge's state on the regional broker.
+pub const BRIDGE_STATE_FILTER: &str = "$SYS/broker/connection/+/state";
+
 /// A message a fog server received, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
@@ -65,6 +71,12 @@ pub enum Incoming {
     Heartbeat(CentralHeartbeat),
     /// A vehicle this region rerouted lost its reservation in the target region.
     RerouteRevoked(Revoked),
+    /// The regional broker's bridge to central connected (`true`) or was lost:
+    /// Mosquitto's retained `$SYS/broker/connection/{name}/state` (`1` / `0`).
+    BridgeState {
+        connection: String,
+        connected: bool,
+    },
 }
 
 /// Which message a payload was meant to be.
@@ -126,6 +138,16 @@ impl Incoming {
     pub fn parse(topic: &str, payload: &[u8]) -> Result<Self, IncomingError> {
         if topic.starts_with("fog/") {
             return parse_fog(topic, payload);
+        }
+        if let Some(connection) = topic
+            .strip_prefix(BRIDGE_STATE_PREFIX)
+            .and_then(|rest| rest.strip_suffix("/state"))
+            .filter(|c| !c.is_empty() && !c.contains('/'))
+        {
+            return Ok(Self::BridgeState {
+                connection: connection.to_owned(),
+                connected: payload == b"1",
+            });
         }
         let parsed = Topic::parse(topic).map_err(IncomingError::Topic)?;
         let region = parsed.region().to_owned();
@@ -216,7 +238,8 @@ impl Incoming {
             Self::Handoff(_)
             | Self::RerouteReply(_)
             | Self::Heartbeat(_)
-            | Self::RerouteRevoked(_) => None,
+            | Self::RerouteRevoked(_)
+            | Self::BridgeState { .. } => None,
         }
     }
 }

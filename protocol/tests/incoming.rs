@@ -266,3 +266,24 @@ fn a_gateway_status_is_parsed_checked_against_its_topic_and_may_be_cleared() {
     s.gateway = Some("bad gateway".into());
     assert!(Incoming::parse(&topics::station_status("north", "n-1"), &encode(&s)).is_err());
 }
+
+#[test]
+fn the_bridge_state_is_read_from_mosquittos_notification() {
+    let topic = "$SYS/broker/connection/north-bridge/state";
+    for (payload, connected) in [(&b"1"[..], true), (b"0", false), (b"", false)] {
+        assert_eq!(
+            Incoming::parse(topic, payload).unwrap(),
+            Incoming::BridgeState {
+                connection: "north-bridge".into(),
+                connected
+            }
+        );
+    }
+    for bad in [
+        "$SYS/broker/connection//state",
+        "$SYS/broker/connection/a/b/state",
+        "$SYS/broker/uptime",
+    ] {
+        assert!(Incoming::parse(bad, b"1").is_err(), "{bad}");
+    }
+}

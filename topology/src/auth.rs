@@ -189,7 +189,11 @@ impl Credentials {
                 Role::Central => vec!["readwrite regions/#".into()],
                 Role::Health => vec!["read $SYS/broker/uptime".into()],
                 Role::Bridge { region } => vec![format!("readwrite regions/{region}/#")],
-                Role::Fog { .. } => vec![format!("readwrite ev/{r}/#"), "readwrite fog/#".into()],
+                Role::Fog { .. } => vec![
+                    format!("readwrite ev/{r}/#"),
+                    "readwrite fog/#".into(),
+                    "read $SYS/broker/connection/+/state".into(),
+                ],
                 Role::Fleet { .. } => vec![
                     format!("write ev/{r}/vehicles/+/request"),
                     format!("write ev/{r}/vehicles/+/reservation"),

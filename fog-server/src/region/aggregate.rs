@@ -16,6 +16,15 @@ impl Region {
         self.dirty
     }
 
+    /// The bridge to central is up again: what central holds of this region is as old
+    /// as the cut, so the next aggregate goes out at once, not a period later.
+    pub(super) fn on_bridge_state(&mut self, connection: &str, connected: bool) {
+        tracing::info!(connection, connected, "bridge to central");
+        if connected {
+            self.dirty = true;
+        }
+    }
+
     /// The region's aggregate for central (and marks the state as published).
     pub fn aggregate(&mut self, now_ms: u64) -> Aggregate {
         self.aggregate_seq += 1;

@@ -230,6 +230,10 @@ impl Region {
             Incoming::RerouteReply(reply) => self.on_reroute_reply(reply, now_ms, fx),
             Incoming::Heartbeat(hb) => self.on_heartbeat(hb, now_ms),
             Incoming::RerouteRevoked(revoked) => self.on_reroute_revoked(&revoked, fx),
+            Incoming::BridgeState {
+                connection,
+                connected,
+            } => self.on_bridge_state(&connection, connected),
         }
     }
 
