@@ -4,14 +4,12 @@
 //! a real Mosquitto with the password file and ACL setup wrote for the region. Only
 //! the paths and addresses move to this machine.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use base64::Engine as _;
-use testkit::{Mosquitto, MosquittoConfig, TestClient, free_port, wait_until};
+use testkit::charge_point::{boot_as_station, open as charge_point};
+use testkit::{Mosquitto, MosquittoConfig, free_port, wait_until};
 use topology::Topology;
 use topology::auth::Credentials;
 use topology::deploy::{CHARGERS_PATH, SERVER_SECRETS, Settings, containers};
@@ -32,54 +30,6 @@ impl Drop for Gateway {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// The status line of a WebSocket handshake for charge point `id` offering
-/// `ocpp1.6`, with Basic auth if a password is given; then, if it was accepted, the
-/// OCPP-J `frames` sent on the open connection (text frames, masked as a client must).
-fn charge_point(port: u16, id: &str, password: Option<&str>, frames: &[String]) -> String {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return "not listening".into();
-    };
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let auth = password
-        .map(|p| {
-            let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{p}"));
-            format!("Authorization: Basic {basic}\r\n")
-        })
-        .unwrap_or_default();
-    let request = format!(
-        "GET /ocpp/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ocpp1.6\r\n{auth}\r\n"
-    );
-    if s.write_all(request.as_bytes()).is_err() {
-        return "closed".into();
-    }
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => break,
-        }
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let status = head.lines().next().unwrap_or_default().to_owned();
-    if status.contains(" 101 ") {
-        for f in frames {
-            let len = f.len();
-            assert!(len < 126, "a short frame only");
-            // FIN + text; masked with a zero key (the payload as it is)
-            let mut frame = vec![0x81, 0x80 | len as u8, 0, 0, 0, 0];
-            frame.extend_from_slice(f.as_bytes());
-            s.write_all(&frame).unwrap();
-        }
-        // the answers: one frame per call at least
-        let mut answer = [0u8; 512];
-        let _ = s.read(&mut answer);
-    }
-    status
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -180,24 +130,15 @@ async fn the_generated_gateway_connects_as_its_user_and_serves_its_chargers_file
     // The charger opens its session and reports: the station appears on the broker
     // (the gateway's user may write it), with the file's location.
     let fog_user = format!("fog-{region}");
-    let mut fog = TestClient::connect_as(
-        &broker.url(),
-        "test-fog",
-        &fog_user,
+    let fog = (
+        region.as_str(),
+        fog_user.as_str(),
         creds.password(&fog_user).unwrap(),
-    )
-    .await
-    .unwrap();
-    let topic = format!("ev/{region}/stations/CP-001/status");
-    fog.subscribe(&topic, 1).await.unwrap();
-    let frames = [
-        r#"[2,"1","BootNotification",{"chargePointVendor":"V","chargePointModel":"M"}]"#.into(),
-        r#"[2,"2","StatusNotification",{"connectorId":1,"errorCode":"NoError","status":"Available"}]"#.into(),
-    ];
-    let status = charge_point(ocpp_port, "CP-001", Some("cp-001-secret"), &frames);
-    assert!(status.contains(" 101 "), "{status}");
-    let msg = fog.wait_for(&topic, T).await.unwrap();
-    let station: serde_json::Value = serde_json::from_slice(msg.payload()).unwrap();
+    );
+    let charger = ("CP-001", "cp-001-secret");
+    let station = boot_as_station(&broker.url(), fog, ocpp_port, charger)
+        .await
+        .unwrap();
     assert_eq!(station["station_id"], "CP-001", "{station}");
     assert_eq!(station["lat"], -12.9, "{station}");
     assert_eq!(station["chargers"], 2, "{station}");
