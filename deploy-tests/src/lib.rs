@@ -149,6 +149,7 @@ pub fn published_services() -> Vec<(String, u16)> {
     for r in &t.regions {
         out.push((r.broker.host.clone(), 1883));
         out.push((format!("fog-{}", r.id), 9090));
+        out.push((format!("ocpp-{}", r.id), topology::deploy::OCPP_PORT));
     }
     out
 }

@@ -5,14 +5,21 @@
 //! healthy, servers healthy) and becomes healthy; an anonymous MQTT client is refused;
 //! device-sim's report, read from its logs, has every request answered, reroutes out of
 //! the overloaded region and no fallback; the reroutes went through central; central's
-//! API and every fog server's `/metrics` answer on the published host ports; `down`
-//! leaves no container, `down -v` no volume and no network.
+//! API and every fog server's `/metrics` answer on the published host ports; every
+//! region's OCPP gateway answers charge points on its published port, and a charger
+//! listed in its chargers file (an override mounts one) opens a session and becomes a
+//! station on its region's broker; `down` leaves no container, `down -v` no volume and
+//! no network.
 
 use std::time::{Duration, Instant};
 
 use deploy_tests::{Engine, Project, counter, deploy_topology, get_json, get_text, ms};
 use protocol::api::RegionView;
 use serde_json::Value;
+use testkit::charge_point;
+
+/// The password of the charger the test lists in the first region's chargers file.
+const CHARGER_PASSWORD: &str = "cp-001-secret";
 
 /// `2026-12-01T16:40:01.12345Z` as (seconds part, nanoseconds): Docker's timestamps
 /// drop trailing zeros, so they do not compare as strings.
@@ -43,12 +50,32 @@ fn row(table: &str, label: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_compose_deployment_runs_for_real() {
     let engine = Engine::require();
-    let mut project = Project::new(&engine, &[]).unwrap();
     let t = deploy_topology();
+    // The first region's gateway gets a chargers file with one charger (the checked-in
+    // ones are empty): its password hash made here, the file mounted instead.
+    let first = t.regions[0].id.clone();
+    let chargers = tempfile::tempdir().unwrap();
+    let chargers_file = chargers.path().join("chargers.toml");
+    std::fs::write(
+        &chargers_file,
+        format!(
+            "[[charger]]\nid = \"CP-001\"\nlat = -12.9\nlon = -38.5\nconnectors = 2\n\
+             power_kw = 50.0\npassword = \"{}\"\n",
+            topology::auth::hash_password(CHARGER_PASSWORD)
+        ),
+    )
+    .unwrap();
+    let override_chargers = format!(
+        "services:\n  ocpp-{first}:\n    volumes:\n      - {}:{}:ro\n",
+        chargers_file.display(),
+        topology::deploy::CHARGERS_PATH
+    );
+    let mut project = Project::new(&engine, &[&override_chargers]).unwrap();
     let mut servers: Vec<String> = vec![t.central.host.clone(), "central".into()];
     for r in &t.regions {
         servers.push(r.broker.host.clone());
         servers.push(format!("fog-{}", r.id));
+        servers.push(format!("ocpp-{}", r.id));
     }
     let servers: Vec<&str> = servers.iter().map(String::as_str).collect();
 
@@ -149,6 +176,33 @@ async fn the_compose_deployment_runs_for_real() {
         );
     }
 
+    // Every gateway answers charge points on its published port; the checked-in
+    // chargers files know none.
+    for r in t.regions.iter().skip(1) {
+        let port = project.port(&format!("ocpp-{}", r.id));
+        let status = charge_point::open(port, "CP-001", None, &[]);
+        assert!(status.contains(" 404 "), "ocpp-{}: {status}", r.id);
+    }
+    // The first region's charger: a wrong password is refused, the right one opens a
+    // session, and the gateway (as its own broker user) publishes the station.
+    let gateway = project.port(&format!("ocpp-{first}"));
+    let status = charge_point::open(gateway, "CP-001", Some("wrong"), &[]);
+    assert!(status.contains(" 401 "), "{status}");
+    let fog_user = format!("fog-{first}");
+    let users = deploy_tests::users(&project, &fog_user).unwrap();
+    let fog = (
+        first.as_str(),
+        fog_user.as_str(),
+        users.password(&fog_user).unwrap(),
+    );
+    let broker = format!("tcp://127.0.0.1:{}", project.port(&north));
+    let station =
+        charge_point::boot_as_station(&broker, fog, gateway, ("CP-001", CHARGER_PASSWORD))
+            .await
+            .unwrap();
+    assert_eq!(station["station_id"], "CP-001", "{station}");
+    assert_eq!(station["takes_reservations"], true, "{station}");
+
     // down: no container left (volumes stay); down -v: nothing left, also no volume
     // without the project's label (anonymous ones).
     let mut mounted = Vec::new();
@@ -175,7 +229,8 @@ async fn the_compose_deployment_runs_for_real() {
         );
     }
     println!(
-        "compose ({}): up to all healthy {healthy_ms} ms; device-sim {requests} requests, all answered, {rerouted} rerouted, 0 fallback; answered by region {answered:?}",
-        engine.compose_version
+        "compose ({}): up to all healthy {healthy_ms} ms; device-sim {requests} requests, all answered, {rerouted} rerouted, 0 fallback; answered by region {answered:?}; {} OCPP gateways healthy, a charger of {first} became a station",
+        engine.compose_version,
+        t.regions.len()
     );
 }

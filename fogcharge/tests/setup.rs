@@ -59,11 +59,14 @@ fn setup_writes_the_secrets_once_and_keeps_them_when_run_again() {
         "north.acl",
         "bridge-north/bridge.conf",
         "fog-north.password",
+        "ocpp-north.password",
         "central.password",
         "health.password",
     ] {
         assert!(dir.path().join(file).exists(), "{file}");
     }
+    let ocpp = std::fs::read_to_string(dir.path().join("ocpp-north.password")).unwrap();
+    assert_eq!(ocpp.trim_end(), creds.password("ocpp-north").unwrap());
     assert!(clock.contains("\"speed\":60.0"), "{clock}");
 
     let second = setup(&["--out", &out, "--clock-speed", "60"]);
@@ -185,6 +188,7 @@ async fn setup_creates_the_kubernetes_secret_once() {
         "north.acl",
         "bridge-north_bridge.conf",
         "fog-north.password",
+        "ocpp-north.password",
         "health.password",
     ] {
         assert!(data.contains_key(key), "{key} missing: {:?}", data.keys());

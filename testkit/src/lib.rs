@@ -19,6 +19,8 @@
 //!   runs it, with its HTTP API on a free port and helpers to read it.
 //! - [`messages`]: builders of the device messages the tests send (station statuses,
 //!   charge requests), so that no test spells a whole message out.
+//! - [`charge_point`]: a minimal OCPP 1.6J charge point on a plain socket (handshake
+//!   with Basic auth, a few calls), for a gateway that is only a port.
 //! - [`init_tracing`]: log output for tests, filtered by `RUST_LOG` (default `warn`).
 //!
 //! Nothing here needs a broker already running; only the `mosquitto` binary (see
@@ -43,6 +45,7 @@
 
 /// Real Mosquitto processes (shared with the local launcher).
 pub use launcher::mosquitto as broker;
+pub mod charge_point;
 pub mod city;
 pub mod messages;
 pub mod mqtt;

@@ -362,7 +362,8 @@ pub const DEPLOY_TOPOLOGY: &str = "deploy/topology.toml";
 /// Every generated file that is checked in, by path relative to the repository root
 /// (`root`): the container broker configs (`deploy/mosquitto/compose/`), the compose
 /// file (`deploy/regions.yml`) and the Kubernetes manifests (`k8s/`), all from
-/// [`DEPLOY_TOPOLOGY`] and the deployment settings beside it ([`deploy::DEPLOY_SETTINGS`]).
+/// [`DEPLOY_TOPOLOGY`], the deployment settings beside it ([`deploy::DEPLOY_SETTINGS`])
+/// and the regions' chargers files (`deploy/chargers/`, not generated).
 pub fn checked_in_files(root: &Path) -> Result<Vec<(PathBuf, String)>, TopologyError> {
     let t = Topology::load(&root.join(DEPLOY_TOPOLOGY))?;
     let opts = RenderOptions::container(DEPLOY_TOPOLOGY);
@@ -375,7 +376,10 @@ pub fn checked_in_files(root: &Path) -> Result<Vec<(PathBuf, String)>, TopologyE
         "deploy/regions.yml".into(),
         deploy::compose(&t, &settings, DEPLOY_TOPOLOGY)?,
     ));
-    for (name, text) in deploy::kubernetes(&t, &settings, &opts, DEPLOY_TOPOLOGY)? {
+    // the chargers files are beside the compose file, as it mounts them
+    let chargers_dir = root.join("deploy").join(&settings.compose.chargers_dir);
+    let chargers = deploy::chargers_files(&t, &chargers_dir)?;
+    for (name, text) in deploy::kubernetes(&t, &settings, &opts, &chargers, DEPLOY_TOPOLOGY)? {
         files.push((Path::new("k8s").join(name), text));
     }
     Ok(files)

@@ -203,6 +203,14 @@ fn deployment_configs_refuse_anonymous_clients_and_hold_no_secret() {
         )));
         assert!(files[&format!("{}.passwd", r.id)].contains("health:$7$101$"));
         assert!(files[&format!("{}.acl", r.id)].contains(&format!("user fog-{}", r.id)));
+        // the region's OCPP gateway: its password file, and the broker knows it
+        let ocpp = format!("ocpp-{}", r.id);
+        assert_eq!(
+            files[&format!("{ocpp}.password")].trim_end(),
+            creds.password(&ocpp).unwrap()
+        );
+        assert!(files[&format!("{}.passwd", r.id)].contains(&format!("{ocpp}:$7$")));
+        assert!(files[&format!("{}.acl", r.id)].contains(&format!("user {ocpp}\n")));
     }
     assert!(files["central.passwd"].contains("central:$7$"));
     assert_eq!(
@@ -214,6 +222,114 @@ fn deployment_configs_refuse_anonymous_clients_and_hold_no_secret() {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
     }));
+}
+
+/// Every region runs an OCPP gateway: in compose with its WebSocket on a host port of
+/// its own and its region's chargers file mounted; in Kubernetes behind a Service on
+/// the OCPP port, the chargers file from the ConfigMap made of the same file.
+#[test]
+fn every_region_runs_an_ocpp_gateway_with_its_chargers_file() {
+    use serde_yaml_ng::Value;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let t = Topology::load(&root.join(topology::DEPLOY_TOPOLOGY)).unwrap();
+    let compose: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(root.join("deploy/regions.yml")).unwrap())
+            .unwrap();
+    let config = std::fs::read_to_string(root.join("k8s/10-config.yaml")).unwrap();
+    let chargers = serde_yaml_ng::Deserializer::from_str(&config)
+        .map(|d| Value::deserialize(d).unwrap())
+        .find(|o| o["metadata"]["name"] == "fogcharge-chargers")
+        .expect("the ConfigMap fogcharge-chargers");
+    let mut host_ports = Vec::new();
+    for r in &t.regions {
+        let name = format!("ocpp-{}", r.id);
+        let svc = &compose["services"][name.as_str()];
+        let port = svc["ports"][0].as_str().unwrap();
+        assert!(port.ends_with(":8887"), "{name}: {port}");
+        host_ports.push(compose_default(port));
+        let volumes: Vec<&str> = svc["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let mount = format!(
+            "./chargers/{}.toml:/etc/fogcharge/chargers/chargers.toml:ro",
+            r.id
+        );
+        assert!(volumes.contains(&mount.as_str()), "{name}: {volumes:?}");
+        assert!(
+            svc["depends_on"][r.broker.host.as_str()]["condition"] == "service_healthy",
+            "{name}"
+        );
+        assert!(
+            compose["services"]["device-sim"]["depends_on"][name.as_str()].is_mapping(),
+            "device-sim waits for {name}"
+        );
+        let on_disk =
+            std::fs::read_to_string(root.join(format!("deploy/chargers/{}.toml", r.id))).unwrap();
+        assert_eq!(
+            chargers["data"][format!("{}.toml", r.id).as_str()].as_str(),
+            Some(on_disk.as_str()),
+            "{name}"
+        );
+        let k8s = std::fs::read_to_string(root.join(format!("k8s/45-{name}.yaml"))).unwrap();
+        let objects: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&k8s)
+            .map(|d| Value::deserialize(d).unwrap())
+            .collect();
+        let service = objects.iter().find(|o| o["kind"] == "Service").unwrap();
+        assert_eq!(service["spec"]["ports"][0]["port"].as_u64(), Some(8887));
+        let deployment = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+        let pod = &deployment["spec"]["template"]["spec"];
+        let items = &pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "chargers")
+            .unwrap()["configMap"];
+        assert_eq!(items["name"], "fogcharge-chargers");
+        assert_eq!(
+            items["items"][0]["key"].as_str(),
+            Some(format!("{}.toml", r.id).as_str())
+        );
+        assert_eq!(items["items"][0]["path"], "chargers.toml");
+    }
+    assert_eq!(host_ports, ["8887:8887", "8888:8887", "8889:8887"]);
+}
+
+#[test]
+fn a_chargers_file_is_refused_with_a_plain_password_or_missing() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let t = Topology::load(&root.join(topology::DEPLOY_TOPOLOGY)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let charger = |password: &str| {
+        format!(
+            "[[charger]]\nid = \"CP-1\"\nlat = 0.0\nlon = 0.0\nconnectors = 1\npower_kw = 22.0\n{password}"
+        )
+    };
+    std::fs::write(dir.path().join("north.toml"), "").unwrap();
+    std::fs::write(dir.path().join("south.toml"), charger("")).unwrap();
+    let missing = topology::deploy::chargers_files(&t, dir.path()).unwrap_err();
+    assert!(missing.to_string().contains("east.toml"), "{missing}");
+    let hash = topology::auth::hash_password("pw");
+    std::fs::write(
+        dir.path().join("east.toml"),
+        charger(&format!("password = \"{hash}\"\n")),
+    )
+    .unwrap();
+    let files = topology::deploy::chargers_files(&t, dir.path()).unwrap();
+    let regions: Vec<&str> = files.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(regions, ["north", "south", "east"]);
+    std::fs::write(dir.path().join("east.toml"), charger("password = \"pw\"\n")).unwrap();
+    let plain = topology::deploy::chargers_files(&t, dir.path()).unwrap_err();
+    let plain = plain.to_string();
+    assert!(
+        plain.contains("east.toml") && plain.contains("CP-1") && plain.contains("$7$"),
+        "{plain}"
+    );
+    std::fs::write(dir.path().join("east.toml"), "[[charger]\n").unwrap();
+    let bad = topology::deploy::chargers_files(&t, dir.path()).unwrap_err();
+    assert!(bad.to_string().contains("east.toml"), "{bad}");
 }
 
 /// `${VAR:-default}` as its default (compose interpolation with nothing set).

@@ -4,7 +4,7 @@
 use indexmap::IndexMap;
 use serde::Serialize;
 
-use super::containers::{CENTRAL_HTTP_PORT, MQTT_PORT};
+use super::containers::{CENTRAL_HTTP_PORT, CHARGERS_PATH, MQTT_PORT, OCPP_PORT};
 use super::{
     BROKER_CONF, BROKER_SECRETS, Container, Role, SERVER_SECRETS, Settings, TOPOLOGY_PATH,
     containers, header, health_check_script, yaml,
@@ -209,29 +209,40 @@ fn broker_service(c: &Container, settings: &Settings, host_port: u16) -> Service
     }
 }
 
-fn fog_service(
+/// A region's server, on its region's network, started once its broker is healthy,
+/// with its HTTP check: a fog server (its HTTP API published, its state volume) or an
+/// OCPP gateway (its WebSocket published, the region's chargers file read-only).
+fn region_service(
     c: &Container,
     settings: &Settings,
     t: &Topology,
     region: &str,
     host_port: u16,
 ) -> Service {
-    let port = c.http_port.unwrap_or_default();
+    let secrets = format!("secrets:{SERVER_SECRETS}:ro");
+    let (port, volumes) = match c.role {
+        Role::Ocpp { .. } => {
+            let dir = &settings.compose.chargers_dir;
+            let chargers = format!("{dir}/{region}.toml:{CHARGERS_PATH}:ro");
+            (OCPP_PORT, vec![secrets, chargers])
+        }
+        _ => {
+            let state = format!("{}-state:/fogcharge/state", c.name);
+            (c.http_port.unwrap_or_default(), vec![secrets, state])
+        }
+    };
     let broker = t
         .region(region)
         .map(|r| r.broker.host.as_str())
         .unwrap_or_default();
     let svc = Service {
         ports: vec![publish(&c.name, host_port, port)],
-        volumes: vec![
-            format!("secrets:{SERVER_SECRETS}:ro"),
-            format!("{}-state:/fogcharge/state", c.name),
-        ],
+        volumes,
         networks: vec![region_network(region)],
         depends_on: depends(&[(broker, Condition::ServiceHealthy)]),
         ..base(c, settings)
     };
-    http_checked(svc, port)
+    http_checked(svc, c.http_port.unwrap_or_default())
 }
 
 fn central_service(c: &Container, settings: &Settings, t: &Topology) -> Service {
@@ -310,7 +321,10 @@ pub fn compose(t: &Topology, settings: &Settings, source: &str) -> Result<String
                 broker_service(c, settings, nth(ports.first_region_port, r))
             }
             Role::Fog { region } => {
-                fog_service(c, settings, t, region, nth(ports.first_fog_port, region))
+                region_service(c, settings, t, region, nth(ports.first_fog_port, region))
+            }
+            Role::Ocpp { region } => {
+                region_service(c, settings, t, region, nth(ports.first_ocpp_port, region))
             }
             Role::Central => central_service(c, settings, t),
             Role::Simulator => simulator_service(c, settings, t, &all),

@@ -11,6 +11,19 @@ pub const FOG_HTTP_PORT: u16 = 9090;
 pub const CENTRAL_HTTP_PORT: u16 = 8080;
 /// The MQTT port of a broker inside its container.
 pub const MQTT_PORT: u16 = 1883;
+/// Where charge points connect to an OCPP gateway inside its container
+/// (`ws://…:8887/ocpp/{chargePointId}`).
+pub const OCPP_PORT: u16 = 8887;
+/// The HTTP port (`/healthz`, `/readyz`, `/metrics`) of an OCPP gateway inside its
+/// container.
+pub const OCPP_HTTP_PORT: u16 = 9090;
+/// The region's chargers file inside an OCPP gateway's container (compose mounts the
+/// file, Kubernetes its folder from a ConfigMap, so that a changed ConfigMap reaches it).
+pub const CHARGERS_PATH: &str = "/etc/fogcharge/chargers/chargers.toml";
+/// The folder of [`CHARGERS_PATH`] (Kubernetes mounts it).
+pub const CHARGERS_DIR: &str = "/etc/fogcharge/chargers";
+/// The file name of [`CHARGERS_PATH`].
+pub const CHARGERS_FILE: &str = "chargers.toml";
 
 /// One container of the deployment, the same for compose and Kubernetes.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +47,10 @@ pub enum Role {
         region: Option<String>,
     },
     Fog {
+        region: String,
+    },
+    /// A region's OCPP 1.6J gateway: the region's real charge points.
+    Ocpp {
         region: String,
     },
     Central,
@@ -125,6 +142,32 @@ fn fog(settings: &Settings, r: &Region) -> Result<Container, TopologyError> {
     })
 }
 
+fn ocpp(settings: &Settings, r: &Region) -> Container {
+    let user = format!("ocpp-{}", r.id);
+    Container {
+        name: user.clone(),
+        image: settings.image.clone(),
+        command: strings(&["fogcharge", "ocpp-gateway"]),
+        env: env(&[
+            ("OCPP_REGION", r.id.clone()),
+            ("OCPP_BROKER", r.broker.url()),
+            ("OCPP_MQTT_USERNAME", user.clone()),
+            (
+                "OCPP_MQTT_PASSWORD_FILE",
+                secret(&format!("{user}.password")),
+            ),
+            ("OCPP_LISTEN", format!("0.0.0.0:{OCPP_PORT}")),
+            ("OCPP_CHARGERS", CHARGERS_PATH.into()),
+            ("OCPP_HTTP", format!("0.0.0.0:{OCPP_HTTP_PORT}")),
+            ("RUST_LOG", "info".into()),
+        ]),
+        http_port: Some(OCPP_HTTP_PORT),
+        role: Role::Ocpp {
+            region: r.id.clone(),
+        },
+    }
+}
+
 fn central(settings: &Settings, t: &Topology) -> Container {
     Container {
         name: "central".into(),
@@ -164,7 +207,7 @@ fn simulator(settings: &Settings) -> Container {
 }
 
 /// The containers of the deployment of `t`, in start order: setup, the brokers
-/// (central first), the fog servers, central, device-sim.
+/// (central first), the fog servers, the OCPP gateways, central, device-sim.
 pub fn containers(t: &Topology, settings: &Settings) -> Result<Vec<Container>, TopologyError> {
     let mut out = vec![setup(settings), broker(settings, &t.central.host, None)];
     for r in &t.regions {
@@ -173,7 +216,20 @@ pub fn containers(t: &Topology, settings: &Settings) -> Result<Vec<Container>, T
     for r in &t.regions {
         out.push(fog(settings, r)?);
     }
+    for r in &t.regions {
+        out.push(ocpp(settings, r));
+    }
     out.push(central(settings, t));
     out.push(simulator(settings));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chargers_path_is_its_folder_and_file() {
+        assert_eq!(CHARGERS_PATH, format!("{CHARGERS_DIR}/{CHARGERS_FILE}"));
+    }
 }

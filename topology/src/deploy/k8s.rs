@@ -16,7 +16,7 @@ use pod::{
 };
 use serde::Serialize;
 
-use super::containers::MQTT_PORT;
+use super::containers::{CHARGERS_DIR, CHARGERS_FILE, MQTT_PORT, OCPP_PORT};
 use super::{
     BROKER_CONF, BROKER_SECRETS, CLOCK_FILE, Container, Role, SERVER_SECRETS, Settings, containers,
     header, health_check_script, yaml,
@@ -25,6 +25,10 @@ use crate::{RenderOptions, Topology, TopologyError, central_broker_conf, region_
 
 /// The Secret `fogcharge setup --kubernetes-secret` creates.
 pub const SECRET_NAME: &str = "fogcharge-secrets";
+
+/// The ConfigMap of the regions' chargers files (`{region}.toml`), made from
+/// `deploy/chargers/`; each OCPP gateway mounts its region's.
+pub const CHARGERS_CONFIG_MAP: &str = "fogcharge-chargers";
 
 /// The image's `mosquitto` group: it reads the secrets.
 const MOSQUITTO_GID: u32 = 1883;
@@ -205,17 +209,27 @@ fn stateful_set(name: &str, component: &str, ns: &str, pod: PodSpec, size: &str)
     object("apps/v1", "StatefulSet", meta, Spec { spec })
 }
 
-/// The broker configs and the topology, as ConfigMaps.
-fn config_maps(t: &Topology, opts: &RenderOptions, ns: &str) -> Result<Vec<String>, TopologyError> {
+/// The broker configs, the topology and the chargers files, as ConfigMaps.
+fn config_maps(
+    t: &Topology,
+    opts: &RenderOptions,
+    chargers: &[(String, String)],
+    ns: &str,
+) -> Result<Vec<String>, TopologyError> {
     let mut confs = vec![("central.conf".to_owned(), central_broker_conf(t, opts))];
     for r in &t.regions {
         let conf = region_broker_conf(t, &r.id, opts)?;
         confs.push((format!("{}.conf", r.id), conf));
     }
     let topology = vec![("topology.toml".to_owned(), crate::to_toml(t))];
+    let chargers_data = chargers
+        .iter()
+        .map(|(region, text)| (format!("{region}.toml"), text.clone()))
+        .collect();
     Ok(vec![
         config_map("fogcharge-brokers", "broker", ns, confs),
         config_map("fogcharge-topology", "config", ns, topology),
+        config_map(CHARGERS_CONFIG_MAP, "ocpp-gateway", ns, chargers_data),
     ])
 }
 
@@ -385,25 +399,67 @@ fn server_objects(c: &Container, ns: &str) -> Vec<String> {
         ));
         objects.push(persistent_volume_claim(&claim, component, ns, "256Mi"));
     }
+    let pod = server_pod(c, mounts, volumes, ("http", port));
+    objects.push(service(&c.name, component, ns, port, "http"));
+    objects.push(deployment(&c.name, component, ns, pod));
+    objects
+}
+
+/// The pod of a fogcharge server: its container listening on `port`, with readiness
+/// and liveness probes on its HTTP port.
+fn server_pod(
+    c: &Container,
+    mounts: Vec<VolumeMount>,
+    volumes: Vec<api::Volume>,
+    (port_name, port): (&str, u16),
+) -> PodSpec {
+    let http = c.http_port.unwrap_or(port);
     let mut server = container(c, mounts, resources("100m", "64Mi", "1", "256Mi"));
     server.ports = vec![ContainerPort {
-        name: "http".into(),
+        name: port_name.into(),
         container_port: port,
     }];
-    server.readiness_probe = http_probe("/readyz", port, 2);
-    server.liveness_probe = http_probe("/healthz", port, 10);
+    server.readiness_probe = http_probe("/readyz", http, 2);
+    server.liveness_probe = http_probe("/healthz", http, 10);
     server.security_context = fogcharge_security();
-    let pod = PodSpec {
+    PodSpec {
         security_context: pod_security(),
         // SIGTERM: the servers stop within a few seconds
         termination_grace_period_seconds: Some(15),
         containers: vec![server],
         volumes,
         ..PodSpec::default()
-    };
-    objects.push(service(&c.name, component, ns, port, "http"));
-    objects.push(deployment(&c.name, component, ns, pod));
-    objects
+    }
+}
+
+/// A region's OCPP gateway: a Deployment (one pod: the charge points' sessions and
+/// the MQTT client id are the region's) behind a Service on the OCPP port, its
+/// region's chargers file from the ConfigMap (a folder mount: an updated ConfigMap
+/// reaches the pod, and SIGHUP reloads it).
+fn ocpp_objects(c: &Container, region: &str, ns: &str) -> Vec<String> {
+    let component = "ocpp-gateway";
+    let password = format!("{}.password", c.name);
+    let mounts = vec![
+        mount("secrets", SERVER_SECRETS, true),
+        mount("chargers", CHARGERS_DIR, true),
+        tmp_mount(),
+    ];
+    let chargers = volume(
+        "chargers",
+        VolumeSource::ConfigMap(ConfigMapVolume {
+            name: CHARGERS_CONFIG_MAP.into(),
+            items: vec![KeyToPath {
+                key: format!("{region}.toml"),
+                path: CHARGERS_FILE.into(),
+            }],
+        }),
+    );
+    let volumes = vec![secret_volume(&[&password]), chargers, tmp_volume()];
+    let pod = server_pod(c, mounts, volumes, ("ocpp", OCPP_PORT));
+    vec![
+        service(&c.name, component, ns, OCPP_PORT, "ocpp"),
+        deployment(&c.name, component, ns, pod),
+    ]
 }
 
 /// The manifests of `k8s/`: (file name, content). Every file holds Kubernetes objects
@@ -412,6 +468,7 @@ pub fn kubernetes(
     t: &Topology,
     settings: &Settings,
     broker_confs: &RenderOptions,
+    chargers: &[(String, String)],
     source: &str,
 ) -> Result<Vec<(String, String)>, TopologyError> {
     let ns = settings.kubernetes.namespace.as_str();
@@ -422,7 +479,7 @@ pub fn kubernetes(
         ),
         (
             "10-config.yaml".to_owned(),
-            file(source, &config_maps(t, broker_confs, ns)?),
+            file(source, &config_maps(t, broker_confs, chargers, ns)?),
         ),
     ];
     for c in &containers(t, settings)? {
@@ -430,6 +487,7 @@ pub fn kubernetes(
             Role::Setup => ("20-setup.yaml".to_owned(), setup_objects(c, ns)),
             Role::Broker { .. } => (format!("30-{}.yaml", c.name), broker_objects(c, ns)),
             Role::Fog { .. } => (format!("40-{}.yaml", c.name), server_objects(c, ns)),
+            Role::Ocpp { region } => (format!("45-{}.yaml", c.name), ocpp_objects(c, region, ns)),
             Role::Central => (format!("50-{}.yaml", c.name), server_objects(c, ns)),
             Role::Simulator => ("60-device-sim.yaml".to_owned(), vec![simulator_job(c, ns)]),
         };

@@ -9,6 +9,7 @@
 //! | setup (compose service / Kubernetes Job) | `fogcharge` | `fogcharge setup`: users, password and ACL files, bridge sections, the shared clock |
 //! | `broker-central`, `broker-{region}` | `eclipse-mosquitto:2` (compose: `$FOGCHARGE_BROKER_IMAGE` overrides it) | `mosquitto -c /mosquitto/config/mosquitto.conf` with the generated config |
 //! | `fog-{region}` | `fogcharge` | `fogcharge fog-server` |
+//! | `ocpp-{region}` | `fogcharge` | `fogcharge ocpp-gateway`: the region's OCPP 1.6J charge points, from its chargers file (`deploy/chargers/{region}.toml`) |
 //! | `central` | `fogcharge` | `fogcharge central` |
 //! | `device-sim` | `fogcharge` | `fogcharge sim` against the deployment |
 //!
@@ -33,13 +34,14 @@ mod settings;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 
 use crate::auth::{Credentials, Role as UserRole};
 use crate::{Topology, TopologyError};
 
 pub use compose::{BROKER_IMAGE_VAR, CENTRAL_NETWORK, compose, port_var};
-pub use containers::{Container, Role, containers};
-pub use k8s::{SECRET_NAME, kubernetes};
+pub use containers::{CHARGERS_PATH, Container, OCPP_PORT, Role, containers};
+pub use k8s::{CHARGERS_CONFIG_MAP, SECRET_NAME, kubernetes};
 pub use settings::{
     ComposeSettings, DEPLOY_SETTINGS, KubernetesSettings, Overload, Scenario, Settings,
 };
@@ -57,7 +59,8 @@ pub const CLOCK_FILE: &str = "clock.json";
 
 /// The secret files of a deployment, by path relative to the secrets directory:
 /// `users.toml`, `{broker}.passwd`, `{broker}.acl`, `bridge-{region}/bridge.conf` and
-/// `{user}.password` for central, each fog server and the health-check user.
+/// `{user}.password` for central, each fog server, each OCPP gateway and the
+/// health-check user.
 pub fn secret_files(
     t: &Topology,
     credentials: &Credentials,
@@ -84,12 +87,52 @@ pub fn secret_files(
     for u in &credentials.users {
         if matches!(
             u.role,
-            UserRole::Central | UserRole::Fog { .. } | UserRole::Health
+            UserRole::Central | UserRole::Fog { .. } | UserRole::Ocpp { .. } | UserRole::Health
         ) {
             files.insert(format!("{}.password", u.name), format!("{}\n", u.password));
         }
     }
     Ok(files)
+}
+
+/// The regions' chargers files (`{region}.toml` in `dir`), as `(region, text)` in the
+/// topology's order: every region needs one (an empty file is an empty registry).
+/// They are configuration, not secrets: a charger's `password` must be its `$7$` hash,
+/// so a plain password is refused here before it reaches a generated ConfigMap (the
+/// gateway checks the rest when it loads the file).
+pub fn chargers_files(t: &Topology, dir: &Path) -> Result<Vec<(String, String)>, TopologyError> {
+    t.regions
+        .iter()
+        .map(|r| {
+            let path = dir.join(format!("{}.toml", r.id));
+            let text = std::fs::read_to_string(&path).map_err(|e| TopologyError::Read {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            check_chargers(&text)
+                .map_err(|why| TopologyError::Parse(format!("{}: {why}", path.display())))?;
+            Ok((r.id.clone(), text))
+        })
+        .collect()
+}
+
+/// A chargers file is TOML whose `[[charger]]` passwords, if any, are `$7$` hashes.
+fn check_chargers(text: &str) -> Result<(), String> {
+    let file: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let chargers = file.get("charger").and_then(|c| c.as_array());
+    for c in chargers.into_iter().flatten() {
+        let id = c.get("id").and_then(|v| v.as_str()).unwrap_or("?");
+        match c.get("password") {
+            None => {}
+            Some(p) if p.as_str().is_some_and(|p| p.starts_with("$7$")) => {}
+            Some(_) => {
+                return Err(format!(
+                    "charger {id:?}: password must be a $7$ hash (`fogcharge hash-password`), not the password itself"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The key of a secret file in a Kubernetes Secret (no `/` allowed there).

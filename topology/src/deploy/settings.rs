@@ -42,6 +42,11 @@ pub struct ComposeSettings {
     pub first_region_port: u16,
     /// Host port of the first fog server's HTTP API (`/metrics`; the next count up).
     pub first_fog_port: u16,
+    /// Host port of the first OCPP gateway's WebSocket (charge points; the next count up).
+    pub first_ocpp_port: u16,
+    /// The regions' chargers files (`{region}.toml`), relative to the compose file; the
+    /// Kubernetes ConfigMap `fogcharge-chargers` is made from the same files.
+    pub chargers_dir: String,
 }
 
 /// What only the Kubernetes manifests need.
@@ -117,6 +122,7 @@ impl Settings {
         for (what, first) in [
             ("first_region_port", c.first_region_port),
             ("first_fog_port", c.first_fog_port),
+            ("first_ocpp_port", c.first_ocpp_port),
         ] {
             if first == 0 || u32::from(first) + regions > 65_536 {
                 return Err(format!(
@@ -180,6 +186,8 @@ mod tests {
         assert!(e.contains("clock_speed"), "{e}");
         let e = with("first_fog_port = 9091", "first_fog_port = 65534").unwrap_err();
         assert!(e.contains("first_fog_port"), "{e}");
+        let e = with("first_ocpp_port = 8887", "first_ocpp_port = 0").unwrap_err();
+        assert!(e.contains("first_ocpp_port"), "{e}");
         let e = Settings::load(Path::new("/nonexistent/deployment.toml"), &topology()).unwrap_err();
         assert!(
             e.to_string().contains("/nonexistent/deployment.toml"),
