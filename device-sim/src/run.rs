@@ -198,7 +198,8 @@ pub async fn run(
             _ => None,
         })
         .collect();
-    if let Some(net) = opts.net.as_deref() {
+    // (OCPP charge points reported their connectors when they booted.)
+    if let Some(net) = opts.net.as_deref().filter(|n| n.ocpp().is_none()) {
         net.station_publish_confirmed(initial).await?;
     }
     match &opts.settle {
@@ -379,17 +380,30 @@ pub async fn run(
                         }
                     }
                 }
-                Event::StationChanged(s) => {
-                    if let Some(net) = opts.net.as_deref() {
+                Event::StationChanged(s) => match opts.net.as_deref() {
+                    Some(net) if net.ocpp().is_some() => {
+                        let charging = sim.stations[s]
+                            .charging
+                            .iter()
+                            .map(|&(v, _)| world.vehicles[v].id.clone())
+                            .collect();
+                        if let Some(points) = net.ocpp() {
+                            points.occupancy(s, charging, sim.now_ms as u64);
+                        }
+                    }
+                    Some(net) => {
                         let (s, topic, payload) = status_message(&sim, s);
                         net.station_publish(s, &topic, &payload);
                     }
-                }
+                    None => {}
+                },
                 Event::Arrived {
                     vehicle,
                     reservation,
                 } => {
-                    if let Some(net) = opts.net.as_deref() {
+                    // An OCPP charge point reports the arrival itself: StartTransaction
+                    // with the reservation when the vehicle plugs in.
+                    if let Some(net) = opts.net.as_deref().filter(|n| n.ocpp().is_none()) {
                         let update = ReservationUpdate {
                             v: 1,
                             reservation_id: reservation.id.clone(),
@@ -482,6 +496,7 @@ pub async fn run(
             .collect(),
     );
     if let Some(net) = opts.net.as_deref() {
+        r.ocpp = net.ocpp().map(crate::ocpp::ChargePoints::figures);
         r.messages = net.messages() - messages_before;
         r.msgs_per_s = r.messages as f64 / r.wall_s.max(1e-9);
         r.msgs_per_s_by_broker = net
