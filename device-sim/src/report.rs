@@ -81,6 +81,12 @@ pub struct StrategyReport {
     pub rerouted: u32,
     /// Answers `unavailable`.
     pub unavailable: u32,
+    /// Revised answers to a vehicle on its way: the station refused the reservation
+    /// (only stations that take reservations, OCPP ones). The vehicle asks again (a
+    /// request more) once; after a second refusal it drives on to that station without
+    /// a reservation.
+    #[serde(default)]
+    pub revised: u32,
     /// Requests answered by nobody in time (the vehicle asked again, then fell back).
     pub timeouts: u32,
     /// Vehicles that drove to the nearest station because the fog gave them none.
@@ -242,6 +248,7 @@ impl Report {
             ("wall time (s)", |r| Some(r.wall_s), 5),
         ];
         let ocpp_rows: &[Row] = &[
+            ("revised (reserve refused)", |r| Some(r.revised.into()), 0),
             (
                 "ocpp: reserve accepted",
                 |r| r.ocpp.as_ref().map(|o| o.reservations_accepted as f64),

@@ -118,6 +118,12 @@ struct Requests {
     pending: HashMap<usize, Pending>,
     seq: u64,
     rtts: Vec<f64>,
+    /// The request whose answer (with a reservation) each vehicle follows now.
+    followed: HashMap<usize, String>,
+    /// Vehicles asking again after a revision, and those whose latest request was such
+    /// a second try (a second revision does not make them ask a third time).
+    reasking: std::collections::HashSet<usize>,
+    second_try: std::collections::HashSet<usize>,
 }
 
 impl Requests {
@@ -137,6 +143,19 @@ impl Requests {
 
     /// The vehicle `answer` is for, when it answers that vehicle's pending request
     /// (which then ends, its round trip recorded).
+    /// The vehicle a revised answer is for, when it revises the answer that vehicle
+    /// follows now (a station refused the reservation).
+    fn revision(&mut self, vehicles: &HashMap<&str, usize>, answer: &Answer) -> Option<usize> {
+        let &v = vehicles.get(answer.vehicle_id.as_str())?;
+        if !answer.recommendation.revised
+            || self.followed.get(&v)? != &answer.recommendation.request_id
+        {
+            return None;
+        }
+        self.followed.remove(&v);
+        Some(v)
+    }
+
     fn answered(&mut self, vehicles: &HashMap<&str, usize>, answer: &Answer) -> Option<usize> {
         let &v = vehicles.get(answer.vehicle_id.as_str())?;
         if self.pending.get(&v)?.request_id != answer.recommendation.request_id {
@@ -272,6 +291,24 @@ pub async fn run(
         if let Some(net) = opts.net.as_deref_mut() {
             while let Ok(answer) = net.answers.try_recv() {
                 let Some(v) = requests.answered(&vehicle_index, &answer) else {
+                    // A station that refused the reservation: the fog released it and
+                    // says so; the vehicle, still on its way, asks again.
+                    // A second refusal: it drives on to that station without one.
+                    if let Some(v) = requests.revision(&vehicle_index, &answer) {
+                        if let Phase::ToStation {
+                            station,
+                            reservation: Some(_),
+                        } = sim.vehicles[v].phase
+                        {
+                            r.revised += 1;
+                            if requests.second_try.contains(&v) {
+                                sim.send_to(v, station, None);
+                            } else {
+                                requests.reasking.insert(v);
+                                sim.reservation_refused(v);
+                            }
+                        }
+                    }
                     continue; // not a vehicle of ours, or an answer to a retried request
                 };
                 let rec = answer.recommendation;
@@ -311,6 +348,9 @@ pub async fn run(
                             region: st.region.clone(),
                             id,
                         });
+                        if reservation.is_some() {
+                            requests.followed.insert(v, rec.request_id.clone());
+                        }
                         sim.send_to(v, s, reservation);
                     }
                     (status, _) => {
@@ -356,6 +396,11 @@ pub async fn run(
             match event {
                 Event::NeedStation(v) => {
                     r.requests += 1;
+                    if requests.reasking.remove(&v) {
+                        requests.second_try.insert(v);
+                    } else {
+                        requests.second_try.remove(&v);
+                    }
                     match strategy {
                         Strategy::Fog | Strategy::Cloud | Strategy::FogFar => {
                             if !std::mem::replace(&mut asked[v], true) {

@@ -256,6 +256,13 @@ async fn stations_as_ocpp_charge_points_reach_the_fog_through_each_regions_gatew
     assert!(o.transactions_on_reservation > 10, "{o:?}");
     assert_eq!(gateway("arrived"), o.transactions_on_reservation, "{o:?}");
     assert!(o.transactions >= u64::from(fog.charged), "{o:?} {fog:?}");
+    // A reservation the gateway could not place (no connector free now) came back to
+    // its vehicle as a revised answer, and the vehicle asked again.
+    assert!(
+        (gateway("rejected") == 0 || fog.revised > 0)
+            && u64::from(fog.revised) <= gateway("rejected"),
+        "{o:?} {fog:?}"
+    );
     // The reports say which transport the stations used.
     let table = report.table();
     assert!(
