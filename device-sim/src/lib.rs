@@ -1,12 +1,14 @@
 //! `device-sim`: the simulated city. Stations and vehicles are MQTT clients on the
-//! regional brokers; the world runs faster than real time on a clock it shares with the
+//! regional brokers (or, with `--station-transport ocpp`, the stations are OCPP 1.6J
+//! charge points of each region's gateway); the world runs faster than real time on a clock it shares with the
 //! servers; the same seed gives the same world; and one run compares strategies side by
 //! side. See `docs/simulation.md`.
 //!
 //! Three ways to run:
 //! - **local** (no `--brokers`/`--topology`): starts the whole topology itself — a
 //!   central Mosquitto and one per region from the generated configs, a fog server per
-//!   region and central — and stops it all at the end (also on Ctrl-C);
+//!   region and central (and an OCPP gateway per region for `--station-transport
+//!   ocpp`) — and stops it all at the end (also on Ctrl-C);
 //! - **external** (`--topology file` and/or `--brokers region=url,…`): against brokers
 //!   and servers that already run (docker compose, Kubernetes), which must share the
 //!   clock (`--speed` = their `--clock-speed`, same `--clock-epoch-ms`);
@@ -24,6 +26,8 @@
 //! - [`run`](mod@run): one strategy over a world, paced by the shared clock; requests, answers,
 //!   timeouts and fallbacks.
 //! - [`net`]: the devices' MQTT connections, one per station and a fleet per region.
+//! - [`ocpp`]: the stations as OCPP 1.6J charge points of each region's gateway
+//!   (`--station-transport ocpp`).
 //! - [`report`]: the per-strategy figures and the comparison table.
 //! - [`setup`]: `fogcharge setup`, a container deployment's users, secrets and clock.
 //! - [`cli`]: the simulation as a command: run, print the table, stop on Ctrl-C.
@@ -32,6 +36,7 @@
 
 pub mod cli;
 pub mod net;
+pub mod ocpp;
 pub mod report;
 pub mod run;
 pub mod setup;
@@ -50,6 +55,7 @@ use launcher::{LocalBrokers, LocalServers, ServerSettings};
 use serverkit::{Clock, LogFormat, clock::wall_ms};
 use tokio_util::sync::CancellationToken;
 use topology::Topology;
+use tracing::warn;
 
 pub use report::{Report, StrategyReport};
 pub use run::Strategy;
@@ -164,6 +170,17 @@ pub struct Config {
     #[arg(long, env = "SIM_LINK_MBPS")]
     pub link_mbps: Option<f64>,
 
+    /// How the simulated stations talk: `mqtt` (each its own MQTT client on the
+    /// regional broker) or `ocpp` (each an OCPP 1.6J charge point of its region's
+    /// gateway, which the local run starts: see docs/ocpp.md).
+    #[arg(long, env = "SIM_STATION_TRANSPORT", value_enum, default_value_t = StationTransport::Mqtt)]
+    pub station_transport: StationTransport,
+
+    /// With `--station-transport ocpp`: the heartbeat interval the gateways give the
+    /// charge points, real seconds (a charger silent for twice this long is offline).
+    #[arg(long, env = "SIM_OCPP_HEARTBEAT_S", default_value_t = 30)]
+    pub ocpp_heartbeat_s: u32,
+
     /// Write the report as JSON to this file.
     #[arg(long, env = "SIM_REPORT_JSON")]
     pub report_json: Option<PathBuf>,
@@ -179,6 +196,24 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "SIM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// How the simulated stations reach the fog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StationTransport {
+    /// Each station its own MQTT client on the regional broker.
+    Mqtt,
+    /// Each station an OCPP 1.6J charge point (WebSocket) of its region's gateway.
+    Ocpp,
+}
+
+impl StationTransport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mqtt => "mqtt",
+            Self::Ocpp => "ocpp",
+        }
+    }
 }
 
 /// The strategies of one run, in order.
@@ -300,6 +335,16 @@ impl Config {
                 s.name()
             );
         }
+        if self.station_transport == StationTransport::Ocpp {
+            anyhow::ensure!(
+                !self.offline && !self.is_external(),
+                "--station-transport ocpp needs the local run, which starts a gateway per region (not --offline, --brokers or a --topology without --start-local)"
+            );
+            anyhow::ensure!(
+                (1..=86_400).contains(&self.ocpp_heartbeat_s),
+                "--ocpp-heartbeat-s must be in [1, 86400] s"
+            );
+        }
         if self.is_external() && self.speed != 1.0 && self.clock_epoch_ms.is_none() {
             bail!(
                 "against existing servers the clock must be shared: pass --clock-epoch-ms (and --speed) equal to the servers' --clock-epoch-ms and --clock-speed"
@@ -365,6 +410,7 @@ async fn run_to_end(mut config: Config, shutdown: CancellationToken) -> Result<R
         scenario: serde_json::to_value(&config.scenario)?,
         strategies: BTreeMap::new(),
         order: Vec::new(),
+        station_transport: config.station_transport.name().into(),
     };
     let answer_timeout = Duration::from_millis(config.answer_timeout_ms);
     let progress = !config.no_progress;
@@ -488,6 +534,30 @@ impl Placement {
             .collect()
     }
 
+    /// A gateway per region, its chargers file the region's stations.
+    fn ocpp_settings(&self, config: &Config) -> launcher::OcppSettings {
+        let mut chargers: BTreeMap<String, Vec<launcher::OcppCharger>> = BTreeMap::new();
+        for s in &self.world.stations {
+            chargers
+                .entry(self.world.regions.areas[s.region].id.clone())
+                .or_default()
+                .push(launcher::OcppCharger {
+                    id: s.id.clone(),
+                    lat: s.lat,
+                    lon: s.lon,
+                    connectors: s.chargers,
+                    power_kw: s.power_kw,
+                });
+        }
+        launcher::OcppSettings {
+            chargers,
+            heartbeat_s: config.ocpp_heartbeat_s,
+            // A simulated charge point answers at once; a call unanswered for this
+            // long means it is gone.
+            call_timeout_ms: 5_000,
+        }
+    }
+
     /// Stations in service per region, as central should list them.
     fn in_service(&self) -> BTreeMap<String, u32> {
         let mut n: BTreeMap<String, u32> = self
@@ -519,10 +589,12 @@ async fn run_local(
         // The local run has authentication on, with users made for this run.
         None => topology::auth::Credentials::generate(&placement.topology, &stations, &[]),
     };
+    let ocpp = config.station_transport == StationTransport::Ocpp;
     eprintln!(
-        "{}: starting the local topology: a central broker and {} regional broker(s) (Mosquitto, authentication on), fog server(s) and central; devices {}, bridges {}",
+        "{}: starting the local topology: a central broker and {} regional broker(s) (Mosquitto, authentication on), fog server(s){} and central; devices {}, bridges {}",
         strategy.name(),
         placement.topology.regions.len(),
+        if ocpp { ", OCPP gateway(s)" } else { "" },
         describe(&placement.devices),
         describe(&placement.bridges),
     );
@@ -568,9 +640,39 @@ async fn run_local(
         clock_epoch_ms: epoch,
         central_http: config.central_http,
         credentials: Some(credentials),
+        ocpp: ocpp.then(|| placement.ocpp_settings(config)),
         ..ServerSettings::embedded(&exe)
     };
     let servers = LocalServers::start(&topology, &settings).await?;
+    // The charge points reach their gateway over the devices' network too.
+    let mut gateways = HashMap::new();
+    for (region, listen, _) in servers.ocpp_gateways() {
+        let addr = if strategy.asks_server() && !placement.devices.is_zero() {
+            let proxy = launcher::delay::DelayProxy::start(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                listen,
+                placement.devices,
+                config.scenario.seed ^ u64::from(listen.port()),
+            )
+            .with_context(|| format!("starting the delay proxy of the gateway of {region}"))?;
+            let addr = proxy.addr();
+            proxies.push(proxy);
+            addr
+        } else {
+            listen
+        };
+        gateways.insert(region.to_owned(), format!("ws://{addr}/ocpp"));
+    }
+    let ocpp_gateways = ocpp.then(|| net::OcppGateways {
+        urls: gateways,
+        connectors: placement
+            .world
+            .stations
+            .iter()
+            .map(|s| s.chargers)
+            .collect(),
+        now_ms: clock.now_ms(),
+    });
     eprintln!(
         "{}: central API http://{}/api/regions (metrics: /metrics)",
         strategy.name(),
@@ -578,7 +680,14 @@ async fn run_local(
     );
     let in_service = placement.in_service();
     let result = async {
-        let mut net = net::Net::connect(&net_brokers, &stations, strategy.name(), shutdown).await?;
+        let mut net = net::Net::connect(
+            &net_brokers,
+            &stations,
+            ocpp_gateways.as_ref(),
+            strategy.name(),
+            shutdown,
+        )
+        .await?;
         let settle = run::Settle::Until(Box::new(|| Box::pin(servers.lists_stations(&in_service))));
         let opts = run::RunOptions {
             clock: Some(clock),
@@ -588,7 +697,16 @@ async fn run_local(
             shutdown: shutdown.clone(),
             settle,
         };
-        let r = run::run(&placement.world, strategy, opts).await;
+        let mut r = run::run(&placement.world, strategy, opts).await;
+        // The gateways' view while every charge point is still connected.
+        if let Ok(Some(o)) = r.as_mut().map(|r| r.ocpp.as_mut()) {
+            match ocpp::GatewayFigures::scrape(servers.ocpp_gateways().map(|(_, _, http)| http))
+                .await
+            {
+                Ok(g) => o.gateways = g,
+                Err(e) => warn!("{e:#}"),
+            }
+        }
         net.close().await;
         r.map(|r| placement.label(r))
     }
@@ -627,7 +745,8 @@ async fn run_external(
     };
     let epoch = config.clock_epoch_ms.unwrap_or_else(wall_ms);
     let clock = Clock::scaled(epoch, config.speed);
-    let mut net = net::Net::connect(&net_brokers, &stations, strategy.name(), shutdown).await?;
+    let mut net =
+        net::Net::connect(&net_brokers, &stations, None, strategy.name(), shutdown).await?;
     let opts = run::RunOptions {
         clock: Some(clock),
         net: Some(&mut net),

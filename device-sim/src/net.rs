@@ -2,7 +2,9 @@
 //!
 //! - every **station** is its own MQTT client (client id = station id) on its region's
 //!   broker, with a retained last will `{"state":"offline"}`, and publishes its status
-//!   retained, QoS 1, on every change;
+//!   retained, QoS 1, on every change — or, with `--station-transport ocpp`, an OCPP
+//!   1.6J charge point of its region's gateway ([`crate::ocpp`]), which publishes for
+//!   it;
 //! - the **vehicles** of a region talk through one fleet connection per region (as a
 //!   fleet operator's gateway would): requests, reservation updates and telemetry on
 //!   each vehicle's own topics, and one subscription to
@@ -45,6 +47,17 @@ impl Brokers {
     }
 }
 
+/// The stations as OCPP charge points instead of MQTT clients.
+#[derive(Debug, Clone)]
+pub struct OcppGateways {
+    /// Each region's gateway, `ws://host:port/ocpp`.
+    pub urls: HashMap<String, String>,
+    /// Connectors of each station (parallel to the stations given to [`Net::connect`]).
+    pub connectors: Vec<u32>,
+    /// Simulated time of the boot (for the timestamps).
+    pub now_ms: u64,
+}
+
 /// A recommendation that came back, with when it arrived.
 #[derive(Debug)]
 pub struct Answer {
@@ -67,15 +80,20 @@ pub struct Net {
     station_counters: Vec<Arc<AtomicU64>>,
     tasks: JoinSet<()>,
     links: Vec<Arc<tokio::sync::Mutex<Link>>>,
+    /// The stations, when they are OCPP charge points (then `stations` is empty).
+    ocpp: Option<crate::ocpp::ChargePoints>,
     shutdown: CancellationToken,
 }
 
 impl Net {
     /// Connects a fleet gateway per region and a client per station (`stations`:
-    /// `(region, station_id)`), `run` making client ids unique per run.
+    /// `(region, station_id)`), `run` making client ids unique per run; with `ocpp`,
+    /// the stations are charge points of the gateways instead, each booted when this
+    /// returns.
     pub async fn connect(
         brokers: &Brokers,
         stations: &[(String, String)],
+        ocpp: Option<&OcppGateways>,
         run: &str,
         shutdown: &CancellationToken,
     ) -> Result<Self> {
@@ -140,9 +158,46 @@ impl Net {
         // deadlocks its send and receive threads when hundreds of connects are in
         // progress at once (the send thread blocks writing to its full wake-up socket
         // while holding the lock the receive thread needs to drain it).
-        let mut station_links = Vec::with_capacity(stations.len());
-        let mut station_counters = Vec::with_capacity(stations.len());
-        for (region, id) in stations {
+        let sent = Arc::new(AtomicU64::new(0));
+        let charge_points = match ocpp {
+            Some(gateways) => {
+                let mut points = Vec::with_capacity(stations.len());
+                for ((region, id), &connectors) in stations.iter().zip(&gateways.connectors) {
+                    points.push(crate::ocpp::ChargePoint {
+                        id: id.clone(),
+                        connectors,
+                        url: gateways
+                            .urls
+                            .get(region)
+                            .with_context(|| format!("no OCPP gateway for region {region}"))?
+                            .clone(),
+                        region_counter: by_region
+                            .get(region)
+                            .with_context(|| format!("no broker for region {region}"))?
+                            .clone(),
+                    });
+                }
+                let points = crate::ocpp::ChargePoints::connect(
+                    points,
+                    sent.clone(),
+                    received.clone(),
+                    gateways.now_ms,
+                    &shutdown,
+                )
+                .await
+                .context("connecting the stations to the OCPP gateways")?;
+                Some(points)
+            }
+            None => None,
+        };
+        let mqtt_stations = if charge_points.is_some() {
+            &[][..]
+        } else {
+            stations
+        };
+        let mut station_links = Vec::with_capacity(mqtt_stations.len());
+        let mut station_counters = Vec::with_capacity(mqtt_stations.len());
+        for (region, id) in mqtt_stations {
             let url = brokers
                 .urls
                 .get(region)
@@ -187,14 +242,20 @@ impl Net {
             fleets,
             stations: station_publishers,
             answers,
-            sent: Arc::new(AtomicU64::new(0)),
+            sent,
             received,
             by_region,
             station_counters,
             tasks,
             links,
+            ocpp: charge_points,
             shutdown,
         })
+    }
+
+    /// The stations' OCPP charge points, when they are.
+    pub fn ocpp(&self) -> Option<&crate::ocpp::ChargePoints> {
+        self.ocpp.as_ref()
     }
 
     /// Publishes through the fleet connection of `region`.
@@ -258,6 +319,9 @@ impl Net {
 
     /// Disconnects every device cleanly (no last will is sent).
     pub async fn close(mut self) {
+        if let Some(points) = self.ocpp.take() {
+            points.close().await;
+        }
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
         // One at a time: paho.mqtt.c deadlocks on hundreds of concurrent closes (see

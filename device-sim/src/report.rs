@@ -13,6 +13,14 @@ pub struct Report {
     pub strategies: BTreeMap<String, StrategyReport>,
     /// Strategy names in the order they ran.
     pub order: Vec<String>,
+    /// How the simulated stations talked: `mqtt` (their own MQTT clients) or `ocpp`
+    /// (OCPP 1.6J charge points of each region's gateway).
+    #[serde(default = "mqtt")]
+    pub station_transport: String,
+}
+
+fn mqtt() -> String {
+    "mqtt".into()
 }
 
 /// Percentiles of the request → answer round trip, wall-clock milliseconds.
@@ -73,6 +81,12 @@ pub struct StrategyReport {
     pub rerouted: u32,
     /// Answers `unavailable`.
     pub unavailable: u32,
+    /// Revised answers to a vehicle on its way: the station refused the reservation
+    /// (only stations that take reservations, OCPP ones). The vehicle asks again (a
+    /// request more) once; after a second refusal it drives on to that station without
+    /// a reservation.
+    #[serde(default)]
+    pub revised: u32,
     /// Requests answered by nobody in time (the vehicle asked again, then fell back).
     pub timeouts: u32,
     /// Vehicles that drove to the nearest station because the fog gave them none.
@@ -112,6 +126,9 @@ pub struct StrategyReport {
     pub wall_s: f64,
     /// How far the world fell behind the shared clock at worst, simulated seconds.
     pub max_lag_s: f64,
+    /// With `--station-transport ocpp`: what the charge points said and answered.
+    #[serde(default)]
+    pub ocpp: Option<crate::ocpp::OcppFigures>,
 }
 
 /// The value below which `q` of the sorted `values` lie (nearest rank); 0 when empty.
@@ -230,7 +247,45 @@ impl Report {
             ),
             ("wall time (s)", |r| Some(r.wall_s), 5),
         ];
+        let ocpp_rows: &[Row] = &[
+            ("revised (reserve refused)", |r| Some(r.revised.into()), 0),
+            (
+                "ocpp: reserve accepted",
+                |r| r.ocpp.as_ref().map(|o| o.reservations_accepted as f64),
+                0,
+            ),
+            (
+                "ocpp: reserve refused",
+                |r| r.ocpp.as_ref().map(|o| o.reservations_refused as f64),
+                0,
+            ),
+            (
+                "ocpp: start on reservation",
+                |r| {
+                    r.ocpp
+                        .as_ref()
+                        .map(|o| o.transactions_on_reservation as f64)
+                },
+                0,
+            ),
+            (
+                "ocpp: call errors",
+                |r| r.ocpp.as_ref().map(|o| o.call_errors as f64),
+                0,
+            ),
+        ];
+        let ocpp = self.station_transport == "ocpp";
+        let rows = rows.iter().chain(ocpp_rows.iter().filter(|_| ocpp));
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "stations: {}",
+            if ocpp {
+                "OCPP 1.6J charge points, through each region's gateway"
+            } else {
+                "MQTT clients"
+            }
+        );
         let width = 26;
         let _ = write!(out, "{:<width$}", "");
         for (name, _) in &cols {
@@ -296,6 +351,7 @@ mod tests {
             scenario: serde_json::json!({}),
             strategies,
             order: vec!["fog".into(), "nearest".into()],
+            station_transport: "mqtt".into(),
         };
         let j = serde_json::to_value(&r).unwrap();
         for key in [
@@ -316,5 +372,8 @@ mod tests {
             table.contains("fog") && table.contains("nearest"),
             "{table}"
         );
+        assert_eq!(j["station_transport"], "mqtt");
+        assert!(table.starts_with("stations: MQTT clients"), "{table}");
+        assert!(!table.contains("ocpp:"), "{table}");
     }
 }

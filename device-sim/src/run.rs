@@ -118,6 +118,12 @@ struct Requests {
     pending: HashMap<usize, Pending>,
     seq: u64,
     rtts: Vec<f64>,
+    /// The request whose answer (with a reservation) each vehicle follows now.
+    followed: HashMap<usize, String>,
+    /// Vehicles asking again after a revision, and those whose latest request was such
+    /// a second try (a second revision does not make them ask a third time).
+    reasking: std::collections::HashSet<usize>,
+    second_try: std::collections::HashSet<usize>,
 }
 
 impl Requests {
@@ -137,6 +143,19 @@ impl Requests {
 
     /// The vehicle `answer` is for, when it answers that vehicle's pending request
     /// (which then ends, its round trip recorded).
+    /// The vehicle a revised answer is for, when it revises the answer that vehicle
+    /// follows now (a station refused the reservation).
+    fn revision(&mut self, vehicles: &HashMap<&str, usize>, answer: &Answer) -> Option<usize> {
+        let &v = vehicles.get(answer.vehicle_id.as_str())?;
+        if !answer.recommendation.revised
+            || self.followed.get(&v)? != &answer.recommendation.request_id
+        {
+            return None;
+        }
+        self.followed.remove(&v);
+        Some(v)
+    }
+
     fn answered(&mut self, vehicles: &HashMap<&str, usize>, answer: &Answer) -> Option<usize> {
         let &v = vehicles.get(answer.vehicle_id.as_str())?;
         if self.pending.get(&v)?.request_id != answer.recommendation.request_id {
@@ -198,7 +217,8 @@ pub async fn run(
             _ => None,
         })
         .collect();
-    if let Some(net) = opts.net.as_deref() {
+    // (OCPP charge points reported their connectors when they booted.)
+    if let Some(net) = opts.net.as_deref().filter(|n| n.ocpp().is_none()) {
         net.station_publish_confirmed(initial).await?;
     }
     match &opts.settle {
@@ -271,6 +291,24 @@ pub async fn run(
         if let Some(net) = opts.net.as_deref_mut() {
             while let Ok(answer) = net.answers.try_recv() {
                 let Some(v) = requests.answered(&vehicle_index, &answer) else {
+                    // A station that refused the reservation: the fog released it and
+                    // says so; the vehicle, still on its way, asks again.
+                    // A second refusal: it drives on to that station without one.
+                    if let Some(v) = requests.revision(&vehicle_index, &answer) {
+                        if let Phase::ToStation {
+                            station,
+                            reservation: Some(_),
+                        } = sim.vehicles[v].phase
+                        {
+                            r.revised += 1;
+                            if requests.second_try.contains(&v) {
+                                sim.send_to(v, station, None);
+                            } else {
+                                requests.reasking.insert(v);
+                                sim.reservation_refused(v);
+                            }
+                        }
+                    }
                     continue; // not a vehicle of ours, or an answer to a retried request
                 };
                 let rec = answer.recommendation;
@@ -310,6 +348,9 @@ pub async fn run(
                             region: st.region.clone(),
                             id,
                         });
+                        if reservation.is_some() {
+                            requests.followed.insert(v, rec.request_id.clone());
+                        }
                         sim.send_to(v, s, reservation);
                     }
                     (status, _) => {
@@ -355,6 +396,11 @@ pub async fn run(
             match event {
                 Event::NeedStation(v) => {
                     r.requests += 1;
+                    if requests.reasking.remove(&v) {
+                        requests.second_try.insert(v);
+                    } else {
+                        requests.second_try.remove(&v);
+                    }
                     match strategy {
                         Strategy::Fog | Strategy::Cloud | Strategy::FogFar => {
                             if !std::mem::replace(&mut asked[v], true) {
@@ -379,17 +425,30 @@ pub async fn run(
                         }
                     }
                 }
-                Event::StationChanged(s) => {
-                    if let Some(net) = opts.net.as_deref() {
+                Event::StationChanged(s) => match opts.net.as_deref() {
+                    Some(net) if net.ocpp().is_some() => {
+                        let charging = sim.stations[s]
+                            .charging
+                            .iter()
+                            .map(|&(v, _)| world.vehicles[v].id.clone())
+                            .collect();
+                        if let Some(points) = net.ocpp() {
+                            points.occupancy(s, charging, sim.now_ms as u64);
+                        }
+                    }
+                    Some(net) => {
                         let (s, topic, payload) = status_message(&sim, s);
                         net.station_publish(s, &topic, &payload);
                     }
-                }
+                    None => {}
+                },
                 Event::Arrived {
                     vehicle,
                     reservation,
                 } => {
-                    if let Some(net) = opts.net.as_deref() {
+                    // An OCPP charge point reports the arrival itself: StartTransaction
+                    // with the reservation when the vehicle plugs in.
+                    if let Some(net) = opts.net.as_deref().filter(|n| n.ocpp().is_none()) {
                         let update = ReservationUpdate {
                             v: 1,
                             reservation_id: reservation.id.clone(),
@@ -482,6 +541,7 @@ pub async fn run(
             .collect(),
     );
     if let Some(net) = opts.net.as_deref() {
+        r.ocpp = net.ocpp().map(crate::ocpp::ChargePoints::figures);
         r.messages = net.messages() - messages_before;
         r.msgs_per_s = r.messages as f64 / r.wall_s.max(1e-9);
         r.msgs_per_s_by_broker = net

@@ -333,6 +333,14 @@ impl<'w> Sim<'w> {
         }
     }
 
+    /// A vehicle on its way to a station that refused its reservation: it is back on
+    /// its trip and asks again at its next step.
+    pub fn reservation_refused(&mut self, v: usize) {
+        if matches!(self.vehicles[v].phase, Phase::ToStation { .. }) {
+            self.vehicles[v].phase = Phase::Driving { asked: false };
+        }
+    }
+
     /// Stations a vehicle can reach with its charge (keeping the safety margin).
     pub fn reachable(&self, v: usize) -> impl Iterator<Item = (usize, f64)> + '_ {
         let range = self.range_km(v);
@@ -473,6 +481,26 @@ mod tests {
         assert_eq!(sim.tally.stranded, 1);
         assert_eq!(sim.vehicles[0].phase, Phase::Stranded);
         assert!(sim.outbox.contains(&Event::Stranded(0)));
+    }
+
+    #[test]
+    fn a_vehicle_whose_reservation_is_refused_on_the_way_asks_again() {
+        let mut world = tiny(1, 1);
+        world.vehicles[0].soc = 0.1;
+        let mut sim = Sim::new(&world, 0.0);
+        sim.vehicles[0].dest = (0.09, 0.09);
+        sim.step(1000.0);
+        assert!(sim.outbox.contains(&Event::NeedStation(0)));
+        sim.outbox.clear();
+        let reservation = Reservation {
+            region: "r".into(),
+            id: "x".into(),
+        };
+        sim.send_to(0, 0, Some(reservation));
+        sim.reservation_refused(0);
+        assert_eq!(sim.vehicles[0].phase, Phase::Driving { asked: false });
+        sim.step(1000.0);
+        assert!(sim.outbox.contains(&Event::NeedStation(0)), "asks again");
     }
 
     #[test]

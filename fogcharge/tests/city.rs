@@ -196,6 +196,91 @@ async fn an_overloaded_region_is_relieved_by_reroutes_and_nobody_is_stranded() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stations_as_ocpp_charge_points_reach_the_fog_through_each_regions_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = three_regions(dir.path());
+    let (json, html) = (
+        dir.path().join("report.json"),
+        dir.path().join("report.html"),
+    );
+    let report = run(config(
+        &topology,
+        &[
+            "--strategy",
+            "fog",
+            "--station-transport",
+            "ocpp",
+            "--ocpp-heartbeat-s",
+            "5",
+            "--hotspot-share",
+            "0.5",
+            "--hotspot",
+            "0.0,0.18",
+            "--report-json",
+            json.to_str().unwrap(),
+            "--report-html",
+            html.to_str().unwrap(),
+        ],
+    ))
+    .await;
+    println!("{}", report.table());
+    assert_eq!(report.station_transport, "ocpp");
+    let fog = &report.strategies["fog"];
+    check_invariants("fog", fog);
+    assert!(fog.requests > 50, "too little demand: {fog:?}");
+    assert_eq!(
+        fog.answered, fog.requests,
+        "every request answered: {fog:?}"
+    );
+    assert_eq!(fog.timeouts, 0, "{fog:?}");
+    assert_eq!(fog.stranded, 0, "{fog:?}");
+    let o = fog.ocpp.as_ref().expect("the OCPP figures");
+    // Every station was a charge point of its region's gateway until the end (the run
+    // could only start once central listed all 30 stations, which only the gateways
+    // publish).
+    assert_eq!(o.gateways.connected, 30, "{o:?}");
+    assert_eq!(o.disconnects, 0, "{o:?}");
+    assert_eq!(
+        o.call_errors, 0,
+        "no call of the charge points refused: {o:?}"
+    );
+    assert_eq!(o.gateways.call_errors_sent, 0, "{o:?}");
+    assert_eq!(o.gateways.call_timeouts, 0, "{o:?}");
+    // The fog's reservations reached the charge points as ReserveNow, and vehicles
+    // arriving on them started their transaction with the reservation, which the
+    // gateway ended as arrived.
+    assert!(o.reservations_accepted > 10, "{o:?}");
+    let gateway = |kind: &str| o.gateways.reservations.get(kind).copied().unwrap_or(0);
+    assert_eq!(gateway("accepted"), o.reservations_accepted, "{o:?}");
+    assert!(o.transactions_on_reservation > 10, "{o:?}");
+    assert_eq!(gateway("arrived"), o.transactions_on_reservation, "{o:?}");
+    assert!(o.transactions >= u64::from(fog.charged), "{o:?} {fog:?}");
+    // A reservation the gateway could not place (no connector free now) came back to
+    // its vehicle as a revised answer, and the vehicle asked again.
+    assert!(
+        (gateway("rejected") == 0 || fog.revised > 0)
+            && u64::from(fog.revised) <= gateway("rejected"),
+        "{o:?} {fog:?}"
+    );
+    // The reports say which transport the stations used.
+    let table = report.table();
+    assert!(
+        table.contains("OCPP 1.6J") && table.contains("ocpp: start on reservation"),
+        "{table}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(j["station_transport"], "ocpp");
+    assert!(j["strategies"]["fog"]["ocpp"]["gateways"]["connected"].is_number());
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("\"station_transport\": \"ocpp\"")
+            && page.contains("OCPP 1.6J charge points"),
+        "the page has the transport and shows it"
+    );
+}
+
 #[tokio::test]
 async fn the_same_seed_gives_the_same_report_without_any_server() {
     let args = |seed: &'static str| {
@@ -263,6 +348,27 @@ async fn bad_configurations_are_refused_with_a_clear_message() {
             ],
             "atlantis",
         ),
+        (
+            &[
+                "--offline",
+                "--strategy",
+                "nearest",
+                "--station-transport",
+                "ocpp",
+            ],
+            "--station-transport ocpp needs the local run",
+        ),
+        (
+            &[
+                "--brokers",
+                "nw=tcp://127.0.0.1:1",
+                "--speed",
+                "1",
+                "--station-transport",
+                "ocpp",
+            ],
+            "--station-transport ocpp needs the local run",
+        ),
     ];
     for (args, expect) in cases {
         let mut all = vec!["device-sim", "--no-progress"];
@@ -277,6 +383,7 @@ async fn bad_configurations_are_refused_with_a_clear_message() {
         &["device-sim", "--brokers", "nw"],
         &["device-sim", "--brokers", "bad region=tcp://h:1"],
         &["device-sim", "--hotspot", "95,0"],
+        &["device-sim", "--station-transport", "amqp"],
     ] {
         assert!(Config::try_parse_from(bad).is_err(), "{bad:?}");
     }

@@ -13,7 +13,9 @@
 //! - [`LocalBrokers`]: every broker of a [`Topology`] on `127.0.0.1`.
 //! - [`LocalServers`]: the fog servers and central on those brokers, each its own
 //!   process (so that no MQTT client library instance is shared), sharing one clock
-//!   (`--clock-speed`/`--clock-epoch-ms`), stopped gracefully with SIGTERM.
+//!   (`--clock-speed`/`--clock-epoch-ms`), stopped gracefully with SIGTERM; with
+//!   [`ServerSettings::ocpp`], an OCPP 1.6J gateway per region too, its chargers file
+//!   written from [`OcppCharger`]s.
 //!
 //! `device-sim` uses it for its one-command local run (the servers as processes of the
 //! `fogcharge` binary); the tests use it through the test kit.
@@ -193,9 +195,48 @@ pub struct ServerSettings {
     pub fog_args: Vec<String>,
     /// `RUST_LOG` of the servers (their logs go to files, quoted when one fails).
     pub log_filter: String,
-    /// The servers log in as `fog-{region}` and `central` of these (passwords passed in
-    /// the environment, not on the command line).
+    /// The servers log in as `fog-{region}`, `ocpp-{region}` and `central` of these
+    /// (passwords passed in the environment, not on the command line).
     pub credentials: Option<Credentials>,
+    /// The command that runs an OCPP gateway, before its flags.
+    pub ocpp_command: Vec<OsString>,
+    /// An OCPP 1.6J gateway per region, with these chargers; none: no gateway.
+    pub ocpp: Option<OcppSettings>,
+}
+
+/// The OCPP gateways of a local run: one per region, on a free loopback port.
+#[derive(Debug, Clone, Default)]
+pub struct OcppSettings {
+    /// Each region's charge points (its chargers file); a region not named gets an
+    /// empty file.
+    pub chargers: BTreeMap<String, Vec<OcppCharger>>,
+    /// `--heartbeat-s`: the heartbeat interval given to the charge points, real seconds.
+    pub heartbeat_s: u32,
+    /// `--call-timeout-ms`: how long a call to a charge point may go unanswered.
+    pub call_timeout_ms: u64,
+}
+
+/// A charge point of a gateway's chargers file (profile 0: no password).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OcppCharger {
+    pub id: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub connectors: u32,
+    pub power_kw: f64,
+}
+
+/// The chargers file (TOML, `[[charger]]` entries) of `chargers`.
+pub fn chargers_file(chargers: &[OcppCharger]) -> String {
+    let mut s = String::new();
+    for c in chargers {
+        // `{:?}`: a TOML string for an id, a float with its decimal point.
+        s.push_str(&format!(
+            "[[charger]]\nid = {:?}\nlat = {:?}\nlon = {:?}\nconnectors = {}\npower_kw = {:?}\n\n",
+            c.id, c.lat, c.lon, c.connectors, c.power_kw
+        ));
+    }
+    s
 }
 
 impl ServerSettings {
@@ -211,6 +252,8 @@ impl ServerSettings {
             fog_args: Vec::new(),
             log_filter: "warn".into(),
             credentials: None,
+            ocpp_command: vec![exe.into(), "ocpp-gateway".into()],
+            ocpp: None,
         }
     }
 }
@@ -221,9 +264,17 @@ struct ServerProcess {
     process: Supervised,
 }
 
+/// A region's OCPP gateway of [`LocalServers`].
+struct GatewayProcess {
+    server: ServerProcess,
+    /// Where its charge points connect: `ws://{listen}/ocpp/{id}`.
+    listen: SocketAddr,
+}
+
 /// The fog servers and central of a topology, each in its own process.
 pub struct LocalServers {
     fogs: Vec<ServerProcess>,
+    gateways: Vec<GatewayProcess>,
     central: ServerProcess,
     logs: tempfile::TempDir,
     http: reqwest::Client,
@@ -282,6 +333,7 @@ impl LocalServers {
         )?;
         let mut servers = Self {
             fogs: Vec::new(),
+            gateways: Vec::new(),
             central,
             logs,
             http: reqwest::Client::new(),
@@ -316,6 +368,46 @@ impl LocalServers {
             )?;
             servers.fogs.push(fog);
         }
+        if let Some(ocpp) = &settings.ocpp {
+            for region in &topology.regions {
+                let chargers = servers
+                    .logs
+                    .path()
+                    .join(format!("chargers-{}.toml", region.id));
+                let list = ocpp.chargers.get(&region.id).map_or(&[][..], Vec::as_slice);
+                std::fs::write(&chargers, chargers_file(list))
+                    .with_context(|| format!("writing {}", chargers.display()))?;
+                let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+                let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+                let args: Vec<String> = vec![
+                    "--region".into(),
+                    region.id.clone(),
+                    "--broker".into(),
+                    region.broker.url(),
+                    "--listen".into(),
+                    listen.to_string(),
+                    "--http".into(),
+                    http.to_string(),
+                    "--chargers".into(),
+                    chargers.display().to_string(),
+                    "--heartbeat-s".into(),
+                    ocpp.heartbeat_s.to_string(),
+                    "--call-timeout-ms".into(),
+                    ocpp.call_timeout_ms.to_string(),
+                ];
+                let name = format!("ocpp-{}", region.id);
+                let server = spawn_server(
+                    &name,
+                    &settings.ocpp_command,
+                    &args,
+                    &login(&name, "OCPP"),
+                    http,
+                    servers.logs.path(),
+                    &settings.log_filter,
+                )?;
+                servers.gateways.push(GatewayProcess { server, listen });
+            }
+        }
         servers.wait_ready(START_TIMEOUT).await?;
         Ok(servers)
     }
@@ -323,6 +415,18 @@ impl LocalServers {
     /// Central's HTTP address.
     pub fn central_http(&self) -> SocketAddr {
         self.central.http
+    }
+
+    /// Each region's OCPP gateway: `(region, where charge points connect, its HTTP
+    /// address with /metrics)`; empty without [`ServerSettings::ocpp`].
+    pub fn ocpp_gateways(&self) -> impl Iterator<Item = (&str, SocketAddr, SocketAddr)> {
+        self.gateways.iter().map(|g| {
+            (
+                g.server.name.trim_start_matches("ocpp-"),
+                g.listen,
+                g.server.http,
+            )
+        })
     }
 
     /// Each region's fog server HTTP address.
@@ -358,7 +462,10 @@ impl LocalServers {
     async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            for p in std::iter::once(&mut self.central).chain(self.fogs.iter_mut()) {
+            for p in std::iter::once(&mut self.central)
+                .chain(self.fogs.iter_mut())
+                .chain(self.gateways.iter_mut().map(|g| &mut g.server))
+            {
                 if let Some(status) = p.process.try_wait()? {
                     bail!(
                         "{} exited at start-up ({status}); its log:\n{}",
@@ -368,7 +475,12 @@ impl LocalServers {
                 }
             }
             let mut fogs_ready = true;
-            for f in &self.fogs {
+            // A gateway is ready once connected to its broker.
+            for f in self
+                .fogs
+                .iter()
+                .chain(self.gateways.iter().map(|g| &g.server))
+            {
                 let ready = self
                     .http
                     .get(format!("http://{}/readyz", f.http))
@@ -389,7 +501,7 @@ impl LocalServers {
             }
             if tokio::time::Instant::now() >= deadline {
                 bail!(
-                    "the servers were not ready within {timeout:?} (fogs ready: {fogs_ready}, central sees every region: {fresh}); logs in {}",
+                    "the servers were not ready within {timeout:?} (fogs and gateways ready: {fogs_ready}, central sees every region: {fresh}); logs in {}",
                     self.logs.path().display()
                 );
             }
@@ -412,8 +524,10 @@ impl LocalServers {
     pub async fn stop(mut self) -> Result<()> {
         tokio::task::spawn_blocking(move || {
             for p in self
-                .fogs
+                .gateways
                 .iter_mut()
+                .map(|g| &mut g.server)
+                .chain(self.fogs.iter_mut())
                 .chain(std::iter::once(&mut self.central))
             {
                 p.process.terminate(STOP_TIMEOUT)?;

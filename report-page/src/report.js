@@ -55,7 +55,7 @@ function draw(report) {
   const names = report.order && report.order.length ? report.order : Object.keys(report.strategies);
   const sc = report.scenario || {};
   document.getElementById("scenario").textContent =
-    `seed ${sc.seed}, ${sc.vehicles} vehicles, ${sc.stations} stations, ${sc.hours} simulated hours — strategies: ${names.join(", ")}`;
+    `seed ${sc.seed}, ${sc.vehicles} vehicles, ${sc.stations} stations (${report.station_transport === "ocpp" ? "OCPP 1.6J charge points through each region's gateway" : "MQTT clients"}), ${sc.hours} simulated hours — strategies: ${names.join(", ")}`;
   const rows = [
     ["requests", (r) => r.requests], ["answered", (r) => r.answered], ["rerouted", (r) => r.rerouted],
     ["stranded", (r) => r.stranded], ["charged", (r) => r.charged],
