@@ -254,7 +254,9 @@ async fn stations_as_ocpp_charge_points_reach_the_fog_through_each_regions_gatew
     let gateway = |kind: &str| o.gateways.reservations.get(kind).copied().unwrap_or(0);
     assert_eq!(gateway("accepted"), o.reservations_accepted, "{o:?}");
     assert!(o.transactions_on_reservation > 10, "{o:?}");
-    assert_eq!(gateway("arrived"), o.transactions_on_reservation, "{o:?}");
+    // (The gateway also ends as arrived a reservation whose vehicle plugged in by its id
+    // tag before the reservation could be placed on a connector.)
+    assert!(gateway("arrived") >= o.transactions_on_reservation, "{o:?}");
     assert!(o.transactions >= u64::from(fog.charged), "{o:?} {fog:?}");
     // A reservation the gateway could not place (no connector free now) came back to
     // its vehicle as a revised answer, and the vehicle asked again.

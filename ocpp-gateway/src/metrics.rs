@@ -29,7 +29,8 @@ pub struct Metrics {
     pub call_errors: Family<Label, Counter>,
     /// Station statuses published.
     pub statuses: Counter,
-    /// Reservations, by outcome (`accepted`, `rejected`, `timed_out`, `cancelled`, `arrived`).
+    /// Reservations, by outcome (`accepted`, `rejected`, `timed_out`, `cancelled`, `arrived`,
+    /// `waiting`: made for later while every connector is busy).
     pub reservations: Family<Label, Counter>,
     /// Calls to charge points that were not answered in time.
     pub call_timeouts: Counter,

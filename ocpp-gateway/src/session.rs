@@ -108,8 +108,20 @@ pub struct Session {
     /// resuming a boot made with an earlier gateway (it restarted, or another
     /// replica): it is then asked for its statuses.
     resync_at: Option<Instant>,
+    /// Reservations the fog made for later while every connector is busy: ReserveNow
+    /// would hold a connector from now on (or be answered Occupied), so each waits,
+    /// oldest first, until a connector is free, and lapses at its expiry.
+    waiting: VecDeque<Waiting>,
     /// Frames to send, in order.
     out: Vec<String>,
+}
+
+/// A reservation waiting for a free connector.
+#[derive(Debug)]
+struct Waiting {
+    fog_id: String,
+    id_tag: String,
+    expires_ms: u64,
 }
 
 /// How long a charger new to this gateway has to send BootNotification before it is
@@ -133,6 +145,7 @@ impl Session {
             last_seen: Instant::now(),
             silent: false,
             resync_at: None,
+            waiting: VecDeque::new(),
             out: Vec::new(),
         };
         if reconnect {
@@ -339,6 +352,7 @@ impl Session {
                 }
                 debug!(charger = %self.charger_id, connector = req.connector_id, status = ?req.status, "status");
                 self.publish_status();
+                self.reserve_waiting();
                 Ok(to_value(&StatusNotificationResponse {}))
             }
             "Authorize" => {
@@ -421,6 +435,14 @@ impl Session {
             }
             found
         };
+        // A vehicle whose reservation was still waiting for a connector took one.
+        let fog_id = fog_id.or_else(|| {
+            let i = self
+                .waiting
+                .iter()
+                .position(|w| reservation_id.is_none() && w.id_tag == id_tag)?;
+            self.waiting.remove(i).map(|w| w.fog_id)
+        });
         if let Some(fog_id) = fog_id {
             info!(charger = %self.charger_id, reservation = %fog_id, "vehicle arrived on its reservation");
             self.shared
@@ -478,6 +500,7 @@ impl Session {
                         .get_or_create(&Label::of("rejected"))
                         .inc();
                     self.reservation_failed(&fog_id, &why);
+                    self.reserve_waiting();
                 }
                 Err((_, why)) => {
                     self.shared
@@ -521,6 +544,41 @@ impl Session {
         );
     }
 
+    /// Sends ReserveNow for the reservations waiting for a connector, oldest first,
+    /// while one is free; those whose expiry passed lapse (the fog ends them too).
+    fn reserve_waiting(&mut self) {
+        let now = now_ms();
+        self.waiting.retain(|w| w.expires_ms > now);
+        while !self.waiting.is_empty() && self.free_connector().is_some() {
+            let Some(w) = self.waiting.pop_front() else {
+                break;
+            };
+            info!(charger = %self.charger_id, reservation = %w.fog_id, "a connector is free: reserving it");
+            self.reserve(w.fog_id, w.id_tag, w.expires_ms);
+        }
+    }
+
+    /// The connector a ReserveNow would hold now (0 when the charger reserves
+    /// connector 0), if one is Available and not held for another reservation.
+    fn free_connector(&self) -> Option<u32> {
+        let held: Vec<u32> = self
+            .shared
+            .reservations()
+            .values()
+            .filter(|h| h.charger == self.charger_id)
+            .map(|h| h.connector)
+            .collect();
+        let mut free = self
+            .connectors
+            .connectors()
+            .filter(|(_, s)| matches!(s, None | Some(ChargePointStatus::Available)));
+        if self.reserve_connector_zero {
+            (free.count() > held.len()).then_some(0)
+        } else {
+            free.find(|(id, _)| !held.contains(id)).map(|(id, _)| id)
+        }
+    }
+
     fn event(&self, fog_id: &str, event: StationReservationEventKind, reason: Option<String>) {
         publish_event(&self.shared, &self.charger_id, fog_id, event, reason);
     }
@@ -534,6 +592,16 @@ impl Session {
                 expires_ms,
             } => self.reserve(fog_id, id_tag, expires_ms),
             Command::Cancel { fog_id } => {
+                let waited = self.waiting.len();
+                self.waiting.retain(|w| w.fog_id != fog_id);
+                if self.waiting.len() < waited {
+                    self.shared
+                        .metrics
+                        .reservations
+                        .get_or_create(&Label::of("cancelled"))
+                        .inc();
+                    return true;
+                }
                 let held = self.shared.reservations().remove(&fog_id);
                 // Not sent yet: just drop it.
                 let queued = self.queue.len();
@@ -556,6 +624,8 @@ impl Session {
                         });
                     }
                 }
+                // Its connector may serve a waiting reservation now.
+                self.reserve_waiting();
             }
             Command::Replaced => return false,
         }
@@ -567,34 +637,31 @@ impl Session {
             debug!(charger = %self.charger_id, reservation = %fog_id, "reservation already held (redelivered)");
             return;
         }
-        let connector = if self.reserve_connector_zero {
-            Some(0)
-        } else {
-            let taken: Vec<u32> = self
-                .shared
-                .reservations()
-                .values()
-                .filter(|h| h.charger == self.charger_id)
-                .map(|h| h.connector)
-                .collect();
-            self.connectors
-                .connectors()
-                .find(|(id, s)| {
-                    matches!(s, None | Some(ChargePointStatus::Available)) && !taken.contains(id)
-                })
-                .map(|(id, _)| id)
-        };
-        let Some(connector) = connector else {
+        if self.waiting.iter().any(|w| w.fog_id == fog_id) {
+            debug!(charger = %self.charger_id, reservation = %fog_id, "reservation already waiting (redelivered)");
+            return;
+        }
+        let Some(connector) = self.free_connector() else {
+            if expires_ms <= now_ms() {
+                self.event(
+                    &fog_id,
+                    StationReservationEventKind::Rejected,
+                    Some("the reservation expired before a connector was free".into()),
+                );
+                return;
+            }
+            // Every connector is busy now: the fog's slot is for later.
+            info!(charger = %self.charger_id, reservation = %fog_id, "no connector free yet: the reservation waits for one");
             self.shared
                 .metrics
                 .reservations
-                .get_or_create(&Label::of("rejected"))
+                .get_or_create(&Label::of("waiting"))
                 .inc();
-            self.event(
-                &fog_id,
-                StationReservationEventKind::Rejected,
-                Some("no connector is available to reserve".into()),
-            );
+            self.waiting.push_back(Waiting {
+                fog_id,
+                id_tag,
+                expires_ms,
+            });
             return;
         };
         let ocpp_id = self.shared.next_reservation();
@@ -658,6 +725,7 @@ impl Session {
                 _ => None,
             })
             .collect();
+        failed.extend(self.waiting.drain(..).map(|w| w.fog_id));
         if let Some(Pending {
             purpose: Purpose::Reserve { fog_id },
             ..

@@ -548,3 +548,94 @@ async fn security_profile_2_tls_with_basic_auth() {
     cp.exit().await.unwrap();
     env.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_for_later_at_a_busy_charger_waits_for_a_free_connector() {
+    let env = Env::start(&charger("CP-001", 1, None)).await.unwrap();
+    let mut cp = env
+        .charge_point("CP-001", &["--connectors", "1"])
+        .await
+        .unwrap();
+    cp.boot(1).await.unwrap();
+    cp.status(1, "Charging").await.unwrap();
+    env.station_where("CP-001", "CP-001 full", |s| s["state"] == "full")
+        .await
+        .unwrap();
+    // The fog plans the vehicle in after the one charging now.
+    let mut car = env.vehicle("car-7").await.unwrap();
+    let rec = car.ask("r-1").await.unwrap();
+    assert_eq!(rec.status, RecommendationStatus::Assigned, "{rec:?}");
+    testkit::wait_until(
+        "the reservation waits at the gateway",
+        T,
+        Duration::from_millis(20),
+        || async {
+            env.gateway_metric("ocpp_reservations_total{kind=\"waiting\"}")
+                .await
+                .unwrap()
+                == 1.0
+        },
+    )
+    .await
+    .unwrap();
+    // No ReserveNow (it would be Occupied, or hold a connector from now on), no revision.
+    cp.send(json!({"cmd": "heartbeat"})).await.unwrap();
+    cp.expect("heartbeat", T).await.unwrap();
+    assert!(cp.seen_names().iter().all(|n| n != "reserve_now"));
+    assert_eq!(env.reservations().await.unwrap().len(), 1, "the slot holds");
+
+    // The vehicle charging leaves: the connector is reserved for ours at once.
+    cp.status(1, "Available").await.unwrap();
+    let reserve = cp.expect("reserve_now", T).await.unwrap();
+    assert_eq!(reserve["connector_id"], 1);
+    let expiry = chrono::DateTime::parse_from_rfc3339(reserve["expiry_date"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    assert_eq!(expiry as u64, rec.expires_ms.unwrap());
+
+    // Cancelled while waiting: the charger hears nothing, the fog frees the slot.
+    let mut other = env.vehicle("car-8").await.unwrap();
+    cp.status(1, "Charging").await.unwrap();
+    let second = other.ask("r-2").await.unwrap();
+    assert_eq!(second.status, RecommendationStatus::Assigned, "{second:?}");
+    testkit::wait_until("the second waits", T, Duration::from_millis(20), || async {
+        env.gateway_metric("ocpp_reservations_total{kind=\"waiting\"}")
+            .await
+            .unwrap()
+            == 2.0
+    })
+    .await
+    .unwrap();
+    other
+        .end(
+            second.reservation_id.as_deref().unwrap(),
+            ReservationAction::Cancel,
+        )
+        .await
+        .unwrap();
+    testkit::wait_until(
+        "the waiting reservation is cancelled",
+        T,
+        Duration::from_millis(20),
+        || async {
+            env.gateway_metric("ocpp_reservations_total{kind=\"cancelled\"}")
+                .await
+                .unwrap()
+                == 1.0
+        },
+    )
+    .await
+    .unwrap();
+    cp.status(1, "Available").await.unwrap();
+    cp.send(json!({"cmd": "heartbeat"})).await.unwrap();
+    cp.expect("heartbeat", T).await.unwrap();
+    assert!(
+        cp.seen_names()
+            .iter()
+            .all(|n| n != "reserve_now" && n != "cancel_reservation"),
+        "{:?}",
+        cp.seen_names()
+    );
+    cp.exit().await.unwrap();
+    env.stop().await.unwrap();
+}

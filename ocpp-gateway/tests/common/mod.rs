@@ -347,6 +347,11 @@ impl ChargePoint {
         }
     }
 
+    /// The names of the events read but not asked for yet.
+    pub fn seen_names(&self) -> Vec<String> {
+        self.seen.iter().map(|(n, _)| n.clone()).collect()
+    }
+
     /// Runs a command and returns its event (named like the command).
     pub async fn run(&mut self, command: Value) -> Result<Value> {
         let name = command["cmd"].as_str().context("cmd")?.to_owned();
