@@ -80,6 +80,15 @@ pub async fn boot_as_station(
     fog.subscribe(&topic, 1).await?;
     let status = open(port, id, Some(password), &BOOT_AND_STATUS);
     anyhow::ensure!(status.contains(" 101 "), "the handshake of {id}: {status}");
-    let msg = fog.wait_for(&topic, Duration::from_secs(10)).await?;
-    Ok(serde_json::from_slice(msg.payload())?)
+    // The gateway publishes each charger in its file `offline` when it starts (retained):
+    // skip that until the charger's own status.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let msg = fog.wait_for(&topic, left).await?;
+        let status: serde_json::Value = serde_json::from_slice(msg.payload())?;
+        if status["state"] != "offline" {
+            return Ok(status);
+        }
+    }
 }
