@@ -297,23 +297,8 @@ impl Load {
     /// Waits until every sent request has an answer, then listens one more second for
     /// duplicates; fails unless each got exactly one. The slowest answer.
     pub async fn settle(&mut self, timeout: Duration) -> Result<Duration> {
-        let all: Vec<String> = self.sent.keys().cloned().collect();
-        self.settle_some(timeout, &all)
-            .await
-            .map(|(slowest, _, _)| slowest)
-    }
-
-    /// [`Load::settle`] for the `required` requests only; the others may stay
-    /// unanswered (they are returned), or get the same answer more than once (a QoS 1
-    /// resend of an answer whose acknowledgement a takeover cut off; returned too), but
-    /// no request gets two different answers and each required one gets exactly one.
-    pub async fn settle_some(
-        &mut self,
-        timeout: Duration,
-        required: &[String],
-    ) -> Result<(Duration, Vec<String>, Vec<String>)> {
         let deadline = Instant::now() + timeout;
-        while required.iter().any(|id| !self.answers.contains_key(id)) {
+        while self.sent.keys().any(|id| !self.answers.contains_key(id)) {
             if Instant::now() > deadline {
                 let missing: Vec<&String> = self
                     .sent
@@ -329,36 +314,21 @@ impl Load {
             self.pump(Duration::from_millis(100)).await;
         }
         self.pump(Duration::from_secs(1)).await;
-        let repeated = |id: &String, a: &Vec<(Instant, Recommendation)>| {
-            !required.contains(id) && a.iter().all(|(_, r)| *r == a[0].1)
-        };
         let twice: Vec<(&String, usize)> = self
             .answers
             .iter()
-            .filter(|(id, a)| a.len() > 1 && !repeated(id, a))
+            .filter(|(_, a)| a.len() > 1)
             .map(|(id, a)| (id, a.len()))
             .collect();
         if !twice.is_empty() {
             bail!("requests answered more than once: {twice:?}");
         }
-        let repeats: Vec<String> = self
-            .answers
-            .iter()
-            .filter(|(_, a)| a.len() > 1)
-            .map(|(id, _)| id.clone())
-            .collect();
         let slowest = self
             .sent
             .iter()
             .filter_map(|(id, t)| Some(self.answers.get(id)?[0].0 - *t))
             .max()
             .unwrap_or_default();
-        let unanswered = self
-            .sent
-            .keys()
-            .filter(|id| !self.answers.contains_key(*id))
-            .cloned()
-            .collect();
-        Ok((slowest, unanswered, repeats))
+        Ok(slowest)
     }
 }

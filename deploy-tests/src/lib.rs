@@ -304,13 +304,7 @@ impl Project {
 
     /// The logs of `service`'s container (stdout and stderr).
     pub fn logs(&self, service: &str) -> Result<String> {
-        let c = self.container(service)?;
-        let out = run("docker", &["logs", &c])?;
-        Ok(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        container_logs(&self.container(service)?)
     }
 
     /// The name of a network or volume of this project (`{project}_{name}`).
@@ -369,6 +363,16 @@ impl Drop for Project {
 }
 
 /// The users `fogcharge setup` made, read from a container that mounts the secrets.
+/// The logs of a container (stdout and stderr).
+pub fn container_logs(container: &str) -> Result<String> {
+    let out = run("docker", &["logs", container])?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
 pub fn users(project: &Project, service: &str) -> Result<topology::auth::Credentials> {
     let c = project.container(service)?;
     let text = docker(&["exec", &c, "cat", "/fogcharge/secrets/users.toml"])?;

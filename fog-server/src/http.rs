@@ -1,7 +1,8 @@
 //! The fog server's HTTP side: health, readiness, Prometheus metrics, and the
-//! region's state as JSON.
+//! region's state as JSON; while the server stands by (another instance serves the
+//! region), only health and readiness.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -23,6 +24,20 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/reservations", get(reservations))
         .route("/api/region", get(region))
         .with_state(shared)
+}
+
+/// What a standing-by server answers: `/healthz` 200 (alive), `/readyz` 503 with why
+/// it waits, everything else 503.
+pub fn standby_router(why: Arc<Mutex<String>>) -> Router {
+    let not_ready = |State(why): State<Arc<Mutex<String>>>| async move {
+        let why = why.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok (standing by)\n" }))
+        .route("/readyz", get(not_ready))
+        .fallback(not_ready)
+        .with_state(why)
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {

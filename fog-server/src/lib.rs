@@ -17,8 +17,10 @@
 //!
 //! This file is the I/O shell around the region: it owns the MQTT link, parses each
 //! message, hands it to the region under its lock, has the journal written, and only
-//! then publishes. [`start`] connects and returns a handle; [`run`] is what `main`
-//! calls.
+//! then publishes. [`start`] stands by while another instance holds the region's
+//! lease (`serverkit::lease`), then connects and returns a handle; [`run`] is what
+//! `main` calls. Stopping hands over: the link disconnects, what was already received
+//! is answered, the journal finishes, and the lease is released last.
 
 pub mod config;
 pub mod http;
@@ -46,6 +48,7 @@ use journal::{Journal, Written};
 use metrics::Metrics;
 use region::{Effects, Region, RerouteSettings};
 use serverkit::clock;
+use serverkit::lease::{self, Lease};
 use serverkit::link::LinkStatus;
 pub use serverkit::{Clock, cancel_on_signal};
 use serverkit::{Link, LinkSettings, Publisher};
@@ -151,7 +154,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ),
         None => None,
     };
-    let mut link = connect(&config, &metrics, &shutdown).await?;
+    let lease = Lease::new(protocol::fog::LEASE);
+    let settings = link_settings(&config, &lease)?;
+    let (http_listener, store) =
+        stand_by(&config, &settings, &lease, http_listener, &clock, &shutdown).await?;
+    let mut link = connect(&config, &settings, &metrics, &shutdown).await?;
+    // This instance serves the region now: retained, refreshed, its will the release.
+    link.publish(&lease.topic, &lease.online(), 1, true);
     let mut region = Region::new(&config.region, config.planner.clone());
     region.reroute = RerouteSettings {
         enabled: !config.no_reroute,
@@ -161,8 +170,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     };
     region.outline = area.as_ref().map(Area::outline).unwrap_or_default();
     let journal_stop = CancellationToken::new();
-    let (journal, journal_task) =
-        open_journal(&config, &mut region, &clock, &journal_stop)?.unzip();
+    let (journal, journal_task) = store
+        .map(|(store, restored)| {
+            region.restore_journal(restored, clock.now_ms());
+            Journal::start(store, journal_stop.clone())
+        })
+        .unzip();
     let shared = Arc::new(Shared {
         region: Mutex::new(region),
         clock,
@@ -192,10 +205,30 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Duration::from_millis(config.aggregate_ms.max(10)),
         shutdown.clone(),
     ));
+    tasks.spawn(refresh_lease(
+        lease.clone(),
+        link.publisher(),
+        shutdown.clone(),
+    ));
     let loop_shared = shared.clone();
+    let handover_id = format!("{}-handover", settings.client_id);
     let task = tokio::spawn(async move {
-        serve(&mut link, &loop_shared, &shutdown).await;
-        link.disconnect().await;
+        let mut taken = serve(&mut link, &loop_shared, &shutdown).await;
+        // The hand-over: nothing more comes from the session (the broker keeps what
+        // arrives for the next instance); what was taken from it is answered.
+        let disconnected = link.disconnect().await;
+        while let Some(msg) = link.try_next() {
+            taken.push(msg);
+        }
+        if !taken.is_empty() {
+            info!(
+                messages = taken.len(),
+                "answering what was received before the disconnect"
+            );
+        }
+        for msg in &taken {
+            handle(&link, &loop_shared, msg).await;
+        }
         shutdown.cancel();
         while let Some(res) = tasks.join_next().await {
             res.context("fog server task panicked")??;
@@ -204,6 +237,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         journal_stop.cancel();
         if let Some(task) = journal_task {
             task.await.context("journal writer panicked")?;
+        }
+        // The answers go out, then the lease is released: the next instance starts
+        // from the journal as written and the session as left.
+        if !disconnected {
+            tracing::warn!("the broker is not answering: no hand-over (the lease expires)");
+        } else {
+            match link.hand_over(&handover_id, &lease.released()).await {
+                Ok(sent) => info!(sent, "handed over: lease released"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not hand over: the lease expires instead");
+                }
+            }
         }
         info!("fog server stopped");
         Ok(())
@@ -216,16 +261,140 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     })
 }
 
-/// Connects to the region's broker and subscribes to everything a fog receives.
-async fn connect(
-    config: &Config,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Link> {
+/// The region's broker, as the fog server logs in: its persistent session, the lease's
+/// release as its last will.
+fn link_settings(config: &Config, lease: &Lease) -> anyhow::Result<LinkSettings> {
     let password = serverkit::secret::password(
         config.mqtt_password.as_deref(),
         config.mqtt_password_file.as_deref(),
     )?;
+    Ok(LinkSettings {
+        url: config.broker.clone(),
+        client_id: config.client_id(),
+        persistent: true,
+        username: config.mqtt_username.clone(),
+        password,
+        will: Some(lease.released()),
+        ca_file: config.mqtt_ca_file.clone(),
+        ..Default::default()
+    })
+}
+
+/// Returned by [`start`] when `shutdown` comes while the server stands by.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped while standing by")]
+pub struct StoppedStandingBy;
+
+/// What [`stand_by`] hands back: the HTTP listener and the journal, opened.
+type Claimed = (
+    Option<tokio::net::TcpListener>,
+    Option<(store::Store, store::Restored)>,
+);
+
+/// Before serving: waits until no other instance holds the region — its lease on the
+/// broker, then its journal — answering `/healthz` (alive) and `/readyz` (503, why)
+/// meanwhile.
+async fn stand_by(
+    config: &Config,
+    settings: &LinkSettings,
+    lease: &Lease,
+    listener: Option<tokio::net::TcpListener>,
+    clock: &Clock,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Claimed> {
+    let why = Arc::new(Mutex::new(format!(
+        "starting: looking for another instance serving region {}",
+        config.region
+    )));
+    let set_why = |text: String| *why.lock().unwrap_or_else(|e| e.into_inner()) = text;
+    let standby_stop = CancellationToken::new();
+    let (listener, server) = match listener {
+        Some(listener) => {
+            // The same socket, served by the standby router until this returns.
+            let socket = listener.into_std()?;
+            let standby = tokio::net::TcpListener::from_std(socket.try_clone()?)?;
+            let app = http::standby_router(why.clone());
+            let stop = standby_stop.clone();
+            let server = tokio::spawn(async move {
+                axum::serve(standby, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            });
+            (
+                Some(tokio::net::TcpListener::from_std(socket)?),
+                Some(server),
+            )
+        }
+        None => (None, None),
+    };
+    let claimed = async {
+        let free = lease
+            .wait_until_free(settings, shutdown, |holder| {
+                set_why(format!(
+                    "standing by: instance {holder} serves region {}",
+                    config.region
+                ));
+            })
+            .await?;
+        if !free {
+            return Err(StoppedStandingBy.into());
+        }
+        if config.no_state {
+            return Ok(None);
+        }
+        let mut waited = false;
+        loop {
+            match store::Store::open(&config.state_dir, &config.region, clock.now_ms()) {
+                Ok((store, restored)) => {
+                    info!(journal = %store.path().display(), restoring = restored.reservations.len(), "reservations are kept on disk");
+                    return Ok(Some((store, restored)));
+                }
+                Err(e) if e.is::<store::Locked>() => {
+                    if !waited {
+                        waited = true;
+                        info!(error = %e, "standing by until the journal is free");
+                        set_why(format!("standing by: {e}"));
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(StoppedStandingBy.into()),
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+                Err(e) => return Err(e.context("opening the reservation journal (--state-dir)")),
+            }
+        }
+    }
+    .await;
+    standby_stop.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
+    Ok((listener, claimed?))
+}
+
+/// Publishes the lease again every [`lease::REFRESH`] until `shutdown`.
+async fn refresh_lease(
+    lease: Lease,
+    publisher: Publisher,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut every = tokio::time::interval(lease::REFRESH);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = every.tick() => publisher.publish(&lease.topic, &lease.online(), 1, true),
+        }
+    }
+}
+
+/// Connects to the region's broker and subscribes to everything a fog receives.
+async fn connect(
+    config: &Config,
+    settings: &LinkSettings,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Link> {
     let region = &config.region;
     let subscriptions = vec![
         (topics::filters::station_status(region), 1),
@@ -250,17 +419,7 @@ async fn connect(
             1,
         ),
     ];
-    let settings = LinkSettings {
-        url: config.broker.clone(),
-        client_id: config.client_id(),
-        persistent: true,
-        username: config.mqtt_username.clone(),
-        password,
-        will: None,
-        ca_file: config.mqtt_ca_file.clone(),
-        ..Default::default()
-    };
-    let mut link = Link::connect(&settings, subscriptions, shutdown).await?;
+    let mut link = Link::connect(settings, subscriptions, shutdown).await?;
     let reconnects = metrics.mqtt_reconnects.clone();
     link.on_reconnect = Some(Box::new(move || {
         reconnects.inc();
@@ -270,24 +429,6 @@ async fn connect(
         takeovers.inc();
     }));
     Ok(link)
-}
-
-/// Opens the reservation journal (unless `--no-state`), puts back what it held and
-/// starts its writer, which runs until `stop`.
-fn open_journal(
-    config: &Config,
-    region: &mut Region,
-    clock: &Clock,
-    stop: &CancellationToken,
-) -> anyhow::Result<Option<(Journal, JoinHandle<()>)>> {
-    if config.no_state {
-        return Ok(None);
-    }
-    let (store, restored) = store::Store::open(&config.state_dir, &config.region, clock.now_ms())
-        .context("opening the reservation journal (--state-dir)")?;
-    info!(journal = %store.path().display(), restoring = restored.reservations.len(), "reservations are kept on disk");
-    region.restore_journal(restored, clock.now_ms());
-    Ok(Some(Journal::start(store, stop.clone())))
 }
 
 /// Serves the HTTP API on `listener` until `shutdown`.
@@ -312,7 +453,14 @@ fn serve_http(
 
 /// Runs a fog server until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    start(config, shutdown).await?.wait().await
+    match start(config, shutdown).await {
+        Ok(server) => server.wait().await,
+        Err(e) if e.is::<StoppedStandingBy>() => {
+            info!("fog server stopped while standing by");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The message loop: one message at a time, answered before the next is read.
@@ -322,7 +470,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// broker sends the retained station statuses that follow the subscription. So until
 /// the first station is known and the burst of retained statuses is read (or
 /// [`SETTLE`] has passed), requests are held, then answered in order.
-async fn serve(link: &mut Link, shared: &Shared, shutdown: &CancellationToken) {
+async fn serve(
+    link: &mut Link,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Vec<paho_mqtt::Message> {
     let mut held: Vec<paho_mqtt::Message> = Vec::new();
     let settled = tokio::time::Instant::from_std(shared.subscribed_at + SETTLE);
     let loading = |link: &Link| {
@@ -340,7 +492,7 @@ async fn serve(link: &mut Link, shared: &Shared, shutdown: &CancellationToken) {
         };
         let msg = match next {
             Some(Some(msg)) => msg,
-            Some(None) => return, // shut down
+            Some(None) => return held, // shut down: the held requests are still to answer
             None => {
                 answer_held(link, shared, &mut held).await; // settled
                 continue;

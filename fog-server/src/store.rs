@@ -10,6 +10,11 @@
 //! temporary file, then rename). It is compacted the same way while running once it
 //! holds many ended entries.
 //!
+//! The journal is locked (an advisory `flock` on `{state_dir}/{region}.lock`) while it is
+//! open, so two processes sharing the state directory (a rolling replacement on one
+//! volume) never write it at once: [`Store::open`] fails with [`Locked`] while another
+//! process holds it.
+//!
 //! Stations are not stored: they come back from their retained status messages, and a
 //! restored reservation takes its place again as soon as its station is known.
 
@@ -85,11 +90,18 @@ pub struct Restored {
     pub reservations: Vec<Saved>,
 }
 
+/// [`Store::open`] found the journal held by another process.
+#[derive(Debug, thiserror::Error)]
+#[error("the journal {0} is held by another process (another instance for this region?)")]
+pub struct Locked(pub PathBuf);
+
 /// An open journal.
 #[derive(Debug)]
 pub struct Store {
     path: PathBuf,
     file: File,
+    /// Holds the journal's lock while the store is open.
+    _lock: File,
     /// Lines written since the last compaction.
     lines: usize,
     active: HashMap<String, Record>,
@@ -100,11 +112,27 @@ const COMPACT_SLACK: usize = 10_000;
 
 impl Store {
     /// Opens (creating it and its directory if needed) the journal of `region` in
-    /// `dir`, and returns what it holds that has not expired by `now_ms`.
+    /// `dir`, and returns what it holds that has not expired by `now_ms`. Fails with
+    /// [`Locked`] while another process has it open.
     pub fn open(dir: &Path, region: &str, now_ms: u64) -> Result<(Self, Restored)> {
         fs::create_dir_all(dir)
             .with_context(|| format!("creating the state directory {}", dir.display()))?;
         let path = dir.join(format!("{region}.jsonl"));
+        let lock_path = dir.join(format!("{region}.lock"));
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening the journal lock {}", lock_path.display()))?;
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(Locked(path).into()),
+            Err(e) => {
+                return Err(std::io::Error::from(e))
+                    .with_context(|| format!("locking the journal {}", lock_path.display()));
+            }
+        }
         let mut active: HashMap<String, Record> = HashMap::new();
         let mut order: Vec<String> = Vec::new();
         if path.exists() {
@@ -157,6 +185,7 @@ impl Store {
             Self {
                 path,
                 file,
+                _lock: lock,
                 lines: active.len(),
                 active,
             },
@@ -297,6 +326,19 @@ mod tests {
         // The journal was compacted to the one active reservation.
         let text = fs::read_to_string(dir.path().join("north.jsonl")).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
+    }
+
+    #[test]
+    fn an_open_journal_is_locked_until_its_store_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = Store::open(dir.path(), "north", 0).unwrap();
+        let e = Store::open(dir.path(), "north", 0).unwrap_err();
+        assert!(e.downcast_ref::<Locked>().is_some(), "{e:#}");
+        assert!(e.to_string().contains("held by another process"), "{e}");
+        // Another region's journal in the same directory is its own.
+        Store::open(dir.path(), "south", 0).unwrap();
+        drop(first);
+        Store::open(dir.path(), "north", 0).unwrap();
     }
 
     #[test]

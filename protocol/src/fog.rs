@@ -147,6 +147,31 @@ fn dir(d: Direction) -> &'static str {
     }
 }
 
+/// The topic of the region's [`Lease`] on its own broker (retained, never bridged:
+/// the bridge carries only `fog/up/…` and `fog/down/…`).
+pub const LEASE: &str = "fog/lease";
+
+/// Which fog server instance serves the region: retained on [`LEASE`], QoS 1. The
+/// serving instance publishes `online: true` when it connects and every few seconds;
+/// `online: false` is its last will and the last thing it publishes when it stops
+/// (after handing over). A second instance stands by while another holder's lease is
+/// live (see `docs/fog-central.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub v: u32,
+    /// The instance: host name, process id and start time.
+    pub holder: String,
+    /// True while the holder serves the region.
+    pub online: bool,
+}
+
+impl Validate for Lease {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        version(self.v)?;
+        validate_id("holder", &self.holder)
+    }
+}
+
 /// Subscription filters for the fog ↔ central topics.
 pub mod filters {
     /// What a fog server subscribes to on its regional broker: `fog/down/#`.

@@ -193,7 +193,7 @@ fn schema_check(root: &Value, message: &str, payload: &Value) -> Vec<String> {
 // ---------------------------------------------------------------------------------
 
 /// The JSON messages of the document and the fewest examples each must have.
-const JSON_MESSAGES: [(&str, usize); 9] = [
+const JSON_MESSAGES: [(&str, usize); 10] = [
     ("StationStatus", 2),
     ("GatewayStatus", 2),
     ("ChargeRequest", 1),
@@ -203,6 +203,7 @@ const JSON_MESSAGES: [(&str, usize); 9] = [
     ("StationReservation", 2),
     ("StationReservationEvent", 3),
     ("CentralHeartbeat", 1),
+    ("Lease", 2),
 ];
 
 /// Decodes with `T`, re-encodes, decodes again, and checks that every field of the
@@ -251,6 +252,7 @@ fn decode_as(message: &str, bytes: &[u8]) -> Result<(), ProtocolError> {
         "StationReservation" => decode::<StationReservation>(bytes).map(drop),
         "StationReservationEvent" => decode::<StationReservationEvent>(bytes).map(drop),
         "CentralHeartbeat" => decode::<fog::CentralHeartbeat>(bytes).map(drop),
+        "Lease" => decode::<fog::Lease>(bytes).map(drop),
         other => panic!("no Rust type for message {other}"),
     }
 }
@@ -311,6 +313,7 @@ fn every_message_example_decodes_round_trips_and_fits_its_schema() {
                     drop(roundtrip_as::<StationReservationEvent>(name, payload))
                 }
                 "CentralHeartbeat" => drop(roundtrip_as::<fog::CentralHeartbeat>(name, payload)),
+                "Lease" => drop(roundtrip_as::<fog::Lease>(name, payload)),
                 _ => unreachable!(),
             }
             decoded += 1;
@@ -431,7 +434,8 @@ const VEHICLE: &str = "car-7";
 const GATEWAY: &str = "ocpp-north";
 
 /// Channel key, address, expected action of the fog server, QoS, retain.
-const CHANNELS: [(&str, &str, &str, u64, bool); 9] = [
+const CHANNELS: [(&str, &str, &str, u64, bool); 10] = [
+    ("fogLease", fog::LEASE, "send", 1, true),
     (
         "gatewayStatus",
         "ev/{region}/gateways/{gateway_id}/status",
@@ -556,6 +560,12 @@ fn channel_addresses_parse_as_the_expected_topics() {
     for (key, address, ..) in CHANNELS {
         let channel = &channels[key];
         assert_eq!(channel["address"], address, "{key}");
+        if address == fog::LEASE {
+            // The lease: local to the regional broker, no parameters, not bridged.
+            assert!(channel.get("parameters").is_none(), "{key}");
+            assert!(fog::FogMessage::parse_regional(address).is_err(), "{key}");
+            continue;
+        }
         if address.starts_with("fog/") {
             // A bridged fog topic: no parameters, parsed by the fog message parser.
             assert!(channel.get("parameters").is_none(), "{key}");
@@ -800,6 +810,14 @@ fn full_instances() -> Vec<(&'static str, Value)> {
             })),
         ),
         ("GatewayStatus", v(encode(&gateway))),
+        (
+            "Lease",
+            v(encode(&fog::Lease {
+                v: 1,
+                holder: "fog-north-7d9f-1-1796140000000".into(),
+                online: true,
+            })),
+        ),
     ]
 }
 
@@ -980,6 +998,9 @@ fn schema_and_decoder_agree_on_valid_and_invalid_payloads() {
         ("CentralHeartbeat", "open_regions", json!([]), true),
         ("CentralHeartbeat", "period_ms", json!(0), false),
         ("CentralHeartbeat", "nearest_open_km", json!(-1.0), false),
+        ("Lease", "holder", json!("host.example-1-2"), false),
+        ("Lease", "holder", json!(""), false),
+        ("Lease", "online", json!("yes"), false),
         ("StationReservation", "action", json!("cancel"), true),
         ("StationReservation", "action", json!("hold"), false),
         ("StationReservation", "id_tag", json!("a".repeat(20)), true),

@@ -3,6 +3,8 @@
 //! - [`link`]: the MQTT connection (persistent session, reconnect with back-off, resend
 //!   of what was not acknowledged, takeover detection, a reaper for old paho clients,
 //!   subscriptions restored after every reconnect).
+//! - [`lease`]: one active instance per role (a retained lease; a new instance stands
+//!   by until the old one hands over).
 //! - [`logging`]: tracing set-up (`RUST_LOG`, text or JSON).
 //! - [`clock`]: the servers' notion of now (wall clock, or a simulation's scaled clock).
 //! - [`secret`]: passwords read from files (container secrets).
@@ -10,6 +12,7 @@
 //! - [`serve`]: the body of every server's `main` (logging, signals, exit code).
 
 pub mod clock;
+pub mod lease;
 pub mod link;
 pub mod logging;
 pub mod secret;

@@ -305,6 +305,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest wait for one connect (paho gives up after its own 5 s first) or resubscribe.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait for the hand-over client's connection ([`Link::hand_over`]).
+const HANDOVER_CONNECT: Duration = Duration::from_secs(2);
 /// The longest wait after a takeover, by default ([`LinkSettings::max_takeover_backoff`]).
 pub const MAX_TAKEOVER_BACKOFF: Duration = Duration::from_secs(30);
 /// A connection that lasted this long ends a takeover episode.
@@ -595,8 +597,88 @@ impl Link {
         }
     }
 
-    /// Disconnects cleanly (waiting briefly for in-flight messages).
-    pub async fn disconnect(&self) {
+    /// A message already received, without waiting and without reconnecting (for
+    /// draining what came in before [`Link::disconnect`]).
+    pub fn try_next(&mut self) -> Option<mqtt::Message> {
+        self.incoming.try_recv().ok()
+    }
+
+    /// After [`Link::disconnect`]: sends what is still waiting — the outbox (messages
+    /// published since the disconnect, e.g. the answers to the messages drained with
+    /// [`Link::try_next`]) and anything not acknowledged — and then `last`, through a
+    /// short-lived client of its own (`client_id`, clean session, `last` also its will),
+    /// and waits for each acknowledgement. So a server can answer everything it took
+    /// from its session and only then say it is gone, while its session (still holding
+    /// what arrives meanwhile) waits for the next instance. Returns how many messages
+    /// went out before `last`.
+    pub async fn hand_over(&self, client_id: &str, last: &Will) -> anyhow::Result<usize> {
+        let mut waiting: Vec<mqtt::Message> = self
+            .shared
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .filter_map(|mut token| {
+                (!matches!(poll_now(&mut token), Some(Ok(())))).then(|| token.message().clone())
+            })
+            .collect();
+        waiting.extend(
+            self.shared
+                .outbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(..),
+        );
+        let settings = LinkSettings {
+            client_id: client_id.to_owned(),
+            persistent: false,
+            will: Some(last.clone()),
+            ..self.settings.clone()
+        };
+        let opts = connect_options(&settings)?;
+        let (unused, _) = mpsc::channel(1);
+        // Bounded: a server stopping must be gone within its grace period even when
+        // the broker accepts connections and never answers (dropped half-way, the
+        // attempt hands its client to the reaper).
+        let (client, _) =
+            tokio::time::timeout(HANDOVER_CONNECT, attempt(&settings, &opts, &unused))
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {HANDOVER_CONNECT:?}"))
+                .and_then(|a| {
+                    a.map_err(|e| match e {
+                        Failed::Fatal(e) => e,
+                        Failed::Retry(e) => anyhow::anyhow!(e),
+                    })
+                })
+                .context("connecting to hand over")?;
+        let sent = waiting.len();
+        let result = async {
+            let tokens: Vec<_> = waiting.into_iter().map(|m| client.publish(m)).collect();
+            for token in tokens {
+                tokio::time::timeout(STEP_TIMEOUT, token)
+                    .await
+                    .context("handing over: no acknowledgement")??;
+            }
+            let release = message(&last.topic, &last.payload, last.qos, last.retain);
+            tokio::time::timeout(STEP_TIMEOUT, client.publish(release))
+                .await
+                .context("handing over: no acknowledgement")??;
+            let opts = mqtt::DisconnectOptionsBuilder::new()
+                .timeout(Duration::from_secs(2))
+                .finalize();
+            tokio::time::timeout(Duration::from_secs(3), client.disconnect(opts))
+                .await
+                .context("handing over: disconnect")??;
+            anyhow::Ok(())
+        }
+        .await;
+        reaper::retire(client, None);
+        result.map(|()| sent)
+    }
+
+    /// Disconnects cleanly (waiting briefly for in-flight messages). False if the
+    /// broker did not take the disconnect (not connected, or not answering).
+    pub async fn disconnect(&self) -> bool {
         self.shared.status.connected.store(false, Ordering::Release);
         let client = self
             .shared
@@ -608,9 +690,15 @@ impl Link {
             .timeout(Duration::from_secs(2))
             .finalize();
         match tokio::time::timeout(Duration::from_secs(3), client.disconnect(opts)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => warn!(error = %e, "disconnect failed"),
-            Err(_) => warn!("disconnect: no answer within 3 s"),
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                warn!(error = %e, "disconnect failed");
+                false
+            }
+            Err(_) => {
+                warn!("disconnect: no answer within 3 s");
+                false
+            }
         }
     }
 }

@@ -291,6 +291,11 @@ pub fn bridge_conf(
         "# a single value keeps the default 5-30 s random back-off on 2.0.11"
     );
     let _ = writeln!(out, "restart_timeout 1 2");
+    let _ = writeln!(
+        out,
+        "# a network cut that keeps the TCP connection is noticed within ~1.5 keepalives"
+    );
+    let _ = writeln!(out, "keepalive_interval 5");
     let _ = writeln!(out, "topic # out 1 fog/up/ regions/{id}/up/");
     let _ = writeln!(
         out,

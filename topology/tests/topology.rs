@@ -115,6 +115,7 @@ fn regional_configs_carry_the_bridge_contract() {
         "cleansession false",
         "local_cleansession false",
         "restart_timeout 1 2",
+        "keepalive_interval 5",
         "topic # out 1 fog/up/ regions/north/up/",
         "topic # in 0 fog/down/ regions/north/down/",
     ] {
