@@ -26,18 +26,36 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// What a standing-by server answers: `/healthz` 200 (alive), `/readyz` 503 with why
-/// it waits, everything else 503.
-pub fn standby_router(why: Arc<Mutex<String>>) -> Router {
-    let not_ready = |State(why): State<Arc<Mutex<String>>>| async move {
-        let why = why.lock().unwrap_or_else(|e| e.into_inner()).clone();
+/// What a fog server answers before it serves: `/healthz` 503 while it is still
+/// finding out whether another instance holds the region (so that "healthy" never
+/// comes before the first subscription), 200 once it knows it stands by; `/readyz`
+/// and everything else 503 with why it waits.
+pub fn standby_router(state: Arc<Mutex<Standby>>) -> Router {
+    let not_ready = |State(state): State<Arc<Mutex<Standby>>>| async move {
+        let why = state.lock().unwrap_or_else(|e| e.into_inner()).why.clone();
         (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
     };
+    let health = |State(state): State<Arc<Mutex<Standby>>>| async move {
+        let state = state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.standing_by {
+            (StatusCode::OK, "ok (standing by)\n".to_owned())
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", state.why))
+        }
+    };
     Router::new()
-        .route("/healthz", get(|| async { "ok (standing by)\n" }))
+        .route("/healthz", get(health))
         .route("/readyz", get(not_ready))
         .fallback(not_ready)
-        .with_state(why)
+        .with_state(state)
+}
+
+/// What a fog server that does not serve yet is doing.
+#[derive(Debug, Default)]
+pub struct Standby {
+    /// Another instance serves the region (as opposed to: still finding out).
+    pub standing_by: bool,
+    pub why: String,
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {

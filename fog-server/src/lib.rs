@@ -292,8 +292,8 @@ type Claimed = (
 );
 
 /// Before serving: waits until no other instance holds the region — its lease on the
-/// broker, then its journal — answering `/healthz` (alive) and `/readyz` (503, why)
-/// meanwhile.
+/// broker, then its journal — answering `/healthz` (200 once it knows it stands by)
+/// and `/readyz` (503, why) meanwhile.
 async fn stand_by(
     config: &Config,
     settings: &LinkSettings,
@@ -302,11 +302,19 @@ async fn stand_by(
     clock: &Clock,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Claimed> {
-    let why = Arc::new(Mutex::new(format!(
-        "starting: looking for another instance serving region {}",
-        config.region
-    )));
-    let set_why = |text: String| *why.lock().unwrap_or_else(|e| e.into_inner()) = text;
+    let why = Arc::new(Mutex::new(http::Standby {
+        standing_by: false,
+        why: format!(
+            "starting: looking for another instance serving region {}",
+            config.region
+        ),
+    }));
+    let set_why = |text: String| {
+        *why.lock().unwrap_or_else(|e| e.into_inner()) = http::Standby {
+            standing_by: true,
+            why: text,
+        };
+    };
     let standby_stop = CancellationToken::new();
     let (listener, server) = match listener {
         Some(listener) => {
