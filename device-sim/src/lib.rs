@@ -75,7 +75,7 @@ pub struct Config {
     pub strategy: StrategySet,
 
     /// Simulated seconds per real second. The servers run on the same time scale.
-    #[arg(long, env = "SIM_SPEED", default_value_t = 180.0)]
+    #[arg(long, env = "SIM_SPEED", default_value_t = 240.0)]
     pub speed: f64,
 
     /// The topology (regions and brokers) as TOML. Without `--brokers`, the brokers it

@@ -56,9 +56,18 @@ impl Supervised {
 
     /// SIGTERM, wait up to `timeout`, then SIGKILL.
     pub fn terminate(&mut self, timeout: Duration) -> Result<()> {
+        if self.ask_to_stop()? {
+            self.wait_or_kill(Instant::now() + timeout)?;
+        }
+        Ok(())
+    }
+
+    /// Sends SIGTERM (disarming the watchdog); false when the process is already gone
+    /// (or could not be signalled, and was killed).
+    pub fn ask_to_stop(&mut self) -> Result<bool> {
         self.disarm();
         if self.try_wait()?.is_some() {
-            return Ok(());
+            return Ok(false);
         }
         // `std` only sends SIGKILL and `unsafe` is forbidden, so let kill(1) send SIGTERM.
         let pid = self.id();
@@ -69,12 +78,17 @@ impl Supervised {
             .status();
         if !term.is_ok_and(|s| s.success()) {
             tracing::warn!(pid, "could not send SIGTERM, killing the process");
-            return Ok(self.kill()?);
+            self.kill()?;
+            return Ok(false);
         }
-        let deadline = Instant::now() + timeout;
+        Ok(true)
+    }
+
+    /// Waits for the process to end until `deadline`, then SIGKILL.
+    pub fn wait_or_kill(&mut self, deadline: Instant) -> Result<()> {
         while self.try_wait()?.is_none() {
             if Instant::now() >= deadline {
-                tracing::warn!(pid, "process ignored SIGTERM for {timeout:?}, killing it");
+                tracing::warn!(pid = self.id(), "process ignored SIGTERM, killing it");
                 return Ok(self.kill()?);
             }
             std::thread::sleep(Duration::from_millis(10));
