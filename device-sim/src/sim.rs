@@ -271,8 +271,8 @@ impl<'w> Sim<'w> {
                 v.lon += (target.1 - v.lon) * f;
             }
             let arrived = moved_km >= line_km;
-            match &v.phase {
-                &Phase::Driving { asked } => {
+            match v.phase {
+                Phase::Driving { asked } => {
                     if arrived {
                         v.dest = world.destination(&mut v.trips);
                     }
@@ -281,7 +281,7 @@ impl<'w> Sim<'w> {
                         self.outbox.push(Event::NeedStation(i));
                     }
                 }
-                &Phase::ToStation { station, .. } if arrived => {
+                Phase::ToStation { station, .. } if arrived => {
                     let Phase::ToStation { reservation, .. } =
                         std::mem::replace(&mut v.phase, Phase::AtStation { station })
                     else {
