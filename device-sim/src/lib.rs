@@ -25,7 +25,8 @@
 //! - [`sim`]: the simulated city stepping in simulated time: driving, queues, charging.
 //! - [`run`](mod@run): one strategy over a world, paced by the shared clock; requests, answers,
 //!   timeouts and fallbacks.
-//! - [`net`]: the devices' MQTT connections, one per station and a fleet per region.
+//! - [`net`]: the devices' MQTT connections: one per station (or one per region for
+//!   its stations, `--station-connections per-region`) and a fleet per region.
 //! - [`ocpp`]: the stations as OCPP 1.6J charge points of each region's gateway
 //!   (`--station-transport ocpp`).
 //! - [`report`]: the per-strategy figures and the comparison table.
