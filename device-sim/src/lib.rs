@@ -25,7 +25,8 @@
 //! - [`sim`]: the simulated city stepping in simulated time: driving, queues, charging.
 //! - [`run`](mod@run): one strategy over a world, paced by the shared clock; requests, answers,
 //!   timeouts and fallbacks.
-//! - [`net`]: the devices' MQTT connections, one per station and a fleet per region.
+//! - [`net`]: the devices' MQTT connections: one per station (or one per region for
+//!   its stations, `--station-connections per-region`) and a fleet per region.
 //! - [`ocpp`]: the stations as OCPP 1.6J charge points of each region's gateway
 //!   (`--station-transport ocpp`).
 //! - [`report`]: the per-strategy figures and the comparison table.
@@ -75,7 +76,7 @@ pub struct Config {
     pub strategy: StrategySet,
 
     /// Simulated seconds per real second. The servers run on the same time scale.
-    #[arg(long, env = "SIM_SPEED", default_value_t = 180.0)]
+    #[arg(long, env = "SIM_SPEED", default_value_t = 240.0)]
     pub speed: f64,
 
     /// The topology (regions and brokers) as TOML. Without `--brokers`, the brokers it
@@ -181,6 +182,15 @@ pub struct Config {
     #[arg(long, env = "SIM_OCPP_HEARTBEAT_S", default_value_t = 30)]
     pub ocpp_heartbeat_s: u32,
 
+    /// How the MQTT stations connect: `each` (one client per station, with its own
+    /// last will on its status) or `per-region` (the stations of a region share one
+    /// connection, `stations-{region}`, that speaks for them as their gateway: their
+    /// statuses name it, and its presence's last will takes them all offline — the
+    /// same for the fog, with a connection per region instead of per station; for
+    /// large cities).
+    #[arg(long, env = "SIM_STATION_CONNECTIONS", value_enum, default_value_t = StationConnections::Each)]
+    pub station_connections: StationConnections,
+
     /// Write the report as JSON to this file.
     #[arg(long, env = "SIM_REPORT_JSON")]
     pub report_json: Option<PathBuf>,
@@ -214,6 +224,15 @@ impl StationTransport {
             Self::Ocpp => "ocpp",
         }
     }
+}
+
+/// How the simulated MQTT stations connect to their brokers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StationConnections {
+    /// One MQTT client per station, with its own last will.
+    Each,
+    /// One connection per region speaks for its stations (a station gateway).
+    PerRegion,
 }
 
 /// The strategies of one run, in order.
@@ -589,6 +608,10 @@ async fn run_local(
         // The local run has authentication on, with users made for this run.
         None => topology::auth::Credentials::generate(&placement.topology, &stations, &[]),
     };
+    let mut credentials = credentials;
+    if config.station_connections == StationConnections::PerRegion {
+        credentials.add_station_gateways(&placement.topology);
+    }
     let ocpp = config.station_transport == StationTransport::Ocpp;
     eprintln!(
         "{}: starting the local topology: a central broker and {} regional broker(s) (Mosquitto, authentication on), fog server(s){} and central; devices {}, bridges {}",
@@ -628,6 +651,7 @@ async fn run_local(
         password: config.mqtt_password.clone(),
         credentials: Some(credentials.clone()),
         ca_file: config.mqtt_ca_file.clone(),
+        shared_stations: config.station_connections == StationConnections::PerRegion,
     };
     let epoch = wall_ms();
     let clock = Clock::scaled(epoch, config.speed);
@@ -742,6 +766,7 @@ async fn run_external(
         password: config.mqtt_password.clone(),
         credentials,
         ca_file: config.mqtt_ca_file.clone(),
+        shared_stations: config.station_connections == StationConnections::PerRegion,
     };
     let epoch = config.clock_epoch_ms.unwrap_or_else(wall_ms);
     let clock = Clock::scaled(epoch, config.speed);

@@ -4,7 +4,9 @@
 //!   broker, with a retained last will `{"state":"offline"}`, and publishes its status
 //!   retained, QoS 1, on every change — or, with `--station-transport ocpp`, an OCPP
 //!   1.6J charge point of its region's gateway ([`crate::ocpp`]), which publishes for
-//!   it;
+//!   it; or, with `--station-connections per-region`, the stations of a region share
+//!   one connection that speaks for them as their gateway (`stations-{region}`, see
+//!   [`StationGateway`]);
 //! - the **vehicles** of a region talk through one fleet connection per region (as a
 //!   fleet operator's gateway would): requests, reservation updates and telemetry on
 //!   each vehicle's own topics, and one subscription to
@@ -35,6 +37,9 @@ pub struct Brokers {
     pub credentials: Option<topology::auth::Credentials>,
     /// CA certificate of `ssl://` brokers.
     pub ca_file: Option<std::path::PathBuf>,
+    /// The stations of a region share one connection (a [`StationGateway`]) instead of
+    /// one client each.
+    pub shared_stations: bool,
 }
 
 impl Brokers {
@@ -58,6 +63,45 @@ pub struct OcppGateways {
     pub now_ms: u64,
 }
 
+/// The connection that speaks for the plain stations of one region when they share one
+/// (`--station-connections per-region`): user and gateway id `stations-{region}`.
+/// It works like a station's own connection, per connection instead of per station:
+///
+/// - every status it publishes names it (`"gateway": "stations-{region}"`);
+/// - its last will is its presence `{"online": false}` (retained, QoS 1) on
+///   `ev/{region}/gateways/stations-{region}/status`: the fog then counts all its
+///   stations offline at once, as it would on each station's own last will;
+/// - it says `online: true` on connect (before any status) and after every reconnect,
+///   followed by each of its stations' latest status again.
+///
+/// See docs/protocol.md (gateway presence).
+pub struct StationGateway;
+
+impl StationGateway {
+    /// The gateway id (and MQTT user) of `region`'s stations.
+    pub fn id(region: &str) -> String {
+        topology::auth::station_gateway(region)
+    }
+
+    fn presence(region: &str, online: bool) -> (String, Vec<u8>) {
+        let id = Self::id(region);
+        let msg = protocol::GatewayStatus {
+            v: 1,
+            gateway_id: id.clone(),
+            online,
+            ts_ms: None,
+        };
+        (
+            topics::gateway_status(region, &id),
+            serde_json::to_vec(&msg).unwrap_or_default(),
+        )
+    }
+}
+
+/// Each station's latest status (topic, payload), to publish again after a reconnect
+/// of a shared connection.
+type LatestStatuses = Arc<std::sync::Mutex<Vec<Option<(String, Vec<u8>)>>>>;
+
 /// A recommendation that came back, with when it arrived.
 #[derive(Debug)]
 pub struct Answer {
@@ -78,6 +122,11 @@ pub struct Net {
     by_region: HashMap<String, Arc<AtomicU64>>,
     /// The counter of each station's broker (parallel to `stations`).
     station_counters: Vec<Arc<AtomicU64>>,
+    /// The gateway each station's status names (parallel to `stations`; `None`: the
+    /// station is its own client).
+    station_gateways: Vec<Option<String>>,
+    /// With shared connections: each station's latest status.
+    latest: Option<LatestStatuses>,
     tasks: JoinSet<()>,
     links: Vec<Arc<tokio::sync::Mutex<Link>>>,
     /// The stations, when they are OCPP charge points (then `stations` is empty).
@@ -197,38 +246,117 @@ impl Net {
         };
         let mut station_links = Vec::with_capacity(mqtt_stations.len());
         let mut station_counters = Vec::with_capacity(mqtt_stations.len());
-        for (region, id) in mqtt_stations {
-            let url = brokers
-                .urls
-                .get(region)
-                .with_context(|| format!("no broker for region {region}"))?
-                .clone();
-            station_counters.push(by_region[region].clone());
-            let offline = StationStatus::offline(id.clone());
-            let (username, password) = brokers.login(id);
-            let settings = LinkSettings {
-                url,
-                client_id: id.clone(),
-                persistent: false,
-                username,
-                password,
-                will: Some(Will {
-                    topic: topics::station_status(region, id),
-                    payload: protocol::encode(&offline),
-                    qos: 1,
-                    retain: true,
-                }),
-                ca_file: brokers.ca_file.clone(),
-                ..Default::default()
-            };
-            let link = Link::connect(&settings, Vec::new(), &shutdown)
-                .await
-                .with_context(|| format!("connecting station {id}"))?;
-            station_links.push(link);
+        let mut station_gateways = Vec::with_capacity(mqtt_stations.len());
+        let mut station_publishers = Vec::with_capacity(mqtt_stations.len());
+        let mut latest = None;
+        if brokers.shared_stations && !mqtt_stations.is_empty() {
+            let statuses: LatestStatuses =
+                Arc::new(std::sync::Mutex::new(vec![None; mqtt_stations.len()]));
+            let mut of_region: std::collections::BTreeMap<&str, Vec<usize>> =
+                std::collections::BTreeMap::new();
+            for (i, (region, _)) in mqtt_stations.iter().enumerate() {
+                of_region.entry(region.as_str()).or_default().push(i);
+            }
+            let mut gateways = HashMap::new();
+            for (region, members) in of_region {
+                let url = brokers
+                    .urls
+                    .get(region)
+                    .with_context(|| format!("no broker for region {region}"))?
+                    .clone();
+                let id = StationGateway::id(region);
+                let (username, password) = brokers.login(&id);
+                let (will_topic, will_payload) = StationGateway::presence(region, false);
+                let settings = LinkSettings {
+                    url: url.clone(),
+                    client_id: format!("device-sim-{run}-{id}"),
+                    persistent: false,
+                    username,
+                    password,
+                    will: Some(Will {
+                        topic: will_topic,
+                        payload: will_payload,
+                        qos: 1,
+                        retain: true,
+                    }),
+                    ca_file: brokers.ca_file.clone(),
+                    ..Default::default()
+                };
+                let mut link = Link::connect(&settings, Vec::new(), &shutdown)
+                    .await
+                    .with_context(|| {
+                        format!("connecting the stations of region {region} to {url}")
+                    })?;
+                let publisher = link.publisher();
+                // Online before any status: a status naming a gateway that is down
+                // counts as offline.
+                let (topic, payload) = StationGateway::presence(region, true);
+                publisher
+                    .publish_confirmed(&topic, &payload, 1, true)
+                    .await
+                    .with_context(|| {
+                        format!("announcing the stations' gateway of region {region}")
+                    })?;
+                sent.fetch_add(1, Ordering::Relaxed);
+                let (again, statuses, region_owned, counter) = (
+                    publisher.clone(),
+                    statuses.clone(),
+                    region.to_owned(),
+                    by_region[region].clone(),
+                );
+                link.on_reconnect = Some(Box::new(move || {
+                    let (topic, payload) = StationGateway::presence(&region_owned, true);
+                    again.publish(&topic, &payload, 1, true);
+                    let latest = statuses.lock().unwrap_or_else(|e| e.into_inner());
+                    for (topic, payload) in members.iter().filter_map(|&i| latest[i].as_ref()) {
+                        again.publish(topic, payload, 1, true);
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+                gateways.insert(region.to_owned(), (publisher, id));
+                station_links.push(link);
+            }
+            for (region, _) in mqtt_stations {
+                let (publisher, id) = &gateways[region];
+                station_publishers.push(publisher.clone());
+                station_gateways.push(Some(id.clone()));
+                station_counters.push(by_region[region].clone());
+            }
+            latest = Some(statuses);
+        } else {
+            for (region, id) in mqtt_stations {
+                let url = brokers
+                    .urls
+                    .get(region)
+                    .with_context(|| format!("no broker for region {region}"))?
+                    .clone();
+                station_counters.push(by_region[region].clone());
+                station_gateways.push(None);
+                let offline = StationStatus::offline(id.clone());
+                let (username, password) = brokers.login(id);
+                let settings = LinkSettings {
+                    url,
+                    client_id: id.clone(),
+                    persistent: false,
+                    username,
+                    password,
+                    will: Some(Will {
+                        topic: topics::station_status(region, id),
+                        payload: protocol::encode(&offline),
+                        qos: 1,
+                        retain: true,
+                    }),
+                    ca_file: brokers.ca_file.clone(),
+                    ..Default::default()
+                };
+                let link = Link::connect(&settings, Vec::new(), &shutdown)
+                    .await
+                    .with_context(|| format!("connecting station {id}"))?;
+                station_publishers.push(link.publisher());
+                station_links.push(link);
+            }
         }
-        let mut station_publishers = Vec::with_capacity(stations.len());
         for link in station_links {
-            station_publishers.push(link.publisher());
             let link = Arc::new(tokio::sync::Mutex::new(link));
             links.push(link.clone());
             let shutdown = shutdown.clone();
@@ -246,6 +374,8 @@ impl Net {
             received,
             by_region,
             station_counters,
+            station_gateways,
+            latest,
             tasks,
             links,
             ocpp: charge_points,
@@ -270,9 +400,24 @@ impl Net {
         }
     }
 
+    /// The gateway station `station`'s status must name (`None`: its own client).
+    pub fn station_gateway(&self, station: usize) -> Option<&str> {
+        self.station_gateways.get(station)?.as_deref()
+    }
+
+    fn remember(&self, station: usize, topic: &str, payload: &[u8]) {
+        if let Some(latest) = &self.latest {
+            let mut latest = latest.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = latest.get_mut(station) {
+                *slot = Some((topic.to_owned(), payload.to_vec()));
+            }
+        }
+    }
+
     /// Publishes a station's status, retained, QoS 1.
     pub fn station_publish(&self, station: usize, topic: &str, payload: &[u8]) {
         if let Some(p) = self.stations.get(station) {
+            self.remember(station, topic, payload);
             p.publish(topic, payload, 1, true);
             self.sent.fetch_add(1, Ordering::Relaxed);
             self.station_counters[station].fetch_add(1, Ordering::Relaxed);
@@ -303,6 +448,7 @@ impl Net {
             let Some(p) = self.stations.get(station).cloned() else {
                 continue;
             };
+            self.remember(station, &topic, &payload);
             self.sent.fetch_add(1, Ordering::Relaxed);
             self.station_counters[station].fetch_add(1, Ordering::Relaxed);
             set.spawn(async move { p.publish_confirmed(&topic, &payload, 1, true).await });
@@ -342,6 +488,7 @@ pub fn station_status(
     occupied: usize,
     queue: usize,
     ts_ms: u64,
+    gateway: Option<&str>,
 ) -> StationStatus {
     let chargers = spec.chargers;
     StationStatus {
@@ -360,6 +507,6 @@ pub fn station_status(
         },
         ts_ms: Some(ts_ms),
         takes_reservations: false,
-        gateway: None,
+        gateway: gateway.map(str::to_owned),
     }
 }

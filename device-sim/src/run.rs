@@ -210,10 +210,11 @@ pub async fn run(
 
     // Stations announce themselves before the first vehicle asks.
     sim.announce_stations();
+    let gateway = |s: usize| opts.net.as_deref().and_then(|n| n.station_gateway(s));
     let initial: Vec<(usize, String, Vec<u8>)> = std::mem::take(&mut sim.outbox)
         .into_iter()
         .filter_map(|e| match e {
-            Event::StationChanged(s) => Some(status_message(&sim, s)),
+            Event::StationChanged(s) => Some(status_message(&sim, s, gateway(s))),
             _ => None,
         })
         .collect();
@@ -437,7 +438,7 @@ pub async fn run(
                         }
                     }
                     Some(net) => {
-                        let (s, topic, payload) = status_message(&sim, s);
+                        let (s, topic, payload) = status_message(&sim, s, net.station_gateway(s));
                         net.station_publish(s, &topic, &payload);
                     }
                     None => {}
@@ -586,7 +587,8 @@ fn send_request(net: &Net, sim: &Sim<'_>, v: usize, seq: u64) -> String {
     request_id
 }
 
-fn status_message(sim: &Sim<'_>, s: usize) -> (usize, String, Vec<u8>) {
+/// Station `s`'s status message (naming `gateway` when it speaks through one).
+fn status_message(sim: &Sim<'_>, s: usize, gateway: Option<&str>) -> (usize, String, Vec<u8>) {
     let spec = &sim.world.stations[s];
     let st = &sim.stations[s];
     let region = &sim.world.regions.areas[spec.region].id;
@@ -596,6 +598,7 @@ fn status_message(sim: &Sim<'_>, s: usize) -> (usize, String, Vec<u8>) {
         st.charging.len(),
         st.queue.len(),
         sim.now_ms as u64,
+        gateway,
     );
     (
         s,

@@ -6,8 +6,10 @@
 //! The start is spread: every vehicle starts above its charging threshold
 //! (`--min-start-soc 0.3`, threshold 0.25), so requests come as batteries drain, not
 //! all in the first simulated minute; the round trips measure steady operation. The
-//! stations' opening burst (1,000 clients announcing themselves) is over before the
-//! world starts (the run waits until central lists every station).
+//! stations' opening burst (1,000 stations announcing themselves) is over before the
+//! world starts (the run waits until central lists every station). The stations of a
+//! region share one connection (`--station-connections per-region`; `--
+//! --station-connections each` for 1,000 clients of their own).
 //!
 //! `cargo bench -p fogcharge --bench city_scale` (`-- 60 120 240` picks the speeds;
 //! arguments starting with `--` go to device-sim, e.g. `-- 240 --edge-rtt-ms 0`).
@@ -80,6 +82,9 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if !extra.iter().any(|a| a.starts_with("--station-connections")) {
+            argv.extend(["--station-connections".into(), "per-region".into()]);
+        }
         argv.extend(extra.iter().cloned());
         let config = Config::parse_from(argv);
         let report = device_sim::run(config, CancellationToken::new()).await?;

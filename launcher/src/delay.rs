@@ -11,7 +11,8 @@
 //! application behind the same kind of head-of-line wait.
 //!
 //! Each direction is a reader that stamps every chunk with its deadline and a writer
-//! that waits for it; the queue between them is bounded (backpressure reaches the
+//! that waits for it (and writes the chunks behind it that are due by then with it, in
+//! one write); the queue between them is bounded (backpressure reaches the
 //! sender as on a full path). End of stream is passed on after the data before it;
 //! an error on either side closes both. `TCP_NODELAY` is set on both sockets, so the
 //! proxy adds no Nagle delay of its own. The proxies run on a tokio runtime of their
@@ -310,10 +311,30 @@ async fn pipe(
         }
     };
     let writer = async move {
-        while let Some((deadline, chunk)) = rx.recv().await {
+        let mut batch: Vec<u8> = Vec::with_capacity(CHUNK);
+        let mut next = rx.recv().await;
+        while let Some((deadline, chunk)) = next.take() {
             precise::sleep_until(deadline).await;
-            wr.write_all(&chunk).await?;
-            bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            // The chunks behind it that are due by now go out in the same write: one
+            // wake-up and one system call for a burst of small messages.
+            let now = Instant::now();
+            batch.clear();
+            batch.extend_from_slice(&chunk);
+            while batch.len() < CHUNK {
+                match rx.try_recv() {
+                    Ok((d, c)) if d <= now => batch.extend_from_slice(&c),
+                    Ok(later) => {
+                        next = Some(later);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            wr.write_all(&batch).await?;
+            bytes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            if next.is_none() {
+                next = rx.recv().await;
+            }
         }
         // Everything before the end of stream is delivered: pass the end on.
         wr.shutdown().await

@@ -56,9 +56,18 @@ impl Supervised {
 
     /// SIGTERM, wait up to `timeout`, then SIGKILL.
     pub fn terminate(&mut self, timeout: Duration) -> Result<()> {
+        if self.ask_to_stop()? {
+            self.wait_or_kill(Instant::now() + timeout)?;
+        }
+        Ok(())
+    }
+
+    /// Sends SIGTERM (disarming the watchdog); false when the process is already gone
+    /// (or could not be signalled, and was killed).
+    pub fn ask_to_stop(&mut self) -> Result<bool> {
         self.disarm();
         if self.try_wait()?.is_some() {
-            return Ok(());
+            return Ok(false);
         }
         // `std` only sends SIGKILL and `unsafe` is forbidden, so let kill(1) send SIGTERM.
         let pid = self.id();
@@ -69,12 +78,17 @@ impl Supervised {
             .status();
         if !term.is_ok_and(|s| s.success()) {
             tracing::warn!(pid, "could not send SIGTERM, killing the process");
-            return Ok(self.kill()?);
+            self.kill()?;
+            return Ok(false);
         }
-        let deadline = Instant::now() + timeout;
+        Ok(true)
+    }
+
+    /// Waits for the process to end until `deadline`, then SIGKILL.
+    pub fn wait_or_kill(&mut self, deadline: Instant) -> Result<()> {
         while self.try_wait()?.is_none() {
             if Instant::now() >= deadline {
-                tracing::warn!(pid, "process ignored SIGTERM for {timeout:?}, killing it");
+                tracing::warn!(pid = self.id(), "process ignored SIGTERM, killing it");
                 return Ok(self.kill()?);
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -135,5 +149,61 @@ impl Watchdog {
             stdin.write_all(b"disarm\n").ok();
         }
         self.child.wait().ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shell that takes `delay` to stop after SIGTERM (or ignores it: `None`).
+    fn slow_to_stop(delay: Option<&str>) -> Supervised {
+        let trap = match delay {
+            Some(d) => format!("trap 'sleep {d}; exit 0' TERM"),
+            None => "trap '' TERM".to_owned(),
+        };
+        let mut p = Supervised::spawn(
+            Command::new("sh")
+                .args([
+                    "-c",
+                    &format!("{trap}; echo ready; while :; do sleep 0.05; done"),
+                ])
+                .stdout(Stdio::piped()),
+        )
+        .unwrap();
+        // Wait until the trap is set (the shell says so), not for a while.
+        let mut out = p.child.stdout.take().unwrap();
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut out, &mut byte).unwrap();
+        p
+    }
+
+    #[test]
+    fn processes_asked_to_stop_together_stop_in_the_time_of_one() {
+        let mut ps: Vec<Supervised> = (0..4).map(|_| slow_to_stop(Some("0.4"))).collect();
+        let t0 = Instant::now();
+        for p in &mut ps {
+            assert!(p.ask_to_stop().unwrap(), "it was running");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for p in &mut ps {
+            p.wait_or_kill(deadline).unwrap();
+            assert!(p.try_wait().unwrap().is_some());
+        }
+        // One after another they would take 4 × 0.4 s.
+        let took = t0.elapsed();
+        assert!(took < Duration::from_millis(1400), "{took:?}");
+        // Gone already: nothing to ask.
+        assert!(!ps[0].ask_to_stop().unwrap());
+    }
+
+    #[test]
+    fn a_process_that_ignores_sigterm_is_killed_at_the_deadline() {
+        let mut p = slow_to_stop(None);
+        assert!(p.ask_to_stop().unwrap());
+        let t0 = Instant::now();
+        p.wait_or_kill(t0 + Duration::from_millis(300)).unwrap();
+        assert!(p.try_wait().unwrap().is_some());
+        assert!(t0.elapsed() >= Duration::from_millis(300));
     }
 }

@@ -7,6 +7,7 @@
 //! | `fleet` (`fleet-{region}`) | its region's | write any vehicle's `request`, `reservation`, `telemetry`; read any vehicle's `recommendation` — a fleet operator's gateway, such as `device-sim` |
 //! | `station` (user = station id) | its region's | write only its own `ev/{region}/stations/{id}/status` |
 //! | `ocpp` (`ocpp-{region}`) | its region's | write its presence and its region's station statuses and reservation events, read what the fog sends its stations (`…/reservations`) — the region's OCPP gateway |
+//! | `stations` (`stations-{region}`, only when asked for: [`Credentials::add_station_gateways`]) | its region's | write its presence and its region's station statuses — one connection speaking for many plain stations (device-sim's `--station-connections per-region`) |
 //! | `vehicle` (user = vehicle id) | every region's | write only its own `request`, `reservation`, `telemetry`; read only its own `recommendation` |
 //! | `bridge` (`bridge-{region}`) | central | read and write `regions/{region}/#` (the regional broker's bridge logs in with it) |
 //! | `central` | central | read and write `regions/#` |
@@ -38,6 +39,11 @@ pub enum Role {
     },
     /// The region's OCPP gateway: speaks for the charge points connected to it.
     Ocpp {
+        region: String,
+    },
+    /// One connection that speaks for many of its region's plain stations (their
+    /// statuses name it as their gateway; its presence's last will takes them offline).
+    Stations {
         region: String,
     },
     Vehicle,
@@ -170,7 +176,8 @@ impl Credentials {
                 Role::Fog { region: r }
                 | Role::Fleet { region: r }
                 | Role::Station { region: r }
-                | Role::Ocpp { region: r },
+                | Role::Ocpp { region: r }
+                | Role::Stations { region: r },
                 Some(b),
             ) => r == b,
             _ => false,
@@ -206,6 +213,10 @@ impl Credentials {
                     format!("write ev/{r}/stations/+/status"),
                     format!("write ev/{r}/stations/+/reservation-events"),
                     format!("read ev/{r}/stations/+/reservations"),
+                ],
+                Role::Stations { .. } => vec![
+                    format!("write ev/{r}/gateways/{}/status", u.name),
+                    format!("write ev/{r}/stations/+/status"),
                 ],
                 Role::Vehicle => vec![
                     format!("write ev/{r}/vehicles/{}/request", u.name),
@@ -244,6 +255,23 @@ impl Credentials {
         })
     }
 
+    /// Adds a station gateway user per region of `t`, `stations-{region}` (see
+    /// [`station_gateway`]), unless there is one.
+    pub fn add_station_gateways(&mut self, t: &Topology) {
+        for r in &t.regions {
+            let name = station_gateway(&r.id);
+            if self.user(&name).is_none() {
+                self.users.push(User {
+                    name,
+                    password: random_password(),
+                    role: Role::Stations {
+                        region: r.id.clone(),
+                    },
+                });
+            }
+        }
+    }
+
     /// Adds the users of `other` this set does not have (by name); existing users keep
     /// their passwords.
     pub fn merge_missing(&mut self, other: Credentials) {
@@ -253,6 +281,12 @@ impl Credentials {
             }
         }
     }
+}
+
+/// The user (and gateway id) of the connection that speaks for the plain stations of
+/// `region` when they share one: `stations-{region}`.
+pub fn station_gateway(region: &str) -> String {
+    format!("stations-{region}")
 }
 
 /// A Mosquitto 2 password hash (`$7$`): PBKDF2-HMAC-SHA512, 101 rounds, 12-byte salt,
@@ -342,6 +376,42 @@ mod tests {
         assert!(!creds.acl(None).contains("ocpp-"));
         let other = &t.regions[1].id;
         assert!(!creds.acl(Some(other)).contains(&format!("ocpp-{region}")));
+    }
+
+    #[test]
+    fn a_station_gateway_speaks_for_its_region_stations_statuses_only_and_only_when_asked_for() {
+        let t = crate::Topology::demo_city();
+        let mut creds = Credentials::generate(&t, &[], &[]);
+        assert!(!creds.users.iter().any(|u| u.name.starts_with("stations-")));
+        creds.add_station_gateways(&t);
+        let before = creds.users.len();
+        creds.add_station_gateways(&t);
+        assert_eq!(creds.users.len(), before, "added once");
+        let region = &t.regions[0].id;
+        let name = station_gateway(region);
+        let acl = creds.acl(Some(region));
+        let block: Vec<&str> = acl
+            .split("\n\n")
+            .find(|b| b.starts_with(&format!("user {name}\n")))
+            .expect("an ACL block for the station gateway")
+            .lines()
+            .skip(1)
+            .collect();
+        assert_eq!(
+            block,
+            [
+                format!("topic write ev/{region}/gateways/{name}/status"),
+                format!("topic write ev/{region}/stations/+/status"),
+            ]
+        );
+        assert!(!creds.acl(None).contains("stations-"));
+        let other = &t.regions[1].id;
+        assert!(!creds.acl(Some(other)).contains(&name));
+        assert!(
+            creds
+                .password_file(Some(region))
+                .contains(&format!("{name}:"))
+        );
     }
 
     #[test]
