@@ -191,6 +191,35 @@ impl Shared {
         inflight.push_back(token);
     }
 
+    /// Waits up to `wait` for the acknowledgements of the tracked publishes. The
+    /// acknowledged ones are forgotten, a failed one goes to the outbox (as in
+    /// [`Shared::track`]); the rest stay tracked, in order.
+    async fn settle_inflight(&self, wait: Duration) {
+        let pending: Vec<mqtt::DeliveryToken> = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut left = Vec::new();
+        for mut token in pending {
+            if !left.is_empty() {
+                left.push(token);
+                continue;
+            }
+            match tokio::time::timeout_at(deadline, &mut token).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => self.queue(token.message().clone()),
+                Err(_) => left.push(token),
+            }
+        }
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        for token in left.into_iter().rev() {
+            inflight.push_front(token);
+        }
+    }
+
     fn queue(&self, msg: mqtt::Message) {
         let mut outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
         if outbox.len() >= OUTBOX_LIMIT {
@@ -304,6 +333,8 @@ pub struct Link {
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest wait for one connect (paho gives up after its own 5 s first) or resubscribe.
+/// How long [`Link::disconnect`] waits for the acknowledgements of messages in flight.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest wait for the hand-over client's connection ([`Link::hand_over`]).
 const HANDOVER_CONNECT: Duration = Duration::from_secs(2);
@@ -676,10 +707,21 @@ impl Link {
         result.map(|()| sent)
     }
 
-    /// Disconnects cleanly (waiting briefly for in-flight messages). False if the
-    /// broker did not take the disconnect (not connected, or not answering).
+    /// Disconnects cleanly, after waiting up to [`DISCONNECT_WAIT`] for the
+    /// acknowledgements of the messages in flight; what is still unacknowledged then
+    /// stays tracked (for [`Link::hand_over`]). False if the broker did not take the
+    /// disconnect (not connected, or not answering).
+    ///
+    /// The link waits for the acknowledgements itself and then has paho disconnect at
+    /// once: paho's own wait (a disconnect timeout) ends only on its timeout check,
+    /// which runs once every 3 s, not when the last acknowledgement arrives, so a
+    /// server stopping — or a fog server's lease watcher — with one message in flight
+    /// took up to 3 s to go.
     pub async fn disconnect(&self) -> bool {
-        self.shared.status.connected.store(false, Ordering::Release);
+        let connected = self.shared.status.connected.swap(false, Ordering::AcqRel);
+        if connected && !self.loss.lost.load(Ordering::Acquire) {
+            self.shared.settle_inflight(DISCONNECT_WAIT).await;
+        }
         let client = self
             .shared
             .client
@@ -687,7 +729,7 @@ impl Link {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let opts = mqtt::DisconnectOptionsBuilder::new()
-            .timeout(Duration::from_secs(2))
+            .timeout(Duration::ZERO)
             .finalize();
         match tokio::time::timeout(Duration::from_secs(3), client.disconnect(opts)).await {
             Ok(Ok(_)) => true,
