@@ -10,9 +10,8 @@
 //!   (bridges).
 //! - [`mqtt`]: [`TestClient`], a paho-mqtt async client with `subscribe`, `publish`,
 //!   `publish_json`, `recv_timeout`, `wait_for` / `wait_for_json` (next message on one
-//!   topic; others are buffered), `expect_silence`; [`wait_for_bridge`] and
-//!   [`wait_for_bridge_state`] (a Mosquitto bridge reports itself connected, or down);
-//!   and [`wait_until`] for any polled condition
+//!   topic; others are buffered), `expect_silence`; [`wait_for_bridge`] (a Mosquitto
+//!   bridge reports itself connected); and [`wait_until`] for any polled condition
 //!   (HTTP state, counters).
 //! - [`city`]: [`city::City`], a whole deployment — central broker, bridged regional
 //!   brokers from the topology generator, fog servers, central — on free ports.
@@ -52,7 +51,7 @@ pub mod messages;
 pub mod mqtt;
 
 pub use broker::{Mosquitto, MosquittoConfig, find_mosquitto, find_mosquitto_in, free_port};
-pub use mqtt::{TestClient, topic_matches, wait_for_bridge, wait_for_bridge_state, wait_until};
+pub use mqtt::{TestClient, topic_matches, wait_for_bridge, wait_until};
 
 pub mod fog;
 

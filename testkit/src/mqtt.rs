@@ -393,23 +393,6 @@ pub async fn wait_for_bridge(broker_url: &str, connection: &str, timeout: Durati
     client
         .subscribe("$SYS/broker/connection/+/state", 0)
         .await?;
-    wait_for_bridge_state(&mut client, connection, true, timeout)
-        .await
-        .with_context(|| format!("on {broker_url}"))?;
-    client.disconnect().await.ok();
-    Ok(())
-}
-
-/// Waits until `client`, subscribed to `$SYS/broker/connection/+/state`, hears that
-/// the bridge `connection` is `connected` (`1`) or not (`0`). The retained state comes
-/// first, so waiting for the state it already has returns at once.
-pub async fn wait_for_bridge_state(
-    client: &mut TestClient,
-    connection: &str,
-    connected: bool,
-    timeout: Duration,
-) -> Result<()> {
-    let want: &[u8] = if connected { b"1" } else { b"0" };
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -417,14 +400,12 @@ pub async fn wait_for_bridge_state(
             .wait_for("$SYS/broker/connection/+/state", left)
             .await
             .with_context(|| {
-                format!(
-                    "bridge {connection:?} not {} within {timeout:?}",
-                    if connected { "connected" } else { "down" }
-                )
+                format!("bridge {connection:?} on {broker_url} not connected within {timeout:?}")
             })?;
         let client_id = msg.topic().split('/').nth(3).unwrap_or_default();
         let ours = client_id == connection || client_id.ends_with(&format!(".{connection}"));
-        if ours && msg.payload() == want {
+        if ours && msg.payload() == b"1" {
+            client.disconnect().await.ok();
             return Ok(());
         }
     }

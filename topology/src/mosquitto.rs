@@ -293,7 +293,7 @@ pub fn bridge_conf(
     let _ = writeln!(out, "restart_timeout 1 2");
     let _ = writeln!(
         out,
-        "# a network cut that keeps the TCP connection is noticed within ~1.5 keepalives"
+        "# a network cut that keeps the TCP connection is noticed by this keepalive, not TCP's minutes"
     );
     let _ = writeln!(out, "keepalive_interval 5");
     let _ = writeln!(out, "topic # out 1 fog/up/ regions/{id}/up/");
