@@ -162,11 +162,11 @@ async fn a_region_cut_off_from_central_answers_alone_and_comes_back() {
     .await
     .unwrap();
     let stale_ms = cut.elapsed().as_millis();
-    // The cut is noticed by the bridge itself: its keepalive (5 s) — a PINGREQ after
-    // 5 s without a packet from central, the connection closed when 5 s more bring no
-    // answer — so it connects again (and fails until the network is back). A cut
-    // shorter than that is bridged by TCP's own retransmissions, whose back-off
-    // decides when data flows again.
+    // The cut is noticed by the bridge itself, through its keepalive (5 s): an
+    // unanswered PINGREQ closes the connection (~17 s after the cut here), and it
+    // connects again (failing until the network is back). A cut shorter than that is
+    // bridged by TCP's own retransmissions, whose back-off decides when data flows
+    // again.
     testkit::wait_until(
         "broker-north's bridge notices the cut",
         Duration::from_secs(20),

@@ -204,10 +204,7 @@ impl Shared {
         let deadline = tokio::time::Instant::now() + wait;
         let mut left = Vec::new();
         for mut token in pending {
-            if !left.is_empty() {
-                left.push(token);
-                continue;
-            }
+            // Past the deadline this still takes a token that is already done.
             match tokio::time::timeout_at(deadline, &mut token).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => self.queue(token.message().clone()),
@@ -332,9 +329,9 @@ pub struct Link {
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Longest wait for one connect (paho gives up after its own 5 s first) or resubscribe.
 /// How long [`Link::disconnect`] waits for the acknowledgements of messages in flight.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for one connect (paho gives up after its own 5 s first) or resubscribe.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest wait for the hand-over client's connection ([`Link::hand_over`]).
 const HANDOVER_CONNECT: Duration = Duration::from_secs(2);
