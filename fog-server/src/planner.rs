@@ -86,6 +86,10 @@ pub struct Reservation {
     /// Expected charging time at the station, seconds.
     pub charge_s: u32,
     pub expires_ms: u64,
+    /// When the plan has the vehicle start charging (fog clock, ms): its arrival plus
+    /// its predicted wait. Journals from before this field read back as the arrival.
+    #[serde(default)]
+    pub start_ms: u64,
 }
 
 /// The best option for one request.
@@ -316,6 +320,7 @@ impl Planner {
             arrival_ms,
             charge_s,
             expires_ms,
+            start_ms: arrival_ms + (choice.wait_s.max(0.0) * 1000.0) as u64,
         };
         if !self.changes_unread {
             self.changes

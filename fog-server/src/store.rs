@@ -265,6 +265,7 @@ mod tests {
             arrival_ms: 1_000,
             charge_s: 600,
             expires_ms,
+            start_ms: 1_000,
         }
     }
 

@@ -152,9 +152,10 @@ pub struct Recommendation {
     /// Age of the station data the answer was based on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_age_ms: Option<u64>,
-    /// This answer replaces the earlier one for the same `request_id`: the station
-    /// could not hold the reservation (it took reservations and refused this one), so
-    /// the slot is released and `reason` says why. Absent (false) otherwise.
+    /// This answer replaces the earlier one for the same `request_id`: the fog
+    /// re-planned the reservation (its station refused it, faulted or went offline, a
+    /// session ran over, a walk-in took a connector) and the wait grew by more than
+    /// 5 min or the station changed; `reason` says why. Absent (false) otherwise.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revised: bool,
 }
@@ -263,6 +264,13 @@ pub struct StationReservation {
     /// When the reservation lapses (`reserve` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<u64>,
+    /// When the fog plans the vehicle to start charging here (`reserve` only; fog
+    /// clock, ms): the reservation's place in the station's plan. A station serves the
+    /// reservations waiting for a connector in order of `start_ms` (those without one
+    /// last, in the order they came). A `reserve` for a reservation the station
+    /// already has updates it (a re-plan moved it), as OCPP's ReserveNow does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

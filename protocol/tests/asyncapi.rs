@@ -786,6 +786,7 @@ fn full_instances() -> Vec<(&'static str, Value)> {
                 action: StationReservationAction::Reserve,
                 id_tag: Some("car-7".into()),
                 expires_ms: Some(1_732_400_600_000),
+                start_ms: Some(1_732_400_420_000),
             })),
         ),
         (

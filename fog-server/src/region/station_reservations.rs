@@ -101,6 +101,7 @@ impl Region {
                         action: StationReservationAction::Reserve,
                         id_tag: Some(id_tag_for_vehicle(&r.vehicle_id)),
                         expires_ms: Some(r.expires_ms),
+                        start_ms: Some(r.start_ms),
                     };
                     fx.send(Outgoing {
                         topic: topics::station_reservations(&self.name, &r.station_id),
@@ -128,6 +129,7 @@ impl Region {
                         action: StationReservationAction::Cancel,
                         id_tag: None,
                         expires_ms: None,
+                        start_ms: None,
                     };
                     fx.send(Outgoing {
                         topic: topics::station_reservations(&self.name, &told.station_id),
