@@ -34,6 +34,10 @@ pub struct Station {
     pub state: StationState,
     /// When the fog last heard from the station (fog clock, ms).
     pub updated_ms: u64,
+    /// The station takes reservations and holds a connector for each (its status says
+    /// `takes_reservations`): walk-ins queue only for connectors nobody holds.
+    #[serde(default)]
+    pub holds: bool,
 }
 
 impl Station {
@@ -110,6 +114,7 @@ impl StationIndex {
                 queue: status.queue,
                 state: status.state,
                 updated_ms: now_ms,
+                holds: status.takes_reservations,
             };
             self.insert(station);
             return Change::Inserted;
@@ -128,6 +133,10 @@ impl StationIndex {
         station.queue = status.queue;
         station.state = status.state;
         station.updated_ms = now_ms;
+        if status.state.is_in_service() || status.chargers.is_some() {
+            // A full status (not a last will) says whether the station holds.
+            station.holds = status.takes_reservations;
+        }
         self.put(slot, station);
         Change::Updated
     }
@@ -211,6 +220,12 @@ impl StationIndex {
         self.tree.size()
     }
 
+    /// A station to change in place (tests only: its position and state must stay).
+    #[cfg(test)]
+    pub(crate) fn get_mut(&mut self, slot: Slot) -> Option<&mut Station> {
+        self.slots.get_mut(slot)?.as_mut()
+    }
+
     /// An upper bound on any indexed station's power (never decreases).
     pub fn max_power_kw(&self) -> f64 {
         self.max_power_kw
@@ -236,6 +251,7 @@ mod tests {
             queue: 0,
             state: StationState::Available,
             updated_ms: 0,
+            holds: false,
         }
     }
 

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub station_reservations: Family<KindLabel, Counter>,
     /// What such stations answered, by event (`accepted`, `rejected`, `arrived`).
     pub station_reservation_events: Family<KindLabel, Counter>,
+    /// Revised answers sent after a re-plan, by what changed (`later`: same station,
+    /// a longer wait; `moved`: another station; `unavailable`: none could take it).
+    pub revisions: Family<KindLabel, Counter>,
 }
 
 impl Metrics {
@@ -71,6 +74,7 @@ impl Metrics {
             mqtt_takeovers: Counter::default(),
             station_reservations: Family::default(),
             station_reservation_events: Family::default(),
+            revisions: Family::default(),
         }
     }
 
@@ -91,6 +95,11 @@ impl Metrics {
             "station_reservation_events",
             "Reservation events from stations that take reservations, by event",
             self.station_reservation_events.clone(),
+        );
+        r.register(
+            "revisions",
+            "Revised answers sent after a re-plan, by what changed",
+            self.revisions.clone(),
         );
         r.register(
             "planning_seconds",
@@ -193,6 +202,9 @@ impl Metrics {
             Update::StationReservation(k) => {
                 self.station_reservations.get_or_create(&kind(k)).inc();
             }
+            Update::Revision(k) => {
+                self.revisions.get_or_create(&kind(k)).inc();
+            }
             Update::StationReservationEvent(k) => {
                 self.station_reservation_events
                     .get_or_create(&kind(k))
@@ -226,6 +238,8 @@ pub enum Update {
     StationReservation(&'static str),
     /// A station's word on one of its reservations, by event.
     StationReservationEvent(&'static str),
+    /// A revised answer after a re-plan, by what changed.
+    Revision(&'static str),
 }
 
 impl Default for Metrics {

@@ -266,6 +266,9 @@ mod tests {
             charge_s: 600,
             expires_ms,
             start_ms: 1_000,
+            key_ms: 1_000,
+            seq: 0,
+            trip: None,
         }
     }
 

@@ -56,6 +56,7 @@ prop_compose! {
             queue: 0,
             state: StationState::Available,
             updated_ms: NOW,
+            holds: false,
         }
     }
 }

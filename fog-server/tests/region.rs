@@ -567,6 +567,7 @@ fn a_handoff_the_charger_refuses_is_revoked_towards_the_origin() {
             vehicle_id: "car-9".into(),
             reservation_id: reservation_id.clone(),
             reason: revoked.reason.clone(),
+            revised: None,
         }
     );
     assert!(revoked.reason.contains("Occupied"), "{}", revoked.reason);
@@ -612,6 +613,7 @@ fn the_origin_revises_a_rerouted_answer_whose_reservation_was_revoked() {
         vehicle_id: "car-1".into(),
         reservation_id: "b-77".into(),
         reason: "station CP-b could not hold reservation b-77 (Occupied)".into(),
+        revised: None,
     };
     let topic = FogMessage::RerouteRevoked.regional_topic();
     let out = a

@@ -363,6 +363,12 @@ pub struct Revoked {
     pub reservation_id: String,
     /// Why (at most 200 characters).
     pub reason: String,
+    /// Not revoked but re-planned: the target planned the vehicle again (its wait grew
+    /// by more than 5 min, or its station changed) and this is the new answer (status
+    /// `rerouted`; its `reservation_id` may be a new one). The origin sends it to the
+    /// vehicle as a revised recommendation. Absent: the reservation is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revised: Option<Box<crate::Recommendation>>,
 }
 
 /// Central → every region it knows, every `period_ms` and whenever `open_regions`

@@ -43,6 +43,7 @@ pub fn stations(n: usize) -> Vec<Station> {
                 queue: if rng.random_bool(0.1) { 1 } else { 0 },
                 state: StationState::Available,
                 updated_ms: NOW_MS,
+                holds: false,
             }
         })
         .collect()

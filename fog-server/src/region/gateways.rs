@@ -52,6 +52,7 @@ impl Region {
         gateway_id: &str,
         status: Option<GatewayStatus>,
         now_ms: u64,
+        fx: &mut super::Effects,
     ) {
         let online = status.is_none_or(|s| s.online);
         if online {
@@ -81,7 +82,7 @@ impl Region {
                 gateway: Some(gateway_id.to_owned()),
                 ..StationStatus::offline(station_id.clone())
             };
-            self.on_status(&station_id, Some(offline), now_ms);
+            self.on_status(&station_id, Some(offline), now_ms, fx);
         }
     }
 }

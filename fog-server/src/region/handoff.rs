@@ -68,14 +68,13 @@ impl Region {
         );
         let accepted = recommendation.status == RecommendationStatus::Rerouted;
         if let (true, Some(reservation_id)) = (accepted, &recommendation.reservation_id) {
-            self.just_handed.push((
-                reservation_id.clone(),
-                HandedOff {
-                    handoff_id: h.handoff_id.clone(),
-                    reroute_id: h.reroute_id.clone(),
-                    origin_region: h.origin_region.clone(),
-                },
-            ));
+            let handed = HandedOff {
+                handoff_id: h.handoff_id.clone(),
+                reroute_id: h.reroute_id.clone(),
+                origin_region: h.origin_region.clone(),
+            };
+            self.handed.insert(reservation_id.clone(), handed.clone());
+            self.just_handed.push((reservation_id.clone(), handed));
         }
         info!(vehicle = %h.vehicle_id, origin = %h.origin_region, accepted, "handoff");
         self.count(Update::Handoff(if accepted {

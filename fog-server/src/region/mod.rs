@@ -32,6 +32,7 @@ mod aggregate;
 mod gateways;
 mod handoff;
 mod requests;
+mod replan;
 mod reroute;
 mod station_reservations;
 mod stations;
@@ -117,6 +118,11 @@ pub struct Region {
     station_reservations: station_reservations::StationReservations,
     /// OCPP gateways and their stations.
     gateways: gateways::Gateways,
+    /// Vehicles other regions sent here, by the reservation they hold here (a
+    /// re-plan tells them through central).
+    handed: HashMap<String, station_reservations::HandedOff>,
+    /// When the plans were last checked against the clock (clock ms).
+    last_replan_ms: u64,
 }
 
 impl Region {
@@ -151,6 +157,8 @@ impl Region {
             hints: VecDeque::new(),
             station_reservations: Default::default(),
             gateways: Default::default(),
+            handed: HashMap::new(),
+            last_replan_ms: 0,
         }
     }
 
@@ -209,10 +217,10 @@ impl Region {
         match incoming {
             Incoming::StationStatus {
                 station_id, status, ..
-            } => self.on_status(&station_id, status, now_ms),
+            } => self.on_status(&station_id, status, now_ms, fx),
             Incoming::GatewayStatus {
                 gateway_id, status, ..
-            } => self.on_gateway_status(&gateway_id, status, now_ms),
+            } => self.on_gateway_status(&gateway_id, status, now_ms, fx),
             Incoming::Request {
                 vehicle_id,
                 request,
@@ -224,7 +232,7 @@ impl Region {
             Incoming::Telemetry { .. } => self.count(Update::Telemetry),
             Incoming::StationReservationEvent {
                 station_id, event, ..
-            } => self.on_station_reservation_event(&station_id, &event, fx),
+            } => self.on_station_reservation_event(&station_id, &event, now_ms, fx),
             Incoming::Own { .. } => {}
             Incoming::Handoff(handoff) => self.on_handoff(&handoff, now_ms, fx),
             Incoming::RerouteReply(reply) => self.on_reroute_reply(reply, now_ms, fx),
@@ -301,6 +309,10 @@ impl Region {
             self.dirty = true;
         }
         self.forget_idle_vehicles(now_ms);
+        if now_ms.saturating_sub(self.last_replan_ms) >= replan::REPLAN_EVERY_MS {
+            self.last_replan_ms = now_ms;
+            self.replan_all(now_ms, &mut fx);
+        }
         self.set_reservations_gauge();
         self.sync(&mut fx);
         fx.metrics = std::mem::take(&mut self.updates);
@@ -348,6 +360,14 @@ impl Region {
                     Record::Made(Box::new(Saved {
                         request_id: answer.map(|(id, _)| id.clone()),
                         answer: answer.map(|(_, a)| a.clone()),
+                        reservation,
+                    }))
+                }
+                ReservationChange::Updated(reservation) => {
+                    let answer = self.answer_holding(&reservation.reservation_id);
+                    Record::Made(Box::new(Saved {
+                        request_id: answer.as_ref().map(|(id, _)| id.clone()),
+                        answer: answer.map(|(_, a)| a),
                         reservation,
                     }))
                 }

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::{Effects, Outgoing, Region};
 use crate::metrics::Update;
-use crate::planner::{Choice, NoChoice};
+use crate::planner::{Choice, NoChoice, Trip};
 
 /// Answers remembered per vehicle, so a redelivered request gets the same answer.
 const REMEMBERED_ANSWERS: usize = 8;
@@ -27,7 +27,7 @@ const ANSWER_MEMORY_MS: u64 = 3_600_000;
 #[derive(Debug, Default)]
 pub(super) struct VehicleMemory {
     pub(super) answers: VecDeque<(String, Recommendation)>,
-    last_ms: u64,
+    pub(super) last_ms: u64,
 }
 
 impl Region {
@@ -240,7 +240,7 @@ impl Region {
         };
         let Some((reservation_id, expires_ms)) = self
             .planner
-            .reserve(reservation_id, vehicle_id, choice, now_ms)
+            .reserve(reservation_id, vehicle_id, choice, now_ms, Some(Trip::new(req, now_ms)))
             .map(|r| (r.reservation_id.clone(), r.expires_ms))
         else {
             return refusal("internal error: chosen station vanished");

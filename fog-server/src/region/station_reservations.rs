@@ -101,7 +101,7 @@ impl Region {
                         action: StationReservationAction::Reserve,
                         id_tag: Some(id_tag_for_vehicle(&r.vehicle_id)),
                         expires_ms: Some(r.expires_ms),
-                        start_ms: Some(r.start_ms),
+                        start_ms: Some(r.key_ms),
                     };
                     fx.send(Outgoing {
                         topic: topics::station_reservations(&self.name, &r.station_id),
@@ -118,6 +118,26 @@ impl Region {
                         },
                     );
                     self.count(Update::StationReservation("reserve"));
+                }
+                ReservationChange::Updated(r) => {
+                    if !self.station_reservations.told.contains_key(&r.reservation_id) {
+                        continue;
+                    }
+                    // Same place in the plan, a later expiry: the station replaces it.
+                    let message = StationReservation {
+                        v: protocol::PROTOCOL_VERSION,
+                        reservation_id: r.reservation_id.clone(),
+                        action: StationReservationAction::Reserve,
+                        id_tag: Some(id_tag_for_vehicle(&r.vehicle_id)),
+                        expires_ms: Some(r.expires_ms),
+                        start_ms: Some(r.key_ms),
+                    };
+                    fx.send(Outgoing {
+                        topic: topics::station_reservations(&self.name, &r.station_id),
+                        payload: protocol::encode(&message),
+                        retain: false,
+                    });
+                    self.count(Update::StationReservation("update"));
                 }
                 ReservationChange::Ended(id) => {
                     let Some(told) = self.station_reservations.told.remove(id) else {
@@ -148,6 +168,7 @@ impl Region {
         &mut self,
         station_id: &str,
         event: &StationReservationEvent,
+        now_ms: u64,
         fx: &mut Effects,
     ) {
         let told = match self.station_reservations.told.get(&event.reservation_id) {
@@ -166,11 +187,9 @@ impl Region {
             StationReservationEventKind::Arrived => {
                 // Nothing to tell the station: it saw the vehicle start.
                 self.station_reservations.told.remove(&event.reservation_id);
-                if self
-                    .planner
-                    .end(&event.reservation_id, &told.vehicle_id)
-                    .is_ok()
-                {
+                if let Ok(r) = self.planner.end(&event.reservation_id, &told.vehicle_id) {
+                    // Its session ends after its own charge time.
+                    self.planner.note_started(r.slot, r.charge_s, now_ms);
                     info!(station = station_id, vehicle = %told.vehicle_id, reservation = %event.reservation_id, "vehicle started charging on its reservation");
                     self.count_ended("arrived", 1);
                     self.dirty = true;
@@ -210,6 +229,7 @@ impl Region {
                             vehicle_id: told.vehicle_id,
                             reservation_id: event.reservation_id.clone(),
                             reason: reason.chars().take(MAX_REASON_LEN).collect(),
+                            revised: None,
                         };
                         self.count(Update::Handoff("revoked"));
                         fx.send(Outgoing {
@@ -270,6 +290,25 @@ impl Region {
             self.count(Update::Reroute("revoked_stale"));
             return;
         };
+        if let Some(revised) = &revoked.revised {
+            // Re-planned in the target region: the vehicle gets the new answer.
+            let mut answer = (**revised).clone();
+            answer.request_id = request_id;
+            answer.status = RecommendationStatus::Rerouted;
+            answer.revised = true;
+            info!(vehicle = %revoked.vehicle_id, region = %revoked.region, reservation = %revoked.reservation_id, "rerouted vehicle re-planned in its target region: revised answer sent");
+            self.count(Update::Reroute("replanned"));
+            if let Some(memory) = self.vehicles.get_mut(&revoked.vehicle_id) {
+                for (id, remembered) in memory.answers.iter_mut() {
+                    if *id == answer.request_id {
+                        *remembered = answer.clone();
+                    }
+                }
+            }
+            let out = self.reply(&revoked.vehicle_id, &answer);
+            fx.send(out);
+            return;
+        }
         info!(vehicle = %revoked.vehicle_id, region = %revoked.region, reservation = %revoked.reservation_id, "rerouted vehicle's reservation revoked: revised answer sent");
         self.count(Update::Reroute("revoked"));
         let reason = format!(

@@ -4,7 +4,7 @@
 use protocol::StationStatus;
 use tracing::{debug, info};
 
-use super::Region;
+use super::{Effects, Region};
 use crate::index::Change;
 use crate::store::{Restored, Saved};
 
@@ -16,14 +16,17 @@ impl Region {
         station_id: &str,
         status: Option<StationStatus>,
         now_ms: u64,
+        fx: &mut Effects,
     ) {
         let Some(status) = status else {
             self.forget_gateway_of(station_id);
             if let Some(slot) = self.planner.stations.slot_of(station_id) {
-                let released = self.planner.release_station(slot);
-                self.count_ended("station_removed", released);
+                let taken = self.planner.take_station(slot);
+                self.planner.release_station(slot);
                 self.planner.stations.remove(station_id);
-                info!(station = station_id, released, "station removed");
+                info!(station = station_id, reservations = taken.len(), "station removed");
+                let why = format!("station {station_id} was removed");
+                self.relocate(taken, &why, now_ms, fx);
                 self.dirty = true;
             }
             self.refresh_station_gauges();
@@ -44,11 +47,16 @@ impl Region {
         }
         if change != Change::Ignored && status.state.is_in_service() {
             self.restore_at(station_id, now_ms);
+            if let Some(slot) = self.planner.stations.slot_of(station_id) {
+                self.planner.note_status(slot, now_ms);
+                self.replan_station(slot, now_ms, fx);
+            }
         }
         if change != Change::Ignored && !status.state.is_in_service() {
             if let Some(slot) = self.planner.stations.slot_of(station_id) {
-                let released = self.planner.release_station(slot);
-                self.count_ended("station_removed", released);
+                let taken = self.planner.take_station(slot);
+                let why = format!("station {station_id} is {}", status.state.as_str());
+                self.relocate(taken, &why, now_ms, fx);
             }
         }
         self.refresh_station_gauges();
