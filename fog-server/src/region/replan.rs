@@ -32,14 +32,28 @@ impl Region {
     /// The request a reservation answered in this region and that answer, from the
     /// vehicles' memory.
     pub(super) fn answer_holding(&self, reservation_id: &str) -> Option<(String, Recommendation)> {
-        let vehicle = self.planner.reservation(reservation_id)?.vehicle_id.as_str();
+        let vehicle = self
+            .planner
+            .reservation(reservation_id)?
+            .vehicle_id
+            .as_str();
         self.answer_of(vehicle, reservation_id)
     }
 
-    fn answer_of(&self, vehicle_id: &str, reservation_id: &str) -> Option<(String, Recommendation)> {
-        self.vehicles.get(vehicle_id)?.answers.iter().rev().find_map(|(id, a)| {
-            (a.reservation_id.as_deref() == Some(reservation_id)).then(|| (id.clone(), a.clone()))
-        })
+    fn answer_of(
+        &self,
+        vehicle_id: &str,
+        reservation_id: &str,
+    ) -> Option<(String, Recommendation)> {
+        self.vehicles
+            .get(vehicle_id)?
+            .answers
+            .iter()
+            .rev()
+            .find_map(|(id, a)| {
+                (a.reservation_id.as_deref() == Some(reservation_id))
+                    .then(|| (id.clone(), a.clone()))
+            })
     }
 
     /// Checks every station's plan against the clock.
@@ -118,7 +132,14 @@ impl Region {
         self.dirty = true;
         info!(vehicle = %r.vehicle_id, reservation = %r.reservation_id, station = %r.station_id, late_s = (start_ms - r.start_ms) / 1000, "reservation re-planned later");
         let answer = self.answer_for(&updated, now_ms, why);
-        self.deliver(&r.vehicle_id, &r.reservation_id, answer, "later", now_ms, fx);
+        self.deliver(
+            &r.vehicle_id,
+            &r.reservation_id,
+            answer,
+            "later",
+            now_ms,
+            fx,
+        );
     }
 
     /// Plans again the vehicles of reservations taken out of a station that went out
@@ -133,7 +154,10 @@ impl Region {
         for r in taken {
             self.planner.ended_elsewhere(&r.reservation_id);
             self.dirty = true;
-            let station = (r.trip, self.planner.stations.get(r.slot).map(|s| (s.lat, s.lon)));
+            let station = (
+                r.trip,
+                self.planner.stations.get(r.slot).map(|s| (s.lat, s.lon)),
+            );
             let vehicle = match station {
                 (Some(trip), Some((lat, lon))) => Some(trip.at(
                     lat,
@@ -167,7 +191,14 @@ impl Region {
                         )
                     };
                     info!(vehicle = %r.vehicle_id, reservation = %r.reservation_id, "reservation lost its station; nothing else to offer");
-                    self.deliver(&r.vehicle_id, &r.reservation_id, answer, "unavailable", now_ms, fx);
+                    self.deliver(
+                        &r.vehicle_id,
+                        &r.reservation_id,
+                        answer,
+                        "unavailable",
+                        now_ms,
+                        fx,
+                    );
                 }
             }
         }
@@ -204,7 +235,14 @@ impl Region {
         let mut answer = self.assign(&old.vehicle_id, &request, choice, now_ms, status, Some(why));
         answer.revised = true;
         info!(vehicle = %old.vehicle_id, from = %old.station_id, to = ?answer.station.as_ref().map(|s| &s.station_id), "reservation moved to another station");
-        self.deliver(&old.vehicle_id, &old.reservation_id, answer, "moved", now_ms, fx);
+        self.deliver(
+            &old.vehicle_id,
+            &old.reservation_id,
+            answer,
+            "moved",
+            now_ms,
+            fx,
+        );
     }
 
     /// The answer a reservation gives its vehicle now (for a revision).
@@ -278,7 +316,11 @@ impl Region {
             return;
         }
         let Some(h) = self.handed.remove(old_reservation) else {
-            info!(vehicle = vehicle_id, reservation = old_reservation, "revised reservation answered no known request");
+            info!(
+                vehicle = vehicle_id,
+                reservation = old_reservation,
+                "revised reservation answered no known request"
+            );
             return;
         };
         if let Some(new_id) = &answer.reservation_id {

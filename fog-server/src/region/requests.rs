@@ -240,7 +240,13 @@ impl Region {
         };
         let Some((reservation_id, expires_ms)) = self
             .planner
-            .reserve(reservation_id, vehicle_id, choice, now_ms, Some(Trip::new(req, now_ms)))
+            .reserve(
+                reservation_id,
+                vehicle_id,
+                choice,
+                now_ms,
+                Some(Trip::new(req, now_ms)),
+            )
             .map(|r| (r.reservation_id.clone(), r.expires_ms))
         else {
             return refusal("internal error: chosen station vanished");

@@ -120,7 +120,11 @@ impl Region {
                     self.count(Update::StationReservation("reserve"));
                 }
                 ReservationChange::Updated(r) => {
-                    if !self.station_reservations.told.contains_key(&r.reservation_id) {
+                    if !self
+                        .station_reservations
+                        .told
+                        .contains_key(&r.reservation_id)
+                    {
                         continue;
                     }
                     // Same place in the plan, a later expiry: the station replaces it.

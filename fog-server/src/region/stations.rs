@@ -24,7 +24,11 @@ impl Region {
                 let taken = self.planner.take_station(slot);
                 self.planner.release_station(slot);
                 self.planner.stations.remove(station_id);
-                info!(station = station_id, reservations = taken.len(), "station removed");
+                info!(
+                    station = station_id,
+                    reservations = taken.len(),
+                    "station removed"
+                );
                 let why = format!("station {station_id} was removed");
                 self.relocate(taken, &why, now_ms, fx);
                 self.dirty = true;
