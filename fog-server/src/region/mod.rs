@@ -154,6 +154,14 @@ impl Region {
         }
     }
 
+    /// The same region with `salt` in its ids instead of a random one (the ids are
+    /// `{region}-{salt:08x}{counter}`): for runs that must repeat exactly (a
+    /// simulation); a server keeps the random salt, so ids differ across restarts.
+    pub fn with_id_salt(mut self, salt: u32) -> Self {
+        self.id_salt = salt;
+        self
+    }
+
     /// Counts a metric change (handed out with the next effects).
     fn count(&mut self, update: Update) {
         self.updates.push(update);
