@@ -15,7 +15,8 @@
 //! - [`stations`]: station statuses, and putting back journaled reservations;
 //! - [`station_reservations`]: stations that take reservations themselves (OCPP);
 //! - [`gateways`]: OCPP gateways' presence (a dead gateway's stations are offline);
-//! - [`aggregate`]: the region's summary for central;
+//! - [`aggregate`]: the region's summary for central, and when it goes out
+//!   ([`AggregateSchedule`]);
 //! - [`views`]: what the HTTP API and the gauges show.
 
 use std::collections::{HashMap, VecDeque};
@@ -37,6 +38,7 @@ mod station_reservations;
 mod stations;
 mod views;
 
+pub use aggregate::{AggregateDue, AggregateSchedule};
 pub use reroute::{CentralView, RerouteSettings};
 pub use views::StationView;
 
