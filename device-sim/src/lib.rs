@@ -23,8 +23,11 @@
 //! - [`world`]: the scenario (`--seed`, `--vehicles`, …) and the world it generates:
 //!   regions, stations, vehicles.
 //! - [`sim`]: the simulated city stepping in simulated time: driving, queues, charging.
-//! - [`run`](mod@run): one strategy over a world, paced by the shared clock; requests, answers,
-//!   timeouts and fallbacks.
+//! - [`driver`]: what the devices do with a strategy, whatever carries their messages:
+//!   requests, answers followed or cancelled, revisions, timeouts and fallbacks, the
+//!   report's counters — shared by every way to run.
+//! - [`run`](mod@run): one strategy over MQTT, paced by the shared clock (or, offline,
+//!   as fast as it goes): the [`driver`] fed with the answers that came in.
 //! - [`net`]: the devices' MQTT connections: one per station (or one per region for
 //!   its stations, `--station-connections per-region`) and a fleet per region.
 //! - [`ocpp`]: the stations as OCPP 1.6J charge points of each region's gateway
@@ -36,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod driver;
 pub mod net;
 pub mod ocpp;
 pub mod report;
