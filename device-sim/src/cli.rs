@@ -13,7 +13,15 @@ use crate::Config;
 /// Runs the simulation `config` describes and prints its report; a failure is one line
 /// on stderr and a non-zero exit.
 pub async fn simulate(mut config: Config) -> ExitCode {
-    logging::init(config.log_format, "warn");
+    // In process, the servers' cores log into this process: only their errors by
+    // default (a run's warnings, e.g. a reroute central did not answer in time, are
+    // its figures).
+    let filter = if config.in_process {
+        "warn,fog_server=error,central=error"
+    } else {
+        "warn"
+    };
+    logging::init(config.log_format, filter);
     if let Err(e) = config.read_files() {
         eprintln!("device-sim: {e:#}");
         return ExitCode::FAILURE;

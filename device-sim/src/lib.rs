@@ -4,7 +4,7 @@
 //! servers; the same seed gives the same world; and one run compares strategies side by
 //! side. See `docs/simulation.md`.
 //!
-//! Three ways to run:
+//! Four ways to run:
 //! - **local** (no `--brokers`/`--topology`): starts the whole topology itself — a
 //!   central Mosquitto and one per region from the generated configs, a fog server per
 //!   region and central (and an OCPP gateway per region for `--station-transport
@@ -12,13 +12,19 @@
 //! - **external** (`--topology file` and/or `--brokers region=url,…`): against brokers
 //!   and servers that already run (docker compose, Kubernetes), which must share the
 //!   clock (`--speed` = their `--clock-speed`, same `--clock-epoch-ms`);
+//! - **in process** (`--in-process`): every strategy of the local run with the fog
+//!   regions' and central's cores in this process, on the simulated clock, over a
+//!   modelled network — no broker, no server process; the same seed gives the same
+//!   report, in seconds;
 //! - **offline** (`--offline`): the naive strategies with no broker at all, as fast as
 //!   the machine goes — deterministic, for tests and quick what-ifs.
 //!
 //! The local run starts the fog servers and central as processes of the `fogcharge`
-//! binary (`fogcharge fog-server …`, `fogcharge central …`, see [`Config::server_exe`]);
-//! nothing of the servers is linked in here.
-//!
+//! binary (`fogcharge fog-server …`, `fogcharge central …`, see [`Config::server_exe`]).
+//! The in-process run links the regions' pure core instead (the `fog-server` crate as
+//! a library: `fog_server::region::Region`), never its shell (no MQTT link, journal,
+//! HTTP or clock of its own).
+
 //! Modules:
 //! - [`world`]: the scenario (`--seed`, `--vehicles`, …) and the world it generates:
 //!   regions, stations, vehicles.
@@ -28,6 +34,8 @@
 //!   report's counters — shared by every way to run.
 //! - [`run`](mod@run): one strategy over MQTT, paced by the shared clock (or, offline,
 //!   as fast as it goes): the [`driver`] fed with the answers that came in.
+//! - [`inproc`]: `--in-process`: the servers' cores, the network modelled on a
+//!   [`bus`] (a discrete-event queue of deliveries), the [`driver`] on simulated time.
 //! - [`net`]: the devices' MQTT connections: one per station (or one per region for
 //!   its stations, `--station-connections per-region`) and a fleet per region.
 //! - [`ocpp`]: the stations as OCPP 1.6J charge points of each region's gateway
@@ -38,8 +46,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bus;
 pub mod cli;
 pub mod driver;
+pub mod inproc;
 pub mod net;
 pub mod ocpp;
 pub mod report;
@@ -135,6 +145,13 @@ pub struct Config {
     /// Run the naive strategies without any broker, as fast as possible.
     #[arg(long, env = "SIM_OFFLINE")]
     pub offline: bool,
+
+    /// Run every strategy in this one process on the simulated clock: the fog
+    /// regions' and central's cores linked in, the network between them modelled (the
+    /// delays of the local run, times `--speed`), no broker and no server process.
+    /// Exactly reproducible, and fast (see docs/simulation.md, in-process runs).
+    #[arg(long, env = "SIM_IN_PROCESS", conflicts_with_all = ["offline", "brokers", "start_local"])]
+    pub in_process: bool,
 
     /// Central's HTTP API in the local run (taken port: any free one).
     #[arg(long, env = "SIM_CENTRAL_HTTP", default_value = "127.0.0.1:8080")]
@@ -358,6 +375,12 @@ impl Config {
                 s.name()
             );
         }
+        if self.in_process {
+            anyhow::ensure!(
+                self.station_transport == StationTransport::Mqtt,
+                "--in-process runs the stations as plain devices: --station-transport ocpp needs the local run's gateways"
+            );
+        }
         if self.station_transport == StationTransport::Ocpp {
             anyhow::ensure!(
                 !self.offline && !self.is_external(),
@@ -377,7 +400,10 @@ impl Config {
     }
 
     fn is_external(&self) -> bool {
-        !self.offline && !self.start_local && (self.brokers.is_some() || self.topology.is_some())
+        !self.offline
+            && !self.in_process
+            && !self.start_local
+            && (self.brokers.is_some() || self.topology.is_some())
     }
 
     /// The topology: from `--topology`, else the demo city, with `--brokers` applied.
@@ -449,6 +475,28 @@ async fn run_to_end(mut config: Config, shutdown: CancellationToken) -> Result<R
                 settle: run::Settle::No,
             };
             let r = run::run(&world, strategy, opts).await?;
+            report.order.push(strategy.name().into());
+            report.strategies.insert(strategy.name().into(), r);
+        }
+        return finish(report, &config);
+    }
+
+    if config.in_process {
+        for &strategy in &config.strategy.0 {
+            let placement = Placement::of(strategy, &config, &topology, &world);
+            let opts = inproc::Options {
+                topology: &placement.topology,
+                world: &placement.world,
+                devices: placement.devices,
+                bridges: placement.bridges,
+                speed: config.speed,
+                answer_timeout,
+                shared_stations: config.station_connections == StationConnections::PerRegion,
+                progress,
+                shutdown: &shutdown,
+            };
+            let r = placement.label(inproc::run(strategy, &opts)?);
+            eprintln!("{}: done in {:.1} s (in process)", strategy.name(), r.wall_s);
             report.order.push(strategy.name().into());
             report.strategies.insert(strategy.name().into(), r);
         }
