@@ -152,7 +152,7 @@ mod tests {
             latency_ms: 720.0,
             jitter_ms: 0.0,
         };
-        let mut bus: Bus<&str, u8> = Bus::new(1);
+        let mut bus: Bus<&str, u32> = Bus::new(1);
         assert_eq!(bus.send(1000, 0, path, "up"), 1720);
         assert_eq!(bus.send(1000, 1, OneWay::default(), "direct"), 1000);
         assert_eq!(drain(&mut bus), [(1000, "direct"), (1720, "up")]);
