@@ -396,6 +396,7 @@ async fn heartbeats(
             period_ms: period.as_millis().max(1) as u64,
             open_regions: open.clone(),
             nearest_open_km: None,
+            offers: Vec::new(),
         };
         for (region, nearest_open_km) in regions.iter().zip(nearest) {
             heartbeat.nearest_open_km = nearest_open_km;
