@@ -42,6 +42,7 @@ fn heartbeat(r: &mut Driven, open: &[&str]) {
         period_ms: 1000,
         open_regions: open.iter().map(|s| s.to_string()).collect(),
         nearest_open_km: None,
+        offers: Vec::new(),
     };
     let topic = FogMessage::Heartbeat.regional_topic();
     assert!(r.handle(&topic, &encode(&hb), NOW).is_none());
@@ -539,6 +540,7 @@ fn a_heartbeat_that_puts_every_open_station_beyond_reach_spares_the_round_trip()
         period_ms: 1000,
         open_regions: vec!["far".into()],
         nearest_open_km: Some(nearest_open_km),
+        offers: Vec::new(),
     };
     let topic = FogMessage::Heartbeat.regional_topic();
     // 1,000 km from the region's outline: request() reaches ~92 km.
