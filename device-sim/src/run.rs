@@ -482,6 +482,7 @@ pub async fn run(
                         net.fleet_publish(region, &topic, &protocol::encode(&msg), 0);
                     }
                 }
+                Event::ReservationStarted { .. } | Event::StartedCharging { .. } => {}
                 Event::Stranded(v) => {
                     requests.pending.remove(&v);
                     info!(vehicle = world.vehicles[v].id, "stranded");
