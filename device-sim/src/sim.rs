@@ -1075,4 +1075,412 @@ mod tests {
         }));
         assert_eq!(sim.tally.arrivals, 1);
     }
+
+    /// Seconds of simulated time, one step a second.
+    fn run_for(sim: &mut Sim<'_>, secs: u32) {
+        for _ in 0..secs {
+            sim.step(1000.0);
+        }
+    }
+
+    /// Puts vehicle `v` at station 0 and sends it there: it arrives at the next step.
+    fn come(sim: &mut Sim<'_>, v: usize, reservation: Option<&str>) {
+        let st = &sim.world.stations[0];
+        (sim.vehicles[v].lat, sim.vehicles[v].lon) = (st.lat, st.lon);
+        let reservation = reservation.map(|id| Reservation {
+            region: "r".into(),
+            id: id.into(),
+        });
+        sim.send_to(v, 0, reservation);
+        sim.step(1000.0);
+    }
+
+    /// The session starts in the outbox: (vehicle, wait in minutes, reservation).
+    fn starts(sim: &Sim<'_>) -> Vec<(usize, f64, Option<String>)> {
+        sim.outbox
+            .iter()
+            .filter_map(|e| match e {
+                Event::StartedCharging {
+                    vehicle,
+                    wait_ms,
+                    reservation_id,
+                    station: 0,
+                } => Some((*vehicle, wait_ms / 60_000.0, reservation_id.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn charging(sim: &Sim<'_>) -> Vec<usize> {
+        sim.stations[0].charging.iter().map(|&(v, _)| v).collect()
+    }
+
+    fn min(m: f64) -> f64 {
+        m * 60_000.0
+    }
+
+    #[test]
+    fn a_held_reservation_beats_a_walk_in_that_came_first() {
+        let world = tiny(1, 2);
+        let mut sim = Sim::new(&world, 0.0);
+        sim.set_takes_reservations(true);
+        sim.reserve(0, "r-1", 1, Some(min(10.0)), min(60.0))
+            .unwrap();
+        assert!(
+            sim.stations[0].reservations()[0].held,
+            "the free connector is held"
+        );
+        come(&mut sim, 0, None);
+        run_for(&mut sim, 600);
+        // The walk-in waits while the held connector idles.
+        assert_eq!(charging(&sim), Vec::<usize>::new());
+        assert_eq!(sim.walk_in_queue(0), 1);
+        let status = sim.station_status(0, None);
+        assert_eq!(
+            (status.chargers, status.occupied, status.queue, status.state),
+            (Some(1), 0, 1, StationState::Available)
+        );
+        assert!(status.takes_reservations);
+        sim.outbox.clear();
+        come(&mut sim, 1, Some("r-1"));
+        assert_eq!(charging(&sim), vec![1], "the holder charges on arrival");
+        assert_eq!(starts(&sim), vec![(1, 0.0, Some("r-1".into()))]);
+        assert!(sim.outbox.contains(&Event::ReservationStarted {
+            station: 0,
+            vehicle: 1,
+            reservation_id: "r-1".into()
+        }));
+        assert!(
+            !sim.outbox
+                .iter()
+                .any(|e| matches!(e, Event::Arrived { .. })),
+            "the station reports the start, not the vehicle"
+        );
+        assert!(sim.stations[0].reservations().is_empty());
+        assert_eq!(sim.walk_in_queue(0), 1);
+        sim.outbox.clear();
+        // The holder charges about 30 min; then the walk-in (there since 1 s).
+        let (_, end) = sim.stations[0].charging[0];
+        run_for(&mut sim, 45 * 60);
+        let started = starts(&sim);
+        assert_eq!(started.len(), 1, "{started:?}");
+        assert_eq!(started[0].0, 0);
+        assert!(
+            (started[0].1 - (end - 1000.0) / 60_000.0).abs() < 1e-9,
+            "{started:?}"
+        );
+        assert!(started[0].1 > 40.0, "{started:?}");
+        assert_eq!(sim.tally.overbooked, 0);
+        assert_eq!(sim.tally.arrivals, 2);
+    }
+
+    #[test]
+    fn a_station_that_takes_no_reservations_refuses_them_and_its_vehicles_say_arrived() {
+        let world = tiny(1, 1);
+        let mut sim = Sim::new(&world, 0.0);
+        let e = sim.reserve(0, "r-1", 0, None, min(60.0)).unwrap_err();
+        assert!(e.contains("does not take reservations"), "{e}");
+        assert!(!sim.station_status(0, None).takes_reservations);
+        come(&mut sim, 0, Some("r-1"));
+        assert!(sim.outbox.contains(&Event::Arrived {
+            vehicle: 0,
+            reservation: Reservation {
+                region: "r".into(),
+                id: "r-1".into()
+            }
+        }));
+        assert_eq!(starts(&sim), vec![(0, 0.0, None)]);
+    }
+
+    /// One charger busy for 30 min with walk-in 0; reservations `a` (vehicle 1) and
+    /// `b` (vehicle 2) made by `plan`; walk-in 3 on site at 2 min, both holders at
+    /// 5 min: the order in which those three charge.
+    fn holders_order(plan: impl FnOnce(&mut Sim<'_>)) -> Vec<(usize, Option<String>)> {
+        let world = tiny(1, 4);
+        let mut sim = Sim::new(&world, 0.0);
+        sim.set_takes_reservations(true);
+        come(&mut sim, 0, None);
+        plan(&mut sim);
+        assert_eq!(charging(&sim), vec![0]);
+        run_for(&mut sim, 2 * 60);
+        come(&mut sim, 3, None);
+        run_for(&mut sim, 3 * 60);
+        come(&mut sim, 1, Some("a"));
+        come(&mut sim, 2, Some("b"));
+        // Holders wait on site, not in the walk-ins' queue.
+        assert_eq!(sim.walk_in_queue(0), 1);
+        assert_eq!(sim.at_stations(), (3, 1));
+        assert_eq!(sim.station_status(0, None).queue, 1);
+        sim.outbox.clear();
+        run_for(&mut sim, 125 * 60);
+        assert_eq!(sim.tally.overbooked, 0);
+        starts(&sim).into_iter().map(|(v, _, id)| (v, id)).collect()
+    }
+
+    #[test]
+    fn waiting_reservations_get_connectors_in_start_order_not_in_the_order_they_came() {
+        let order = holders_order(|sim| {
+            sim.reserve(0, "a", 1, Some(min(40.0)), min(200.0)).unwrap();
+            sim.reserve(0, "b", 2, Some(min(35.0)), min(200.0)).unwrap();
+        });
+        assert_eq!(
+            order,
+            vec![(2, Some("b".into())), (1, Some("a".into())), (3, None)]
+        );
+        // Without a start, after those with one; among themselves in the order they came.
+        let order = holders_order(|sim| {
+            sim.reserve(0, "a", 1, None, min(200.0)).unwrap();
+            sim.reserve(0, "b", 2, Some(min(50.0)), min(200.0)).unwrap();
+        });
+        assert_eq!(
+            order,
+            vec![(2, Some("b".into())), (1, Some("a".into())), (3, None)]
+        );
+        let order = holders_order(|sim| {
+            sim.reserve(0, "a", 1, None, min(200.0)).unwrap();
+            sim.reserve(0, "b", 2, None, min(200.0)).unwrap();
+        });
+        assert_eq!(
+            order,
+            vec![(1, Some("a".into())), (2, Some("b".into())), (3, None)]
+        );
+    }
+
+    #[test]
+    fn an_update_moves_a_reservation_in_the_order() {
+        let order = holders_order(|sim| {
+            sim.reserve(0, "a", 1, Some(min(35.0)), min(200.0)).unwrap();
+            sim.reserve(0, "b", 2, Some(min(40.0)), min(200.0)).unwrap();
+            sim.reserve(0, "a", 1, Some(min(45.0)), min(200.0)).unwrap();
+            let e = sim.reserve(0, "a", 2, None, min(200.0)).unwrap_err();
+            assert!(e.contains("another vehicle"), "{e}");
+            let r = sim.stations[0].reservations();
+            assert_eq!((r.len(), r[0].id.as_str()), (2, "b"));
+        });
+        assert_eq!(
+            order,
+            vec![(2, Some("b".into())), (1, Some("a".into())), (3, None)]
+        );
+    }
+
+    #[test]
+    fn an_expired_hold_frees_the_connector_for_walk_ins() {
+        let world = tiny(1, 2);
+        let mut sim = Sim::new(&world, 0.0);
+        sim.set_takes_reservations(true);
+        sim.reserve(0, "r-1", 1, None, min(5.0)).unwrap();
+        come(&mut sim, 0, None);
+        sim.outbox.clear();
+        run_for(&mut sim, 5 * 60 - 2);
+        assert_eq!(charging(&sim), Vec::<usize>::new(), "held until it expires");
+        run_for(&mut sim, 2);
+        let started = starts(&sim);
+        assert_eq!(started.len(), 1);
+        // From the moment it expired: 5 min less the second it arrived at.
+        assert!(
+            (started[0].1 - (5.0 - 1.0 / 60.0)).abs() < 1e-9,
+            "{started:?}"
+        );
+        assert!(sim.stations[0].reservations().is_empty());
+        // Its vehicle, late, is a walk-in now.
+        sim.outbox.clear();
+        come(&mut sim, 1, Some("r-1"));
+        assert_eq!(sim.walk_in_queue(0), 1);
+        assert!(starts(&sim).is_empty());
+        assert!(
+            !sim.outbox
+                .iter()
+                .any(|e| matches!(e, Event::ReservationStarted { .. } | Event::Arrived { .. }))
+        );
+    }
+
+    #[test]
+    fn a_holder_on_site_whose_reservation_expires_keeps_its_place_by_arrival_time() {
+        let world = tiny(1, 4);
+        let mut sim = Sim::new(&world, 0.0);
+        sim.set_takes_reservations(true);
+        come(&mut sim, 0, None); // charges for 30 min
+        sim.reserve(0, "h", 2, None, min(10.0)).unwrap();
+        run_for(&mut sim, 60);
+        come(&mut sim, 2, Some("h")); // the holder, at 1 min
+        run_for(&mut sim, 60);
+        come(&mut sim, 1, None); // a walk-in at 2 min
+        run_for(&mut sim, 60);
+        come(&mut sim, 3, None); // another at 3 min
+        let queue = |sim: &Sim<'_>| {
+            sim.stations[0]
+                .queue
+                .iter()
+                .map(|&(v, _)| v)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(queue(&sim), vec![1, 3]);
+        run_for(&mut sim, 7 * 60);
+        assert!(sim.stations[0].reservations().is_empty());
+        assert_eq!(queue(&sim), vec![2, 1, 3], "first by its arrival");
+        assert_eq!(sim.walk_in_queue(0), 3);
+    }
+
+    #[test]
+    fn a_cancel_frees_the_held_connector_at_once_and_unknown_ids_are_ignored() {
+        let world = tiny(1, 2);
+        let mut sim = Sim::new(&world, 0.0);
+        sim.set_takes_reservations(true);
+        sim.reserve(0, "r-1", 1, Some(min(20.0)), min(60.0))
+            .unwrap();
+        come(&mut sim, 0, None);
+        run_for(&mut sim, 120);
+        sim.cancel_reservation(0, "nobody");
+        assert_eq!(sim.stations[0].reservations().len(), 1);
+        assert_eq!(charging(&sim), Vec::<usize>::new());
+        sim.outbox.clear();
+        sim.cancel_reservation(0, "r-1");
+        assert_eq!(charging(&sim), vec![0], "the walk-in takes it on the spot");
+        let started = starts(&sim);
+        assert_eq!(started.len(), 1);
+        assert!((started[0].1 - 2.0).abs() < 1e-9, "{started:?}");
+        assert!(sim.stations[0].reservations().is_empty());
+    }
+
+    #[test]
+    fn a_failed_start_faults_the_charger_until_it_is_repaired() {
+        let mut world = tiny(2, 1);
+        world.scenario.charger_fault_rate = 1.0;
+        let mut sim = Sim::new(&world, 0.0);
+        sim.set_takes_reservations(true);
+        come(&mut sim, 0, None);
+        // It tried both chargers; both failed; it is still first in line.
+        assert_eq!(sim.tally.faults, 2);
+        assert_eq!(sim.in_service_chargers(0), 0);
+        assert_eq!(sim.walk_in_queue(0), 1);
+        assert!(charging(&sim).is_empty() && starts(&sim).is_empty());
+        assert!(sim.outbox.contains(&Event::StationChanged(0)));
+        let status = sim.station_status(0, None);
+        assert_eq!(status.state, StationState::Faulted);
+        assert_eq!(status.chargers, None, "a status counts at least 1 charger");
+        protocol::Validate::validate(&status).unwrap();
+        let e = sim.reserve(0, "r-1", 0, None, min(60.0)).unwrap_err();
+        assert!(e.contains("faulted"), "{e}");
+        // Out of service for --charger-fault-s (600 s) from the attempt at 1 s.
+        run_for(&mut sim, 599);
+        assert_eq!((sim.in_service_chargers(0), sim.tally.faults), (0, 2));
+        run_for(&mut sim, 1);
+        assert_eq!(
+            sim.tally.faults, 4,
+            "repaired at 601 s, and it tried both again"
+        );
+    }
+
+    #[test]
+    fn a_faulted_charger_is_out_of_service_until_its_repair() {
+        let world = tiny(2, 2);
+        let mut sim = Sim::new(&world, 0.0);
+        sim.stations[0].faulted.push(min(5.0));
+        assert_eq!(sim.in_service_chargers(0), 1);
+        let status = sim.station_status(0, None);
+        assert_eq!(
+            (status.chargers, status.state),
+            (Some(1), StationState::Available)
+        );
+        come(&mut sim, 0, None);
+        come(&mut sim, 1, None);
+        let status = sim.station_status(0, None);
+        assert_eq!(
+            (status.chargers, status.occupied, status.queue, status.state),
+            (Some(1), 1, 1, StationState::Full)
+        );
+        protocol::Validate::validate(&status).unwrap();
+        sim.outbox.clear();
+        run_for(&mut sim, 5 * 60);
+        assert_eq!(sim.in_service_chargers(0), 2);
+        let started = starts(&sim);
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].0, 1);
+        assert!(
+            (started[0].1 - (5.0 - 2.0 / 60.0)).abs() < 1e-9,
+            "{started:?}"
+        );
+        assert!(sim.outbox.contains(&Event::StationChanged(0)));
+    }
+
+    #[test]
+    fn a_holder_whose_start_fails_keeps_its_reservation_and_its_place() {
+        let mut world = tiny(1, 2);
+        world.scenario.charger_fault_rate = 1.0;
+        let mut sim = Sim::new(&world, 0.0);
+        sim.set_takes_reservations(true);
+        sim.reserve(0, "r-1", 1, None, min(60.0)).unwrap();
+        come(&mut sim, 1, Some("r-1"));
+        assert_eq!(sim.tally.faults, 1);
+        let r = &sim.stations[0].reservations()[0];
+        assert_eq!((r.id.as_str(), r.held), ("r-1", false));
+        assert_eq!(r.on_site_ms, Some(1000.0));
+        assert_eq!(sim.walk_in_queue(0), 0);
+        assert!(
+            !sim.outbox
+                .iter()
+                .any(|e| matches!(e, Event::ReservationStarted { .. }))
+        );
+        // At the repair it is first again, ahead of a walk-in that came meanwhile.
+        come(&mut sim, 0, None);
+        run_for(&mut sim, 600);
+        assert_eq!(sim.tally.faults, 2, "the holder tried the repaired charger");
+        assert_eq!(sim.walk_in_queue(0), 1);
+    }
+
+    /// Vehicles that go to station 0 whenever they need a station, for `hours`:
+    /// (when, faults so far) at every new fault, and the sessions started.
+    fn fault_history(world: &World, hours: u32) -> (Vec<(f64, u32)>, u32) {
+        let mut sim = Sim::new(world, 0.0);
+        let mut history = Vec::new();
+        for _ in 0..hours * 3600 {
+            sim.step(1000.0);
+            for e in std::mem::take(&mut sim.outbox) {
+                if let Event::NeedStation(v) = e {
+                    sim.send_to(v, 0, None);
+                }
+            }
+            if history.last().map_or(0, |&(_, n)| n) != sim.tally.faults {
+                history.push((sim.now_ms, sim.tally.faults));
+            }
+        }
+        (history, sim.tally.waits_ms.len() as u32)
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_faults() {
+        let mut world = tiny(3, 20);
+        world.scenario.charger_fault_rate = 0.5;
+        world.scenario.charger_fault_s = 300.0;
+        let (a, sessions) = fault_history(&world, 3);
+        assert!(a.len() >= 5 && sessions >= 10, "{a:?}, {sessions} sessions");
+        assert_eq!(fault_history(&world, 3), (a.clone(), sessions));
+        world.scenario.seed += 1;
+        assert_ne!(fault_history(&world, 3).0, a);
+    }
+
+    #[test]
+    fn without_faults_or_reservations_walk_ins_are_served_first_come_first_served() {
+        let world = tiny(2, 5);
+        let serve = |takes_reservations: bool| {
+            let mut sim = Sim::new(&world, 0.0);
+            sim.set_takes_reservations(takes_reservations);
+            for v in 0..5 {
+                come(&mut sim, v, None);
+            }
+            run_for(&mut sim, 4 * 3600);
+            assert_eq!((sim.tally.faults, sim.tally.overbooked), (0, 0));
+            starts(&sim)
+        };
+        let started = serve(false);
+        let order: Vec<usize> = started.iter().map(|s| s.0).collect();
+        assert_eq!(order, vec![0, 1, 2, 3, 4]);
+        // Arrivals a second apart; sessions of 30 min: 0, 0, then 30 and 60 min less
+        // the arrival offsets.
+        let expect = [0.0, 0.0, 29.98, 29.97, 59.97];
+        for ((_, w, id), e) in started.iter().zip(expect) {
+            assert!((w - e).abs() < 0.05 && id.is_none(), "{started:?}");
+        }
+        assert_eq!(serve(true), started);
+    }
 }
