@@ -175,13 +175,10 @@ impl Station {
 
     /// Puts a reservation where its key says.
     fn insert(&mut self, r: StationReservation) {
-        let key = r.key();
+        let (start, seq) = r.key();
         let at = self.reservations.partition_point(|x| {
-            x.key()
-                .0
-                .total_cmp(&key.0)
-                .then(x.key().1.cmp(&key.1))
-                .is_lt()
+            let (x_start, x_seq) = x.key();
+            x_start.total_cmp(&start).then(x_seq.cmp(&seq)).is_lt()
         });
         self.next_expiry_ms = self.next_expiry_ms.min(r.expires_ms);
         self.reservations.insert(at, r);
@@ -198,12 +195,16 @@ impl Station {
             let pos = self.queue.partition_point(|&(_, a)| a <= at);
             self.queue.insert(pos, (r.vehicle, at));
         }
+        self.find_next_expiry();
+        r
+    }
+
+    fn find_next_expiry(&mut self) {
         self.next_expiry_ms = self
             .reservations
             .iter()
             .map(|r| r.expires_ms)
             .fold(f64::INFINITY, f64::min);
-        r
     }
 }
 
@@ -723,10 +724,7 @@ impl<'w> Sim<'w> {
                 let mut r = station.reservations.remove(i);
                 r.start_ms = start_ms;
                 r.expires_ms = expires_ms;
-                station.next_expiry_ms = f64::INFINITY;
-                for x in &station.reservations {
-                    station.next_expiry_ms = station.next_expiry_ms.min(x.expires_ms);
-                }
+                station.find_next_expiry();
                 r
             }
             None => {
