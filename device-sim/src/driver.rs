@@ -366,6 +366,7 @@ impl<'w> Driver<'w> {
                         qos: 0,
                     });
                 }
+                Event::ReservationStarted { .. } | Event::StartedCharging { .. } => {}
                 Event::Stranded(v) => {
                     self.requests.pending.remove(&v);
                     info!(vehicle = world.vehicles[v].id, "stranded");
