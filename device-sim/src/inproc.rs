@@ -6,6 +6,10 @@
 //!
 //! What each part does here, as the local run's processes and brokers would:
 //!
+//! - **central** ([`central::core::CentralCore`], central's defaults at the run's
+//!   speed) receives what the regions' bridges carry up (`regions/{r}/up/…`), is
+//!   ticked when it asks to be ([`CentralCore::next_wake_ms`]), and what it publishes
+//!   goes down the bridges;
 //! - **a region** receives every device message of its region's broker and central's
 //!   messages over its bridge (`regions/{r}/down/…` → `fog/down/…`), is ticked every
 //!   `--sweep-ms`, and publishes its aggregate when its [`AggregateSchedule`] says
@@ -31,6 +35,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use central::core::{CentralCore, Outgoing as CentralOutgoing};
 use fog_server::region::{AggregateSchedule, Outgoing, Region};
 use launcher::delay::Delay;
 use protocol::fog::FogMessage;
@@ -95,6 +100,8 @@ enum Item {
     Tick(usize),
     /// Region `region`'s aggregate check.
     AggregateCheck(usize),
+    /// Central's timers, as it asked to be woken at this time.
+    CentralWake(u64),
 }
 
 /// A connection and its direction: what may not overtake itself.
@@ -139,6 +146,10 @@ struct City<'a> {
     region_of_station: Vec<usize>,
     station_index: HashMap<&'a str, usize>,
     region_index: HashMap<String, usize>,
+    /// Central, beside the central broker.
+    central: CentralCore,
+    /// When central asked to be woken next (a wake-up for another time is stale).
+    central_wake: Option<u64>,
     bus: Bus<Item, Link>,
     paths: Paths,
     shared_stations: bool,
@@ -205,8 +216,16 @@ impl<'a> City<'a> {
             nodes[i].stations += 1;
             region_of_station.push(i);
         }
+        // Central as the local run starts it: its defaults, the shared clock's speed.
+        let args = ["central".to_owned(), format!("--clock-speed={speed}")];
+        let config = <central::Config as clap::Parser>::try_parse_from(&args)
+            .context("the in-process central")?;
+        config.check()?;
+        let central = CentralCore::new(config.core_settings(), EPOCH_MS);
         let path = |p: &launcher::delay::Path| OneWay::scaled(p, speed);
         Ok(Self {
+            central,
+            central_wake: None,
             nodes,
             region_of_station,
             station_index: world
@@ -228,11 +247,19 @@ impl<'a> City<'a> {
         })
     }
 
-    /// Every region's first tick and aggregate check, at `now`.
-    fn start_timers(&mut self, now: u64) {
+    /// Every region's first tick and aggregate check, from `now`: each at a phase of
+    /// its own within its period, drawn from `seed` — servers started one after
+    /// another do not tick in step, and regions whose aggregates all reached central
+    /// at the same instant would make every start-up look alike.
+    fn start_timers(&mut self, now: u64, seed: u64) {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut phases = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7068_6173_6573);
         for i in 0..self.nodes.len() {
-            self.bus.at(now, Item::AggregateCheck(i));
-            self.bus.at(now, Item::Tick(i));
+            let check = self.nodes[i].schedule.check_every_ms();
+            let aggregate = phases.random_range(0..check);
+            let tick = phases.random_range(0..self.nodes[i].sweep_ms);
+            self.bus.at(now + aggregate, Item::AggregateCheck(i));
+            self.bus.at(now + tick, Item::Tick(i));
         }
     }
 
@@ -368,6 +395,40 @@ impl<'a> City<'a> {
         }
     }
 
+    /// Sends what central published at `now` down the bridges to its regions, and
+    /// keeps central's next wake-up on the bus.
+    fn send_from_central(&mut self, now: u64, out: Vec<CentralOutgoing>) {
+        // Only the figures of this run's report count: central's own events are not
+        // kept.
+        self.central.take_events();
+        for o in out {
+            let Ok((region, m)) = FogMessage::parse_central(&o.topic) else {
+                debug!(topic = o.topic, "central published to nobody");
+                continue;
+            };
+            let Some(&i) = self.region_index.get(region) else {
+                debug!(region, "central published to a region without a server");
+                continue;
+            };
+            let item = Item::ToRegion {
+                region: i,
+                topic: m.regional_topic(),
+                payload: o.payload,
+            };
+            self.bus
+                .send(now, Link::BridgeDown(i), self.paths.bridge_down, item);
+        }
+        let wake = self.central.next_wake_ms();
+        if wake != self.central_wake {
+            self.central_wake = wake;
+            if let Some(at) = wake {
+                // Never now or before (central's shell sleeps at least 1 ms too): a
+                // tick that left something due at once cannot spin.
+                self.bus.at(at.max(now + 1), Item::CentralWake(at));
+            }
+        }
+    }
+
     /// Makes one delivery due at `now`.
     fn deliver(&mut self, now: u64, item: Item, driver: &mut Driver<'_>, phase: Phase, real_ms: f64) {
         match item {
@@ -387,6 +448,15 @@ impl<'a> City<'a> {
                     ) {
                         self.nodes[i].listed = Some(agg.stations_in_service);
                     }
+                }
+                let out = self.central.receive(&topic, &payload, now);
+                self.send_from_central(now, out);
+            }
+            Item::CentralWake(at) => {
+                if self.central_wake == Some(at) {
+                    self.central_wake = None;
+                    let out = self.central.tick(now);
+                    self.send_from_central(now, out);
                 }
             }
             Item::ToFleet {
@@ -442,7 +512,7 @@ pub fn run(strategy: Strategy, opts: &Options<'_>) -> Result<StrategyReport> {
     let speed = opts.speed;
     let mut city = City::new(opts)?;
     let t0 = EPOCH_MS;
-    city.start_timers(t0);
+    city.start_timers(t0, world.scenario.seed);
 
     // Stations announce themselves; the world starts once the servers list them all.
     let mut first = Driver::new(world, strategy, t0 as f64, opts.answer_timeout);

@@ -21,9 +21,9 @@
 //!
 //! The local run starts the fog servers and central as processes of the `fogcharge`
 //! binary (`fogcharge fog-server …`, `fogcharge central …`, see [`Config::server_exe`]).
-//! The in-process run links the regions' pure core instead (the `fog-server` crate as
-//! a library: `fog_server::region::Region`), never its shell (no MQTT link, journal,
-//! HTTP or clock of its own).
+//! The in-process run links their pure cores instead (the `fog-server` and `central`
+//! crates as libraries: `fog_server::region::Region`, `central::core::CentralCore`),
+//! never their shells (no MQTT link, journal, HTTP or clock of theirs).
 
 //! Modules:
 //! - [`world`]: the scenario (`--seed`, `--vehicles`, …) and the world it generates:
