@@ -7,22 +7,27 @@
 //! (a new id each time, the round trips of those answered), the answers they follow
 //! or — for the drivers who do not follow (`--compliance`) — cancel, revised answers
 //! (ask again once, then drive on without a reservation), requests nobody answers in
-//! time (asked once more, then the nearest station), the naive strategies, and the
+//! time (asked once more, then the nearest station), the naive strategies, the
+//! stations' side of the fog's reservations (with the server strategies the simulated
+//! stations take reservations: they hold what the fog reserves, answer `accepted` or
+//! `rejected`, and say `arrived` when a holder starts charging), the promises (each
+//! followed answer's `wait_s` against the wait the vehicle then had), and the
 //! report's counters. It does no I/O and reads no clock: the shell hands it answers,
-//! the real time (ms since the run started: the round trips and the answer timeout
-//! are real time, as in the local run) and the world's steps, and sends the [`Out`]
-//! messages it returns.
+//! messages for stations, the real time (ms since the run started: the round trips
+//! and the answer timeout are real time, as in the local run) and the world's steps,
+//! and sends the [`Out`] messages it returns.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use protocol::validate::MAX_REASON_LEN;
 use protocol::{
     ChargeRequest, Recommendation, RecommendationStatus, ReservationAction, ReservationUpdate,
-    Telemetry, topics,
+    StationReservation, StationReservationAction, StationReservationEvent,
+    StationReservationEventKind, Telemetry, id_tag_for_vehicle, topics,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::net::station_status;
 use crate::report::{self, StrategyReport};
 use crate::run::{Strategy, followers};
 use crate::sim::{Event, Phase, Reservation, Sim};
@@ -42,6 +47,12 @@ pub enum Out {
     /// Station `s`'s occupancy changed: its status goes out (retained, QoS 1; see
     /// [`Driver::status_message`]).
     Status(usize),
+    /// Station `station`'s answer about a reservation (`…/reservation-events`, QoS 1).
+    Station {
+        station: usize,
+        topic: String,
+        payload: Vec<u8>,
+    },
 }
 
 /// Requests waiting for the fog's answer, and the round trips of those answered.
@@ -52,12 +63,19 @@ struct Requests {
     pending: BTreeMap<usize, Pending>,
     seq: u64,
     rtts: Vec<f64>,
-    /// The request whose answer (with a reservation) each vehicle follows now.
-    followed: HashMap<usize, String>,
+    /// The answer (with a reservation) each vehicle follows now.
+    followed: HashMap<usize, Followed>,
     /// Vehicles asking again after a revision, and those whose latest request was such
     /// a second try (a second revision does not make them ask a third time).
     reasking: HashSet<usize>,
     second_try: HashSet<usize>,
+}
+
+/// An answer a vehicle follows, until it starts charging.
+struct Followed {
+    request_id: String,
+    /// The wait it promised (its latest revision's), s.
+    wait_s: Option<f64>,
 }
 
 struct Pending {
@@ -83,11 +101,11 @@ impl Requests {
     /// Whether a revised answer revises the answer vehicle `v` follows now (a station
     /// refused the reservation); it then follows none.
     fn revision(&mut self, v: usize, answer: &Recommendation) -> bool {
-        if !answer.revised || self.followed.get(&v) != Some(&answer.request_id) {
-            return false;
-        }
-        self.followed.remove(&v);
-        true
+        answer.revised
+            && self
+                .followed
+                .get(&v)
+                .is_some_and(|f| f.request_id == answer.request_id)
     }
 }
 
@@ -102,6 +120,10 @@ pub struct Driver<'w> {
     report: StrategyReport,
     vehicle_index: HashMap<&'w str, usize>,
     station_index: HashMap<&'w str, usize>,
+    /// Each vehicle by the `id_tag` the fog names it by at stations.
+    id_tags: HashMap<String, usize>,
+    /// (promised, actual) waits of the vehicles that followed an answer, s.
+    promises: Vec<(f64, f64)>,
     answer_timeout_ms: f64,
     /// Vehicles say `arrived` themselves (not when an OCPP charge point reports the
     /// start of the transaction instead).
@@ -119,9 +141,12 @@ impl<'w> Driver<'w> {
         answer_timeout: Duration,
     ) -> Self {
         let scenario = &world.scenario;
+        let mut sim = Sim::new(world, start_ms);
+        // The server strategies' stations hold what the fog reserves there.
+        sim.set_takes_reservations(strategy.asks_server());
         Self {
             world,
-            sim: Sim::new(world, start_ms),
+            sim,
             strategy,
             follows: followers(world.vehicles.len(), scenario.compliance, scenario.seed),
             asked: vec![false; world.vehicles.len()],
@@ -142,15 +167,24 @@ impl<'w> Driver<'w> {
                 .enumerate()
                 .map(|(i, s)| (s.id.as_str(), i))
                 .collect(),
+            id_tags: world
+                .vehicles
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (id_tag_for_vehicle(&v.id), i))
+                .collect(),
+            promises: Vec::new(),
             answer_timeout_ms: answer_timeout.as_secs_f64() * 1000.0,
             vehicles_say_arrived: true,
         }
     }
 
-    /// The stations report a vehicle's arrival on its reservation themselves (OCPP
-    /// charge points: StartTransaction with the reservation): vehicles don't.
-    pub fn stations_report_arrivals(&mut self) {
+    /// The stations are OCPP charge points: the gateway and the charge points hold
+    /// the reservations and report a vehicle's arrival on one (StartTransaction with
+    /// the reservation), not the simulated stations, and vehicles don't say `arrived`.
+    pub fn ocpp_stations(&mut self) {
         self.vehicles_say_arrived = false;
+        self.sim.set_takes_reservations(false);
     }
 
     pub fn strategy(&self) -> Strategy {
@@ -174,20 +208,77 @@ impl<'w> Driver<'w> {
     /// topic and payload.
     pub fn status_message(&self, s: usize, gateway: Option<&str>) -> (String, Vec<u8>) {
         let spec = &self.world.stations[s];
-        let st = &self.sim.stations[s];
         let region = &self.world.regions.areas[spec.region].id;
-        let msg = station_status(
-            &spec.id,
-            spec,
-            st.charging.len(),
-            st.queue.len(),
-            self.sim.now_ms as u64,
-            gateway,
-        );
+        let msg = self.sim.station_status(s, gateway);
         (
             topics::station_status(region, &spec.id),
             protocol::encode(&msg),
         )
+    }
+
+    /// A message of the fog's for station `s` (`…/reservations`): a `reserve` is held
+    /// or refused (answered `accepted` or `rejected`), a `cancel` frees what it held.
+    pub fn station_message(&mut self, s: usize, payload: &[u8], out: &mut Vec<Out>) {
+        let msg: StationReservation = match protocol::decode(payload) {
+            Ok(msg) => msg,
+            Err(e) => {
+                warn!(station = self.world.stations[s].id, error = %e, "undecodable station reservation");
+                return;
+            }
+        };
+        let result = match msg.action {
+            StationReservationAction::Cancel => {
+                self.sim.cancel_reservation(s, &msg.reservation_id);
+                return;
+            }
+            StationReservationAction::Reserve => {
+                let vehicle = msg.id_tag.as_ref().and_then(|t| self.id_tags.get(t));
+                match (vehicle, msg.expires_ms) {
+                    (Some(&v), Some(expires_ms)) => self.sim.reserve(
+                        s,
+                        &msg.reservation_id,
+                        v,
+                        msg.start_ms.map(|t| t as f64),
+                        expires_ms as f64,
+                    ),
+                    (None, _) => Err("unknown id_tag".to_owned()),
+                    (_, None) => Err("no expires_ms".to_owned()),
+                }
+            }
+        };
+        let (event, reason) = match result {
+            Ok(()) => (StationReservationEventKind::Accepted, None),
+            Err(why) => {
+                debug!(station = self.world.stations[s].id, reservation = msg.reservation_id, why, "reservation refused");
+                let why: String = why.chars().take(MAX_REASON_LEN).collect();
+                (StationReservationEventKind::Rejected, Some(why))
+            }
+        };
+        self.station_event(s, msg.reservation_id, event, reason, out);
+    }
+
+    /// Station `s` says `event` about a reservation.
+    fn station_event(
+        &self,
+        s: usize,
+        reservation_id: String,
+        event: StationReservationEventKind,
+        reason: Option<String>,
+        out: &mut Vec<Out>,
+    ) {
+        let spec = &self.world.stations[s];
+        let region = &self.world.regions.areas[spec.region].id;
+        let msg = StationReservationEvent {
+            v: 1,
+            reservation_id,
+            event,
+            reason,
+        };
+        out.push(Out::Station {
+            station: s,
+            topic: topics::station_reservation_events(region, &spec.id),
+            payload: protocol::encode(&msg),
+        });
     }
 
     /// An answer that reached vehicle `vehicle_id` at `real_ms`: followed (or, by a
@@ -247,7 +338,11 @@ impl<'w> Driver<'w> {
                     id,
                 });
                 if reservation.is_some() {
-                    self.requests.followed.insert(v, rec.request_id.clone());
+                    let followed = Followed {
+                        request_id: rec.request_id.clone(),
+                        wait_s: rec.wait_s.map(f64::from),
+                    };
+                    self.requests.followed.insert(v, followed);
                 }
                 self.sim.send_to(v, s, reservation);
             }
@@ -264,24 +359,57 @@ impl<'w> Driver<'w> {
         }
     }
 
-    /// A revised answer to the request vehicle `v` follows: its station refused the
-    /// reservation and the fog released it. The vehicle, still on its way, asks again
-    /// once; refused a second time, it drives on to that station without one.
+    /// A revised answer to the request vehicle `v` follows. With a station (a
+    /// re-plan), the vehicle follows it and the promise is its wait. Without one, its
+    /// station refused the reservation and the fog released it: the vehicle, still on
+    /// its way, asks again once; refused a second time, it drives on to that station
+    /// without one.
     fn revised(&mut self, v: usize, rec: &Recommendation) {
         if !self.requests.revision(v, rec) {
             return;
         }
-        if let Phase::ToStation {
-            station,
-            reservation: Some(_),
-        } = self.sim.vehicles[v].phase
-        {
-            self.report.revised += 1;
-            if self.requests.second_try.contains(&v) {
-                self.sim.send_to(v, station, None);
-            } else {
-                self.requests.reasking.insert(v);
-                self.sim.reservation_refused(v);
+        let station = rec
+            .station
+            .as_ref()
+            .and_then(|st| self.station_index.get(st.station_id.as_str()).map(|&s| (s, st)));
+        match (&self.sim.vehicles[v].phase, station, &rec.reservation_id) {
+            (Phase::ToStation { .. }, Some((s, st)), Some(id)) => {
+                self.report.revised += 1;
+                if let Some(f) = self.requests.followed.get_mut(&v) {
+                    f.wait_s = rec.wait_s.map(f64::from);
+                }
+                let reservation = Reservation {
+                    region: st.region.clone(),
+                    id: id.clone(),
+                };
+                self.sim.send_to(v, s, Some(reservation));
+            }
+            (Phase::AtStation { station: here }, Some((s, _)), Some(_)) if *here == s => {
+                // Waiting there already: only the promise moves.
+                self.report.revised += 1;
+                if let Some(f) = self.requests.followed.get_mut(&v) {
+                    f.wait_s = rec.wait_s.map(f64::from);
+                }
+            }
+            (
+                &Phase::ToStation {
+                    station,
+                    reservation: Some(_),
+                },
+                None,
+                _,
+            ) => {
+                self.requests.followed.remove(&v);
+                self.report.revised += 1;
+                if self.requests.second_try.contains(&v) {
+                    self.sim.send_to(v, station, None);
+                } else {
+                    self.requests.reasking.insert(v);
+                    self.sim.reservation_refused(v);
+                }
+            }
+            _ => {
+                self.requests.followed.remove(&v);
             }
         }
     }
@@ -366,7 +494,24 @@ impl<'w> Driver<'w> {
                         qos: 0,
                     });
                 }
-                Event::ReservationStarted { .. } | Event::StartedCharging { .. } => {}
+                Event::ReservationStarted {
+                    station,
+                    reservation_id,
+                    ..
+                } => {
+                    let arrived = StationReservationEventKind::Arrived;
+                    self.station_event(station, reservation_id, arrived, None, out);
+                }
+                Event::StartedCharging {
+                    vehicle, wait_ms, ..
+                } => {
+                    // The promise of the answer it followed, against its wait.
+                    if let Some(f) = self.requests.followed.remove(&vehicle) {
+                        if let Some(promised) = f.wait_s {
+                            self.promises.push((promised, wait_ms / 1000.0));
+                        }
+                    }
+                }
                 Event::Stranded(v) => {
                     self.requests.pending.remove(&v);
                     info!(vehicle = world.vehicles[v].id, "stranded");
@@ -470,13 +615,16 @@ impl<'w> Driver<'w> {
             report: mut r,
             strategy,
             world,
+            promises,
             ..
         } = self;
         r.timeouts += requests.pending.len() as u32;
         r.wall_s = wall_s;
         if strategy.asks_server() {
             r.rtt_ms = Some(report::rtt(requests.rtts));
+            r.promise = Some(report::promise(&promises, r.revised));
         }
+        r.faults = sim.tally.faults;
         let mut waits: Vec<f64> = sim.tally.waits_ms.iter().map(|w| w / 1000.0).collect();
         waits.extend(sim.open_waits_ms().map(|w| w / 1000.0));
         r.wait_s = report::wait(waits);
@@ -505,4 +653,204 @@ fn nearest_reachable(sim: &Sim<'_>, v: usize) -> usize {
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(s, _)| s)
         .unwrap_or_else(|| sim.nearest(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::{RegionArea, Regions, Scenario, StationSpec, VehicleSpec};
+    use protocol::StationRef;
+
+    /// One region, one two-charger station at (0.05, 0.05), and one vehicle below the
+    /// threshold `km_west` of it.
+    fn world(km_west: f64) -> World {
+        let regions = Regions::new(vec![RegionArea::new(
+            "r",
+            &[[0.0, 0.0], [0.0, 0.1], [0.1, 0.1], [0.1, 0.0]],
+        )]);
+        let scenario = Scenario {
+            vehicles: 1,
+            stations: 1,
+            hotspot_share: 0.0,
+            telemetry_s: 0.0,
+            ..Scenario::default()
+        };
+        let mut world = World::generate(&scenario, regions).unwrap();
+        world.stations = vec![StationSpec {
+            id: "r-s0001".into(),
+            region: 0,
+            lat: 0.05,
+            lon: 0.05,
+            chargers: 2,
+            power_kw: 50.0,
+        }];
+        world.vehicles = vec![VehicleSpec {
+            id: "v0".into(),
+            lat: 0.05,
+            lon: 0.05 - km_west / 111.2,
+            battery_kwh: 50.0,
+            kwh_per_km: 0.2,
+            speed_kmh: 36.0,
+            soc: world.scenario.soc_threshold - 0.05,
+            trip_seed: 1,
+        }];
+        world
+    }
+
+    /// An answer to `request_id` sending v0 to the station on reservation `id`,
+    /// promising `wait_s`.
+    fn assigned(request_id: &str, id: &str, wait_s: u32) -> Recommendation {
+        Recommendation {
+            v: 1,
+            request_id: request_id.into(),
+            status: RecommendationStatus::Assigned,
+            station: Some(StationRef {
+                station_id: "r-s0001".into(),
+                region: "r".into(),
+                lat: 0.05,
+                lon: 0.05,
+            }),
+            distance_km: Some(0.1),
+            eta_s: Some(10),
+            wait_s: Some(wait_s),
+            charge_s: Some(1800),
+            reservation_id: Some(id.into()),
+            expires_ms: Some(3_600_000),
+            reason: None,
+            served_by: Some("r".into()),
+            data_age_ms: Some(0),
+            revised: false,
+        }
+    }
+
+    fn revision(request_id: &str) -> Recommendation {
+        let mut r = Recommendation::refusal(
+            request_id.to_owned(),
+            RecommendationStatus::Unavailable,
+            "station r-s0001 could not hold the reservation",
+            "r",
+        );
+        r.revised = true;
+        r
+    }
+
+    /// Steps until the vehicle asks; its request's id.
+    fn asks(d: &mut Driver<'_>) -> String {
+        let mut out = Vec::new();
+        for _ in 0..60 {
+            d.advance(1000.0);
+            d.react(0.0, &mut out);
+            for o in out.drain(..) {
+                if let Out::Fleet { topic, payload, .. } = o {
+                    if topic.ends_with("/request") {
+                        let req: ChargeRequest = protocol::decode(&payload).unwrap();
+                        return req.request_id;
+                    }
+                }
+            }
+        }
+        panic!("the vehicle never asked");
+    }
+
+    /// The reservation events a station said, in order.
+    fn events(out: &[Out]) -> Vec<(String, StationReservationEventKind)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Out::Station { topic, payload, .. } => {
+                    assert!(topic.ends_with("/r-s0001/reservation-events"), "{topic}");
+                    let e: StationReservationEvent = protocol::decode(payload).unwrap();
+                    Some((e.reservation_id, e.event))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reserve(id: &str, id_tag: &str) -> Vec<u8> {
+        protocol::encode(&StationReservation {
+            v: 1,
+            reservation_id: id.into(),
+            action: StationReservationAction::Reserve,
+            id_tag: Some(id_tag.into()),
+            expires_ms: Some(3_600_000),
+            start_ms: Some(0),
+        })
+    }
+
+    #[test]
+    fn the_station_holds_the_reservation_and_the_promise_is_paired_with_the_wait() {
+        let w = world(0.1);
+        let mut d = Driver::new(&w, Strategy::Fog, 0.0, Duration::from_secs(5));
+        let request = asks(&mut d);
+        let mut out = Vec::new();
+        d.answer("v0", assigned(&request, "r-1", 300), 12.5, &mut out);
+        assert!(out.is_empty(), "a follower cancels nothing: {out:?}");
+        // The fog tells the station; it holds a connector and says so.
+        d.station_message(0, &reserve("r-1", "v0"), &mut out);
+        assert_eq!(events(&out), [("r-1".into(), StationReservationEventKind::Accepted)]);
+        out.clear();
+        // The vehicle arrives and starts on its held connector: the station says
+        // `arrived`, the vehicle says nothing itself.
+        for _ in 0..120 {
+            d.advance(1000.0);
+            d.react(20.0, &mut out);
+        }
+        assert_eq!(events(&out), [("r-1".into(), StationReservationEventKind::Arrived)]);
+        assert!(
+            !out.iter().any(|o| matches!(o, Out::Fleet { topic, .. } if topic.ends_with("/reservation"))),
+            "{out:?}"
+        );
+        let r = d.finish(1.0);
+        assert_eq!((r.requests, r.answered, r.charged + r.charging_at_end), (1, 1, 1));
+        assert_eq!(r.rtt_ms.unwrap().p50, 12.5);
+        // Promised 5 min, waited none: 5 min early.
+        let p = r.promise.unwrap();
+        assert_eq!(p.checked, 1);
+        assert_eq!(p.error_s.p50, -300.0);
+        assert_eq!(p.kept_share, 1.0);
+    }
+
+    #[test]
+    fn a_reservation_for_nobody_we_know_is_refused_with_a_reason() {
+        let w = world(0.1);
+        let mut d = Driver::new(&w, Strategy::Fog, 0.0, Duration::from_secs(5));
+        let mut out = Vec::new();
+        d.station_message(0, &reserve("r-9", "stranger"), &mut out);
+        assert_eq!(events(&out), [("r-9".into(), StationReservationEventKind::Rejected)]);
+        let Out::Station { payload, .. } = &out[0] else {
+            unreachable!()
+        };
+        let e: StationReservationEvent = protocol::decode(payload).unwrap();
+        assert_eq!(e.reason.as_deref(), Some("unknown id_tag"));
+    }
+
+    #[test]
+    fn a_refused_reservation_makes_the_vehicle_ask_again_once_then_drive_on_without() {
+        // Far enough to be on its way when the revisions come.
+        let w = world(5.0);
+        let mut d = Driver::new(&w, Strategy::Fog, 0.0, Duration::from_secs(5));
+        let first = asks(&mut d);
+        let mut out = Vec::new();
+        d.answer("v0", assigned(&first, "r-1", 60), 1.0, &mut out);
+        d.answer("v0", revision(&first), 2.0, &mut out);
+        assert_eq!(d.sim.vehicles[0].phase, Phase::Driving { asked: false });
+        let second = asks(&mut d);
+        assert_ne!(first, second, "a new request");
+        d.answer("v0", assigned(&second, "r-2", 60), 3.0, &mut out);
+        d.answer("v0", revision(&second), 4.0, &mut out);
+        let to_station_without = Phase::ToStation {
+            station: 0,
+            reservation: None,
+        };
+        assert_eq!(d.sim.vehicles[0].phase, to_station_without);
+        // A revision of an answer it no longer follows changes nothing.
+        d.answer("v0", revision(&second), 5.0, &mut out);
+        assert_eq!(d.sim.vehicles[0].phase, to_station_without);
+        assert!(out.is_empty(), "{out:?}");
+        let r = d.finish(1.0);
+        assert_eq!((r.requests, r.answered, r.revised), (2, 2, 2));
+        // No promise followed to the end: none checked, both revisions counted.
+        let p = r.promise.unwrap();
+        assert_eq!((p.checked, p.revised), (0, 2));
+    }
 }

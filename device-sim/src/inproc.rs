@@ -334,17 +334,28 @@ impl<'a> City<'a> {
                         .shared_stations
                         .then(|| crate::net::StationGateway::id(&self.nodes[i].id));
                     let (topic, payload) = driver.status_message(s, gateway.as_deref());
-                    self.nodes[i].messages += 1;
-                    let item = Item::ToRegion {
-                        region: i,
-                        topic,
-                        payload,
-                    };
-                    let link = self.station_link(s, true);
-                    self.bus.send(now, link, self.paths.device_up, item);
+                    self.from_station(now, s, topic, payload);
                 }
+                Out::Station {
+                    station,
+                    topic,
+                    payload,
+                } => self.from_station(now, station, topic, payload),
             }
         }
+    }
+
+    /// Station `s`'s message at `now`, to its region's broker.
+    fn from_station(&mut self, now: u64, s: usize, topic: String, payload: Vec<u8>) {
+        let i = self.region_of_station[s];
+        self.nodes[i].messages += 1;
+        let item = Item::ToRegion {
+            region: i,
+            topic,
+            payload,
+        };
+        let link = self.station_link(s, true);
+        self.bus.send(now, link, self.paths.device_up, item);
     }
 
     /// Sends what region `i`'s fog published at `now`: to a vehicle's fleet, to a
@@ -481,9 +492,11 @@ impl<'a> City<'a> {
                     Phase::Ended => driver.late_answer(&vehicle_id, &rec, real_ms),
                 }
             }
-            Item::ToStation { station, .. } => {
+            Item::ToStation { station, payload } => {
                 self.nodes[self.region_of_station[station]].messages += 1;
-                debug!(station, "a message for a station that takes no reservations");
+                let mut out = Vec::new();
+                driver.station_message(station, &payload, &mut out);
+                self.send_devices(now, driver, &mut out);
             }
             Item::Tick(i) => {
                 let fx = self.nodes[i].region.tick(now);

@@ -704,6 +704,9 @@ async fn run_local(
         credentials: Some(credentials.clone()),
         ca_file: config.mqtt_ca_file.clone(),
         shared_stations: config.station_connections == StationConnections::PerRegion,
+        // The server strategies' stations hold the fog's reservations (an OCPP
+        // gateway does that for its charge points).
+        station_reservations: strategy.asks_server() && !ocpp,
     };
     let epoch = wall_ms();
     let clock = Clock::scaled(epoch, config.speed);
@@ -819,6 +822,8 @@ async fn run_external(
         credentials,
         ca_file: config.mqtt_ca_file.clone(),
         shared_stations: config.station_connections == StationConnections::PerRegion,
+        // The server strategies' stations hold the fog's reservations.
+        station_reservations: strategy.asks_server(),
     };
     let epoch = config.clock_epoch_ms.unwrap_or_else(wall_ms);
     let clock = Clock::scaled(epoch, config.speed);

@@ -131,7 +131,7 @@ pub async fn run(
     let driver = |start_ms: f64| {
         let mut d = Driver::new(world, strategy, start_ms, opts.answer_timeout);
         if ocpp {
-            d.stations_report_arrivals();
+            d.ocpp_stations();
         }
         d
     };
@@ -207,6 +207,9 @@ pub async fn run(
             while let Ok(answer) = net.answers.try_recv() {
                 let at = real_ms(answer.received);
                 driver.answer(&answer.vehicle_id, answer.recommendation, at, &mut out);
+            }
+            while let Ok((s, payload)) = net.station_messages.try_recv() {
+                driver.station_message(s, &payload, &mut out);
             }
             driver.timeouts(real_ms(Instant::now()), &mut out);
             send(net, &driver, &mut out);
@@ -285,6 +288,11 @@ fn send(net: &Net, driver: &Driver<'_>, out: &mut Vec<Out>) {
                     net.station_publish(s, &topic, &payload);
                 }
             },
+            Out::Station {
+                station,
+                topic,
+                payload,
+            } => net.station_send(station, &topic, &payload),
         }
     }
 }

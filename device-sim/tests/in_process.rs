@@ -69,6 +69,11 @@ async fn the_same_seed_gives_the_same_report_for_fog_with_central_and_cloud() {
         (fog.device_rtt_ms, cloud.device_rtt_ms),
         (Some(6.0), Some(120.0))
     );
+    // The stations held the fog's reservations and the promises were checked.
+    for r in [fog, cloud] {
+        let p = r.promise.as_ref().unwrap();
+        assert!(p.checked > 0 && p.checked <= r.answered, "{r:?}");
+    }
     // One broker for the cloud, one per region for the fog.
     assert_eq!(cloud.msgs_per_s_by_broker.len(), 1);
     assert_eq!(fog.msgs_per_s_by_broker.len(), 4);
