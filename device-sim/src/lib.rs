@@ -41,6 +41,7 @@
 //! - [`ocpp`]: the stations as OCPP 1.6J charge points of each region's gateway
 //!   (`--station-transport ocpp`).
 //! - [`report`]: the per-strategy figures and the comparison table.
+//! - [`sweep`]: `--seeds`: the in-process run over many seeds, its table.
 //! - [`setup`]: `fogcharge setup`, a container deployment's users, secrets and clock.
 //! - [`cli`]: the simulation as a command: run, print the table, stop on Ctrl-C.
 
@@ -56,6 +57,7 @@ pub mod report;
 pub mod run;
 pub mod setup;
 pub mod sim;
+pub mod sweep;
 pub mod world;
 
 use std::collections::{BTreeMap, HashMap};
@@ -152,6 +154,13 @@ pub struct Config {
     /// Exactly reproducible, and fast (see docs/simulation.md, in-process runs).
     #[arg(long, env = "SIM_IN_PROCESS", conflicts_with_all = ["offline", "brokers", "start_local"])]
     pub in_process: bool,
+
+    /// With `--in-process`: run once per seed instead of `--seed` and print each
+    /// seed's mean waits, the fog/cloud ratio and its mean and worst over the seeds:
+    /// `1..20` (1 to 20, both included) or a list `3,7,11`. `--report-json` then
+    /// holds every seed's figures.
+    #[arg(long, env = "SIM_SEEDS", value_parser = parse_seeds, requires = "in_process")]
+    pub seeds: Option<SeedList>,
 
     /// Central's HTTP API in the local run (taken port: any free one).
     #[arg(long, env = "SIM_CENTRAL_HTTP", default_value = "127.0.0.1:8080")]
@@ -274,6 +283,33 @@ fn parse_strategies(s: &str) -> Result<StrategySet, String> {
                 "unknown strategy in {s:?}: use fog, cloud, fog-far, nearest, least-queue or all"
             )
         })
+}
+
+/// The seeds of a sweep, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeedList(pub Vec<u64>);
+
+fn parse_seeds(s: &str) -> Result<SeedList, String> {
+    let bad = |e: std::num::ParseIntError| format!("{s:?}: {e} (use 1..20 or 3,7,11)");
+    let seeds: Vec<u64> = match s.split_once("..") {
+        Some((a, b)) => {
+            let a: u64 = a.trim().parse().map_err(bad)?;
+            let b: u64 = b.trim().trim_start_matches('=').parse().map_err(bad)?;
+            if b < a {
+                return Err(format!("{s:?}: the range is empty"));
+            }
+            (a..=b).collect()
+        }
+        None => s
+            .split(',')
+            .map(|x| x.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(bad)?,
+    };
+    if seeds.len() > 10_000 {
+        return Err(format!("{s:?}: at most 10000 seeds"));
+    }
+    Ok(SeedList(seeds))
 }
 
 /// Regional broker URLs by region id.
@@ -460,6 +496,7 @@ async fn run_to_end(mut config: Config, shutdown: CancellationToken) -> Result<R
         strategies: BTreeMap::new(),
         order: Vec::new(),
         station_transport: config.station_transport.name().into(),
+        in_process: false,
     };
     let answer_timeout = Duration::from_millis(config.answer_timeout_ms);
     let progress = !config.no_progress;
@@ -482,20 +519,9 @@ async fn run_to_end(mut config: Config, shutdown: CancellationToken) -> Result<R
     }
 
     if config.in_process {
+        report.in_process = true;
         for &strategy in &config.strategy.0 {
-            let placement = Placement::of(strategy, &config, &topology, &world);
-            let opts = inproc::Options {
-                topology: &placement.topology,
-                world: &placement.world,
-                devices: placement.devices,
-                bridges: placement.bridges,
-                speed: config.speed,
-                answer_timeout,
-                shared_stations: config.station_connections == StationConnections::PerRegion,
-                progress,
-                shutdown: &shutdown,
-            };
-            let r = placement.label(inproc::run(strategy, &opts)?);
+            let r = in_process(&config, strategy, &topology, &world, &shutdown)?;
             eprintln!("{}: done in {:.1} s (in process)", strategy.name(), r.wall_s);
             report.order.push(strategy.name().into());
             report.strategies.insert(strategy.name().into(), r);
@@ -523,6 +549,73 @@ async fn run_to_end(mut config: Config, shutdown: CancellationToken) -> Result<R
         report.strategies.insert(strategy.name().into(), r);
     }
     finish(report, &config)
+}
+
+/// Runs `strategy` over `world` in this process (`--in-process`), placed as the local
+/// run would place it.
+fn in_process(
+    config: &Config,
+    strategy: Strategy,
+    topology: &Topology,
+    world: &World,
+    shutdown: &CancellationToken,
+) -> Result<StrategyReport> {
+    let placement = Placement::of(strategy, config, topology, world);
+    let opts = inproc::Options {
+        topology: &placement.topology,
+        world: &placement.world,
+        devices: placement.devices,
+        bridges: placement.bridges,
+        speed: config.speed,
+        answer_timeout: Duration::from_millis(config.answer_timeout_ms),
+        shared_stations: config.station_connections == StationConnections::PerRegion,
+        progress: !config.no_progress,
+        shutdown,
+    };
+    Ok(placement.label(inproc::run(strategy, &opts)?))
+}
+
+/// Runs the configured strategies in process once per seed of `--seeds` (the same
+/// scenario otherwise) and returns every seed's report (also written with
+/// `--report-json`).
+pub async fn sweep(mut config: Config, shutdown: CancellationToken) -> Result<sweep::Sweep> {
+    config.read_files()?;
+    config.apply_demo_defaults();
+    config.check()?;
+    let Some(seeds) = config.seeds.clone() else {
+        bail!("a sweep needs --seeds");
+    };
+    let topology = config.topology()?;
+    let mut sweep = sweep::Sweep::default();
+    for seed in seeds.0 {
+        config.scenario.seed = seed;
+        let world = World::generate(&config.scenario, Regions::from_topology(&topology))?;
+        let mut strategies = BTreeMap::new();
+        for &strategy in &config.strategy.0 {
+            if shutdown.is_cancelled() {
+                bail!("interrupted");
+            }
+            let r = in_process(&config, strategy, &topology, &world, &shutdown)?;
+            strategies.insert(strategy.name().to_owned(), r);
+        }
+        eprintln!("seed {seed}: done");
+        sweep.runs.push(sweep::SeedRun {
+            seed,
+            strategies,
+        });
+    }
+    sweep.order = config
+        .strategy
+        .0
+        .iter()
+        .map(|s| s.name().to_owned())
+        .collect();
+    sweep.scenario = serde_json::to_value(&config.scenario)?;
+    if let Some(path) = &config.report_json {
+        std::fs::write(path, serde_json::to_string_pretty(&sweep)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(sweep)
 }
 
 /// Where a strategy's servers are and what lies between them and the devices.
@@ -909,6 +1002,30 @@ mod tests {
         );
         std::fs::write(&fogcharge, "").unwrap();
         assert_eq!(server_exe_beside(&sim).unwrap(), fogcharge);
+    }
+
+    #[test]
+    fn seeds_are_a_range_with_both_ends_or_a_list_and_need_the_in_process_run() {
+        let seeds = |arg: &str| {
+            Config::try_parse_from(["device-sim", "--in-process", "--seeds", arg])
+                .map(|c| c.seeds.unwrap().0)
+        };
+        assert_eq!(seeds("1..4").unwrap(), [1, 2, 3, 4]);
+        assert_eq!(seeds("1..=4").unwrap(), [1, 2, 3, 4]);
+        assert_eq!(seeds("7..7").unwrap(), [7]);
+        assert_eq!(seeds("3, 7,11").unwrap(), [3, 7, 11]);
+        for bad in ["4..1", "a..3", "1,,2", "0..20000"] {
+            assert!(seeds(bad).is_err(), "{bad}");
+        }
+        assert!(Config::try_parse_from(["device-sim", "--seeds", "1..3"]).is_err());
+        // The run that can repeat itself takes the other run modes' place.
+        let c = Config::try_parse_from(["device-sim", "--in-process", "--topology", "t.toml"]);
+        assert!(!c.unwrap().is_external());
+        for other in [&["--offline"][..], &["--brokers", "nw=tcp://h:1"], &["--start-local"]] {
+            let mut args = vec!["device-sim", "--in-process"];
+            args.extend_from_slice(other);
+            assert!(Config::try_parse_from(args).is_err(), "{other:?}");
+        }
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub struct Report {
     /// (OCPP 1.6J charge points of each region's gateway).
     #[serde(default = "mqtt")]
     pub station_transport: String,
+    /// The servers' cores ran in the simulator, on the simulated clock, over a
+    /// modelled network (`--in-process`), not as processes behind brokers.
+    #[serde(default)]
+    pub in_process: bool,
 }
 
 fn mqtt() -> String {
@@ -407,6 +411,8 @@ impl Report {
             "stations: {}",
             if ocpp {
                 "OCPP 1.6J charge points, through each region's gateway"
+            } else if self.in_process {
+                "in process, with the servers' cores on the simulated clock (network modelled)"
             } else {
                 "MQTT clients"
             }
@@ -478,6 +484,7 @@ mod tests {
             strategies,
             order: vec!["fog".into(), "nearest".into()],
             station_transport: "mqtt".into(),
+            in_process: false,
         };
         let j = serde_json::to_value(&r).unwrap();
         for key in [
@@ -564,6 +571,7 @@ mod tests {
             strategies,
             order: vec!["fog".into(), "nearest".into()],
             station_transport: "mqtt".into(),
+            in_process: false,
         };
         let j = serde_json::to_value(&r).unwrap();
         let p = &j["strategies"]["fog"]["promise"];
