@@ -163,9 +163,14 @@ mod tests {
             latency_ms: 100.0,
             jitter_ms: 40.0,
         };
-        let dues: Vec<u64> = (0..2000).map(|i| bus.send(0, i + 10, jittery, "x")).collect();
+        let dues: Vec<u64> = (0..2000)
+            .map(|i| bus.send(0, i + 10, jittery, "x"))
+            .collect();
         let (lo, hi) = (dues.iter().min().unwrap(), dues.iter().max().unwrap());
-        assert!((60..=65).contains(lo) && (135..=140).contains(hi), "{lo}..{hi}");
+        assert!(
+            (60..=65).contains(lo) && (135..=140).contains(hi),
+            "{lo}..{hi}"
+        );
         let mean = dues.iter().sum::<u64>() as f64 / dues.len() as f64;
         assert!((mean - 100.0).abs() < 3.0, "{mean}");
         let wide = OneWay {
@@ -199,7 +204,9 @@ mod tests {
         };
         let dues = |seed| {
             let mut bus: Bus<(), usize> = Bus::new(seed);
-            (0..50).map(|i| bus.send(0, i, jittery, ())).collect::<Vec<_>>()
+            (0..50)
+                .map(|i| bus.send(0, i, jittery, ()))
+                .collect::<Vec<_>>()
         };
         assert_eq!(dues(5), dues(5));
         assert_ne!(dues(5), dues(6));

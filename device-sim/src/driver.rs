@@ -89,7 +89,11 @@ impl Requests {
     /// The vehicle an answer is for, when it answers that vehicle's pending request
     /// (which then ends, its round trip recorded).
     fn answered(&mut self, v: usize, request_id: &str, real_ms: f64) -> bool {
-        if self.pending.get(&v).is_none_or(|p| p.request_id != request_id) {
+        if self
+            .pending
+            .get(&v)
+            .is_none_or(|p| p.request_id != request_id)
+        {
             return false;
         }
         if let Some(p) = self.pending.remove(&v) {
@@ -249,7 +253,12 @@ impl<'w> Driver<'w> {
         let (event, reason) = match result {
             Ok(()) => (StationReservationEventKind::Accepted, None),
             Err(why) => {
-                debug!(station = self.world.stations[s].id, reservation = msg.reservation_id, why, "reservation refused");
+                debug!(
+                    station = self.world.stations[s].id,
+                    reservation = msg.reservation_id,
+                    why,
+                    "reservation refused"
+                );
                 let why: String = why.chars().take(MAX_REASON_LEN).collect();
                 (StationReservationEventKind::Rejected, Some(why))
             }
@@ -368,10 +377,11 @@ impl<'w> Driver<'w> {
         if !self.requests.revision(v, rec) {
             return;
         }
-        let station = rec
-            .station
-            .as_ref()
-            .and_then(|st| self.station_index.get(st.station_id.as_str()).map(|&s| (s, st)));
+        let station = rec.station.as_ref().and_then(|st| {
+            self.station_index
+                .get(st.station_id.as_str())
+                .map(|&s| (s, st))
+        });
         match (&self.sim.vehicles[v].phase, station, &rec.reservation_id) {
             (Phase::ToStation { .. }, Some((s, st)), Some(id)) => {
                 self.report.revised += 1;
@@ -787,7 +797,10 @@ mod tests {
         assert!(out.is_empty(), "a follower cancels nothing: {out:?}");
         // The fog tells the station; it holds a connector and says so.
         d.station_message(0, &reserve("r-1", "v0"), &mut out);
-        assert_eq!(events(&out), [("r-1".into(), StationReservationEventKind::Accepted)]);
+        assert_eq!(
+            events(&out),
+            [("r-1".into(), StationReservationEventKind::Accepted)]
+        );
         out.clear();
         // The vehicle arrives and starts on its held connector: the station says
         // `arrived`, the vehicle says nothing itself.
@@ -795,13 +808,20 @@ mod tests {
             d.advance(1000.0);
             d.react(20.0, &mut out);
         }
-        assert_eq!(events(&out), [("r-1".into(), StationReservationEventKind::Arrived)]);
+        assert_eq!(
+            events(&out),
+            [("r-1".into(), StationReservationEventKind::Arrived)]
+        );
         assert!(
-            !out.iter().any(|o| matches!(o, Out::Fleet { topic, .. } if topic.ends_with("/reservation"))),
+            !out.iter()
+                .any(|o| matches!(o, Out::Fleet { topic, .. } if topic.ends_with("/reservation"))),
             "{out:?}"
         );
         let r = d.finish(1.0);
-        assert_eq!((r.requests, r.answered, r.charged + r.charging_at_end), (1, 1, 1));
+        assert_eq!(
+            (r.requests, r.answered, r.charged + r.charging_at_end),
+            (1, 1, 1)
+        );
         assert_eq!(r.rtt_ms.unwrap().p50, 12.5);
         // Promised 5 min, waited none: 5 min early.
         let p = r.promise.unwrap();
@@ -816,7 +836,10 @@ mod tests {
         let mut d = Driver::new(&w, Strategy::Fog, 0.0, Duration::from_secs(5));
         let mut out = Vec::new();
         d.station_message(0, &reserve("r-9", "stranger"), &mut out);
-        assert_eq!(events(&out), [("r-9".into(), StationReservationEventKind::Rejected)]);
+        assert_eq!(
+            events(&out),
+            [("r-9".into(), StationReservationEventKind::Rejected)]
+        );
         let Out::Station { payload, .. } = &out[0] else {
             unreachable!()
         };

@@ -185,8 +185,8 @@ impl<'a> City<'a> {
             let area = config.area()?;
             // Reservation ids from the seed, not a random salt: they repeat.
             let salt = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32 ^ i as u32;
-            let region = fog_server::configured_region(&config, area.as_ref(), speed)
-                .with_id_salt(salt);
+            let region =
+                fog_server::configured_region(&config, area.as_ref(), speed).with_id_salt(salt);
             let scaled = |ms: u64| (ms as f64 * speed).round() as u64;
             nodes.push(Node {
                 id: r.id.clone(),
@@ -210,9 +210,9 @@ impl<'a> City<'a> {
         let mut region_of_station = Vec::with_capacity(world.stations.len());
         for s in &world.stations {
             let id = &world.regions.areas[s.region].id;
-            let &i = region_index
-                .get(id)
-                .with_context(|| format!("station {} is in region {id}, which has no server", s.id))?;
+            let &i = region_index.get(id).with_context(|| {
+                format!("station {} is in region {id}, which has no server", s.id)
+            })?;
             nodes[i].stations += 1;
             region_of_station.push(i);
         }
@@ -334,19 +334,19 @@ impl<'a> City<'a> {
                         .shared_stations
                         .then(|| crate::net::StationGateway::id(&self.nodes[i].id));
                     let (topic, payload) = driver.status_message(s, gateway.as_deref());
-                    self.from_station(now, s, topic, payload);
+                    self.send_station(now, s, topic, payload);
                 }
                 Out::Station {
                     station,
                     topic,
                     payload,
-                } => self.from_station(now, station, topic, payload),
+                } => self.send_station(now, station, topic, payload),
             }
         }
     }
 
     /// Station `s`'s message at `now`, to its region's broker.
-    fn from_station(&mut self, now: u64, s: usize, topic: String, payload: Vec<u8>) {
+    fn send_station(&mut self, now: u64, s: usize, topic: String, payload: Vec<u8>) {
         let i = self.region_of_station[s];
         self.nodes[i].messages += 1;
         let item = Item::ToRegion {
@@ -441,7 +441,14 @@ impl<'a> City<'a> {
     }
 
     /// Makes one delivery due at `now`.
-    fn deliver(&mut self, now: u64, item: Item, driver: &mut Driver<'_>, phase: Phase, real_ms: f64) {
+    fn deliver(
+        &mut self,
+        now: u64,
+        item: Item,
+        driver: &mut Driver<'_>,
+        phase: Phase,
+        real_ms: f64,
+    ) {
         match item {
             Item::ToRegion {
                 region,

@@ -522,7 +522,11 @@ async fn run_to_end(mut config: Config, shutdown: CancellationToken) -> Result<R
         report.in_process = true;
         for &strategy in &config.strategy.0 {
             let r = in_process(&config, strategy, &topology, &world, &shutdown)?;
-            eprintln!("{}: done in {:.1} s (in process)", strategy.name(), r.wall_s);
+            eprintln!(
+                "{}: done in {:.1} s (in process)",
+                strategy.name(),
+                r.wall_s
+            );
             report.order.push(strategy.name().into());
             report.strategies.insert(strategy.name().into(), r);
         }
@@ -599,10 +603,7 @@ pub async fn sweep(mut config: Config, shutdown: CancellationToken) -> Result<sw
             strategies.insert(strategy.name().to_owned(), r);
         }
         eprintln!("seed {seed}: done");
-        sweep.runs.push(sweep::SeedRun {
-            seed,
-            strategies,
-        });
+        sweep.runs.push(sweep::SeedRun { seed, strategies });
     }
     sweep.order = config
         .strategy
@@ -1021,7 +1022,11 @@ mod tests {
         // The run that can repeat itself takes the other run modes' place.
         let c = Config::try_parse_from(["device-sim", "--in-process", "--topology", "t.toml"]);
         assert!(!c.unwrap().is_external());
-        for other in [&["--offline"][..], &["--brokers", "nw=tcp://h:1"], &["--start-local"]] {
+        for other in [
+            &["--offline"][..],
+            &["--brokers", "nw=tcp://h:1"],
+            &["--start-local"],
+        ] {
             let mut args = vec!["device-sim", "--in-process"];
             args.extend_from_slice(other);
             assert!(Config::try_parse_from(args).is_err(), "{other:?}");

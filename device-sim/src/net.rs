@@ -288,7 +288,10 @@ impl Net {
             let mut gateways = HashMap::new();
             for (region, members) in of_region {
                 let subscriptions = if brokers.station_reservations {
-                    vec![(topics::filters::stations(region, StationChannel::Reservations), 1)]
+                    vec![(
+                        topics::filters::stations(region, StationChannel::Reservations),
+                        1,
+                    )]
                 } else {
                     Vec::new()
                 };
@@ -351,7 +354,11 @@ impl Net {
                     }
                 }));
                 gateways.insert(region.to_owned(), (publisher, id));
-                station_links.push((link, Readers::ById(Arc::new(ids)), by_region[region].clone()));
+                station_links.push((
+                    link,
+                    Readers::ById(Arc::new(ids)),
+                    by_region[region].clone(),
+                ));
             }
             for (region, _) in mqtt_stations {
                 let (publisher, id) = &gateways[region];

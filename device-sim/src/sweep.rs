@@ -47,7 +47,8 @@ impl Sweep {
     /// One line per seed (mean wait of each strategy, minutes, and the fog/cloud
     /// ratio), then the mean of each column over the seeds and the worst ratio.
     pub fn table(&self) -> String {
-        let ratio = self.order.iter().any(|s| s == "fog") && self.order.iter().any(|s| s == "cloud");
+        let ratio =
+            self.order.iter().any(|s| s == "fog") && self.order.iter().any(|s| s == "cloud");
         let mut out = String::from("mean wait (min) by seed\n");
         let _ = write!(out, "{:>8}", "seed");
         for name in &self.order {
@@ -143,7 +144,11 @@ mod tests {
             order: vec!["fog".into(), "cloud".into()],
             runs: vec![run(1, 10.0, 8.0), run(2, 6.0, 12.0), run(3, 9.0, 0.0)],
         };
-        assert_eq!(sweep.fog_cloud_ratios(), [1.25, 0.5], "no ratio without a wait");
+        assert_eq!(
+            sweep.fog_cloud_ratios(),
+            [1.25, 0.5],
+            "no ratio without a wait"
+        );
         let table = sweep.table();
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(

@@ -43,7 +43,10 @@ fn check(name: &str, r: &StrategyReport) {
         "{name}: {r:?}"
     );
     assert!(r.requests > 50, "{name}: too little demand: {r:?}");
-    assert_eq!(r.answered, r.requests, "{name}: every request answered: {r:?}");
+    assert_eq!(
+        r.answered, r.requests,
+        "{name}: every request answered: {r:?}"
+    );
     assert_eq!(r.timeouts, 0, "{name}: {r:?}");
 }
 
@@ -89,8 +92,14 @@ async fn with_half_the_drivers_ignoring_their_answer_they_cancel_and_are_still_a
     check("fog", fog);
     let askers = fog.followers + fog.non_followers;
     let share = f64::from(fog.followers) / f64::from(askers);
-    assert!((0.35..=0.65).contains(&share), "followers {share:.2}: {fog:?}");
+    assert!(
+        (0.35..=0.65).contains(&share),
+        "followers {share:.2}: {fog:?}"
+    );
     // The non-followers gave their reservations back.
-    assert!(fog.cancelled > 0 && fog.cancelled <= fog.answered, "{fog:?}");
+    assert!(
+        fog.cancelled > 0 && fog.cancelled <= fog.answered,
+        "{fog:?}"
+    );
     assert_eq!(report.scenario["compliance"], 0.5);
 }

@@ -194,10 +194,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(publish_aggregates(
         shared.clone(),
         link.publisher(),
-        AggregateSchedule::new(
-            config.aggregate_min_ms.max(10),
-            config.aggregate_ms.max(10),
-        ),
+        AggregateSchedule::new(config.aggregate_min_ms.max(10), config.aggregate_ms.max(10)),
         shutdown.clone(),
     ));
     tasks.spawn(refresh_lease(

@@ -49,7 +49,8 @@ impl AggregateSchedule {
     /// the last one ([`Region::is_dirty`]): what to publish now, if anything (taken as
     /// published).
     pub fn due(&mut self, now_ms: u64, dirty: bool) -> Option<AggregateDue> {
-        let passed = |last: Option<u64>| last.is_none_or(|t| now_ms.saturating_sub(t) >= self.period_ms);
+        let passed =
+            |last: Option<u64>| last.is_none_or(|t| now_ms.saturating_sub(t) >= self.period_ms);
         let aggregate_due = passed(self.last_ms);
         // Every station, for central's dashboard: once a period, busy or not.
         let stations = passed(self.last_stations_ms);
@@ -246,7 +247,10 @@ mod tests {
         let now = 1_750_000_000_000;
         let out = region.aggregate_messages(AggregateDue { stations: true }, now);
         let topics: Vec<(&str, bool)> = out.iter().map(|o| (o.topic.as_str(), o.retain)).collect();
-        assert_eq!(topics, [("fog/up/aggregate", true), ("fog/up/stations", true)]);
+        assert_eq!(
+            topics,
+            [("fog/up/aggregate", true), ("fog/up/stations", true)]
+        );
         let agg: Aggregate = protocol::decode(&out[0].payload).unwrap();
         assert_eq!((agg.region.as_str(), agg.seq, agg.ts_ms), ("north", 1, now));
         assert!(!region.is_dirty(), "published");
