@@ -332,9 +332,22 @@ impl Region {
     fn sync(&mut self, fx: &mut Effects) {
         let answered = std::mem::take(&mut self.just_answered);
         let handed = std::mem::take(&mut self.just_handed);
-        let changes = self.planner.take_changes();
+        let mut changes = self.planner.take_changes();
         if changes.is_empty() {
             return;
+        }
+        // Reservations that ended together (e.g. expired in one sweep) in id order, not
+        // in the order a hash map gave them: the same inputs, the same messages.
+        for run in changes.chunk_by_mut(|a, b| {
+            matches!(
+                (a, b),
+                (ReservationChange::Ended(_), ReservationChange::Ended(_))
+            )
+        }) {
+            run.sort_by(|a, b| match (a, b) {
+                (ReservationChange::Ended(a), ReservationChange::Ended(b)) => a.cmp(b),
+                _ => std::cmp::Ordering::Equal,
+            });
         }
         let answer_of = |reservation_id: &str| {
             answered
