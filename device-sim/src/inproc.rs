@@ -57,6 +57,9 @@ pub const EPOCH_MS: u64 = 1_767_225_600_000;
 /// Longest wait, modelled real time, for the servers to list every station.
 const SETTLE_REAL_MS: f64 = 30_000.0;
 
+/// How often the local run asks central whether it lists every station, real ms.
+const POLL_REAL_MS: f64 = 50.0;
+
 /// What an in-process run of one strategy is made of.
 pub struct Options<'a> {
     /// The servers' regions (the city's, or one for the whole city).
@@ -539,17 +542,26 @@ pub fn run(strategy: Strategy, opts: &Options<'_>) -> Result<StrategyReport> {
     city.stations_online(t0);
     let mut out = first.announce();
     city.send_devices(t0, &first, &mut out);
+    // As the local run: once the broker has confirmed the statuses (a device round
+    // trip), it asks central every 50 ms whether it lists them all.
     let limit = t0 + (SETTLE_REAL_MS * speed) as u64;
+    let poll_ms = ((POLL_REAL_MS * speed).round() as u64).max(1);
+    let confirmed =
+        t0 + (city.paths.device_up.latency_ms + city.paths.device_down.latency_ms).round() as u64;
+    let mut poll = confirmed;
     let start = loop {
-        let Some((due, item)) = city.bus.pop_until(limit) else {
+        while let Some((due, item)) = city.bus.pop_until(poll) {
+            city.deliver(due, item, &mut first, Phase::Running, 0.0);
+        }
+        if city.settled() {
+            break poll;
+        }
+        poll += poll_ms;
+        if poll > limit {
             bail!(
                 "the in-process servers did not list every station within {} s (modelled)",
                 SETTLE_REAL_MS / 1000.0
             );
-        };
-        city.deliver(due, item, &mut first, Phase::Running, 0.0);
-        if city.settled() {
-            break due;
         }
     };
     let start_f = start as f64;
