@@ -26,8 +26,10 @@
 //!   made first (answers applied at their time), then requests nobody answered in time,
 //!   then the step; what the devices say goes out at the step's end.
 //!
-//! The run starts once every region's aggregate has reached the central broker with
-//! all its stations in service (the local run waits for central to list them all).
+//! The world starts as the local run's does: once the broker confirmed the stations'
+//! first statuses, it asks every 50 ms (real) whether every region's latest aggregate
+//! on the central broker lists all its stations in service, and starts at the first
+//! yes. The regions' timers start at phases drawn from the seed.
 //! Round trips are the modelled request → answer time, converted back to real ms;
 //! `msgs_per_s` is per modelled real second.
 
