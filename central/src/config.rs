@@ -9,6 +9,8 @@ use clap::Parser;
 use cost_model::{CostParams, EnvNames};
 pub use serverkit::LogFormat;
 
+use crate::core::CoreSettings;
+
 /// The fogcharge central server: keeps the latest aggregate of every region, moves
 /// vehicles from saturated regions to neighbours that can serve them sooner, and serves
 /// an HTTP API with Prometheus metrics.
@@ -80,6 +82,17 @@ pub struct Config {
     #[arg(long, env = "CENTRAL_CLOCK_FILE")]
     pub clock_file: Option<PathBuf>,
 
+    /// The heartbeat offers each region the stations of other regions that can take
+    /// vehicles (fresh, not saturated) within this distance of the region's outline,
+    /// km (see docs/fog-central.md).
+    #[arg(long, env = "CENTRAL_OFFER_RADIUS_KM", default_value_t = 15.0)]
+    pub offer_radius_km: f64,
+
+    /// At most this many offers per heartbeat, nearest to the region's outline first
+    /// (0: none).
+    #[arg(long, env = "CENTRAL_OFFER_LIMIT", default_value_t = 16)]
+    pub offer_limit: usize,
+
     /// device-sim's JSON report (`--report-json`), shown at `/report`.
     #[arg(long, env = "CENTRAL_REPORT_FILE")]
     pub report_file: Option<PathBuf>,
@@ -91,6 +104,11 @@ pub struct Config {
     #[command(flatten)]
     pub model: CostParams,
 }
+
+/// The most offers a heartbeat may carry (`--offer-limit`): a heartbeat must stay
+/// within the fogs' 16 KiB payload limit (central leaves out the farthest offers when
+/// it would not).
+pub const MAX_OFFER_LIMIT: usize = 100;
 
 /// The environment fallbacks of the cost model's flags.
 const COST_ENV: EnvNames = EnvNames {
@@ -132,7 +150,26 @@ impl Config {
         if !(self.clock_speed.is_finite() && self.clock_speed > 0.0) {
             bail!("--clock-speed must be a positive number");
         }
+        if !(self.offer_radius_km.is_finite() && self.offer_radius_km >= 0.0) {
+            bail!("--offer-radius-km must be a number of km, 0 or more");
+        }
+        if self.offer_limit > MAX_OFFER_LIMIT {
+            bail!("--offer-limit must be at most {MAX_OFFER_LIMIT}");
+        }
         Ok(self.model.check()?)
+    }
+
+    /// What the core ([`crate::core::CentralCore`]) needs of this configuration.
+    pub fn core_settings(&self) -> CoreSettings {
+        CoreSettings {
+            model: self.model,
+            stale_after: self.stale_after(),
+            handoff_timeout: self.handoff_timeout(),
+            heartbeat_period: self.heartbeat(),
+            clock_speed: self.clock_speed,
+            offer_radius_km: self.offer_radius_km,
+            offer_limit: self.offer_limit,
+        }
     }
 
     pub fn stale_after(&self) -> Duration {
@@ -162,6 +199,41 @@ mod tests {
         assert_eq!(c.handoff_timeout_ms, 1000);
         assert_eq!(c.model, CostParams::default());
         assert!(c.http.is_none());
+        assert_eq!((c.offer_radius_km, c.offer_limit), (15.0, 16));
+        // The core's defaults are central's.
+        assert_eq!(c.core_settings(), CoreSettings::default());
+    }
+
+    #[test]
+    fn the_core_gets_what_the_flags_say() {
+        let c = Config::try_parse_from([
+            "central",
+            "--stale-after-ms",
+            "900",
+            "--handoff-timeout-ms",
+            "300",
+            "--heartbeat-ms",
+            "250",
+            "--clock-speed",
+            "60",
+            "--offer-radius-km",
+            "7.5",
+            "--offer-limit",
+            "3",
+            "--max-wait-s",
+            "600",
+        ])
+        .unwrap();
+        c.check().unwrap();
+        let s = c.core_settings();
+        assert_eq!(s.stale_after, Duration::from_millis(900));
+        assert_eq!(s.handoff_timeout, Duration::from_millis(300));
+        assert_eq!(s.heartbeat_period, Duration::from_millis(250));
+        assert_eq!(s.clock_speed, 60.0);
+        assert_eq!((s.offer_radius_km, s.offer_limit), (7.5, 3));
+        assert_eq!(s.model.max_wait_s, 600);
+        // Real time on a clock 60 times faster.
+        assert_eq!(s.clock_ms(s.handoff_timeout), 18_000);
     }
 
     #[test]
@@ -187,6 +259,16 @@ mod tests {
                 .to_string()
                 .contains("--handoff-timeout-ms")
         );
+        c.handoff_timeout_ms = 1000;
+        c.offer_radius_km = -1.0;
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("--offer-radius-km"), "{e}");
+        c.offer_radius_km = 15.0;
+        c.offer_limit = MAX_OFFER_LIMIT + 1;
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("--offer-limit"), "{e}");
+        c.offer_limit = MAX_OFFER_LIMIT;
+        c.check().unwrap();
     }
 
     #[test]

@@ -14,47 +14,29 @@
 //!   `--report-file`.
 //!
 //! Stations come from the fogs' retained `stations` messages (every periodic
-//! aggregate); region figures from the aggregates ([`crate::regions`]).
+//! aggregate); region figures from the aggregates; both as the core holds them
+//! ([`crate::core::Board`], [`crate::regions`]).
 
-use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
-use protocol::fog::{AggregateStation, Stations};
+use protocol::fog::AggregateStation;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
 use report_page::{REPORT_HTML, REPORT_JS};
 
 use crate::Shared;
-use crate::metrics::FAILURE_REASONS;
+pub use crate::core::RerouteEvent;
 
 pub const INDEX_HTML: &str = include_str!("dashboard/index.html");
 pub const DASHBOARD_JS: &str = include_str!("dashboard/dashboard.js");
 pub const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
-
-/// Reroutes kept for the page (the newest).
-const RECENT_REROUTES: usize = 50;
-
-/// A reroute central answered: drawn as an arrow from the vehicle to the station.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct RerouteEvent {
-    /// Central's clock, ms since the epoch.
-    pub at_ms: u64,
-    pub origin_region: String,
-    pub target_region: String,
-    pub vehicle_id: String,
-    pub station_id: String,
-    /// Where the vehicle asked from.
-    pub from: [f64; 2],
-    /// The station it was sent to.
-    pub to: [f64; 2],
-}
 
 /// One station on the map.
 #[derive(Debug, Clone, Serialize)]
@@ -106,24 +88,10 @@ pub struct Snapshot {
     pub reroutes: Vec<RerouteEvent>,
 }
 
-#[derive(Debug)]
-struct Rate {
-    total: u64,
-    at: Instant,
-    per_s: f64,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    stations: BTreeMap<String, (Stations, Instant)>,
-    rates: BTreeMap<String, Rate>,
-    reroutes: VecDeque<RerouteEvent>,
-}
-
-/// The dashboard's state: fed by the message loop and the reroute tasks.
+/// The dashboard's live side: the stream of reroutes for open pages (the data itself
+/// is the core's).
 #[derive(Debug)]
 pub struct Dashboard {
-    inner: Mutex<Inner>,
     events: broadcast::Sender<RerouteEvent>,
     /// device-sim's report (`--report-file`), read when asked for.
     pub report_file: Option<std::path::PathBuf>,
@@ -137,64 +105,14 @@ impl Dashboard {
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Self {
         Self {
-            inner: Mutex::default(),
             events: broadcast::channel(256).0,
             report_file,
             shutdown,
         }
     }
 
-    fn inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A region's latest station list.
-    pub fn on_stations(&self, stations: Stations, now: Instant) {
-        self.inner()
-            .stations
-            .insert(stations.region.clone(), (stations, now));
-    }
-
-    /// The region's request counter from an aggregate: the request rate.
-    pub fn on_requests_total(&self, region: &str, total: u64, now: Instant) {
-        let mut inner = self.inner();
-        let per_s = match inner.rates.get(region) {
-            Some(prev) if total >= prev.total => {
-                let dt = now.saturating_duration_since(prev.at).as_secs_f64();
-                if dt < 0.2 {
-                    // too close to the last one to say anything new
-                    return;
-                }
-                (total - prev.total) as f64 / dt
-            }
-            _ => 0.0,
-        };
-        inner.rates.insert(
-            region.to_owned(),
-            Rate {
-                total,
-                at: now,
-                per_s,
-            },
-        );
-    }
-
-    /// A region was withdrawn.
-    pub fn remove(&self, region: &str) {
-        let mut inner = self.inner();
-        inner.stations.remove(region);
-        inner.rates.remove(region);
-    }
-
-    /// Central answered a reroute: kept for the page and sent to every open stream.
+    /// Central answered a reroute: sent to every open stream.
     pub fn on_reroute(&self, event: RerouteEvent) {
-        {
-            let mut inner = self.inner();
-            if inner.reroutes.len() == RECENT_REROUTES {
-                inner.reroutes.pop_front();
-            }
-            inner.reroutes.push_back(event.clone());
-        }
         // No receiver (no page open) is fine.
         let _ = self.events.send(event);
     }
@@ -206,31 +124,22 @@ impl Dashboard {
 
 /// What the page shows now.
 pub fn snapshot(shared: &Shared) -> Snapshot {
-    let now = Instant::now();
-    let views = shared.regions().views(now);
-    let stale_after_ms = shared.regions().stale_after().as_millis() as u64;
-    let inner = shared.dashboard.inner();
+    let now = shared.now_ms();
+    let core = shared.core();
+    let counters = core.counters();
+    let board = core.board();
     let mut regions = Vec::new();
-    let mut counters = Counters {
+    let mut totals = Counters {
         requests_per_s: 0.0,
-        reroutes_succeeded: shared.metrics.reroutes_succeeded.get(),
-        reroutes_failed: FAILURE_REASONS
-            .iter()
-            .map(|&reason| {
-                shared
-                    .metrics
-                    .reroutes_failed
-                    .get_or_create(&crate::metrics::ReasonLabel { reason })
-                    .get()
-            })
-            .sum(),
+        reroutes_succeeded: counters.reroutes_succeeded,
+        reroutes_failed: counters.reroutes_failed_total(),
         saturated_requests: 0,
     };
-    for v in views {
+    for v in core.regions().views(now) {
         let a = &v.aggregate;
-        let requests_per_s = inner.rates.get(&v.id).map_or(0.0, |r| r.per_s);
-        counters.requests_per_s += requests_per_s;
-        counters.saturated_requests += a.saturated_requests;
+        let requests_per_s = board.requests_per_s(&v.id);
+        totals.requests_per_s += requests_per_s;
+        totals.saturated_requests += a.saturated_requests;
         regions.push(RegionSummary {
             id: v.id.clone(),
             outline: a.outline.clone(),
@@ -249,28 +158,27 @@ pub fn snapshot(shared: &Shared) -> Snapshot {
             saturated_requests: a.saturated_requests,
         });
     }
-    let stations = inner
-        .stations
-        .iter()
+    let stations = board
+        .stations()
         // A withdrawn region's stations go with it.
-        .filter(|(region, _)| regions.iter().any(|r| &r.id == *region))
-        .flat_map(|(region, (list, received))| {
-            let age = now.saturating_duration_since(*received).as_millis() as u64;
+        .filter(|(region, _)| core.regions().get(region).is_some())
+        .flat_map(|(region, list)| {
+            let age = core.real_ms_between(list.received_ms, now);
             list.stations.iter().map(move |s| StationView {
-                region: region.clone(),
+                region: region.to_owned(),
                 station: s.clone(),
                 data_age_ms: age,
             })
         })
         .collect();
     Snapshot {
-        now_ms: shared.clock.now_ms(),
+        now_ms: now,
         clock_speed: shared.clock.speed(),
-        stale_after_ms,
+        stale_after_ms: core.settings().stale_after.as_millis() as u64,
         regions,
         stations,
-        counters,
-        reroutes: inner.reroutes.iter().cloned().collect(),
+        counters: totals,
+        reroutes: board.reroutes().cloned().collect(),
     }
 }
 

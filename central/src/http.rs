@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -77,8 +76,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let encoded = {
         // Held across both steps, so that concurrent scrapes do not see each other's
         // half-rebuilt per-region gauges. Encoding takes microseconds.
-        let regions = shared.regions();
-        shared.metrics.observe_regions(&regions, Instant::now());
+        let now = shared.now_ms();
+        let core = shared.core();
+        shared.metrics.observe_regions(core.regions(), now);
         prometheus_client::encoding::text::encode(&mut body, &shared.registry)
     };
     if let Err(e) = encoded {
@@ -95,7 +95,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn regions(State(shared): State<Arc<Shared>>) -> Json<Vec<RegionView>> {
-    Json(shared.regions().views(Instant::now()))
+    let now = shared.now_ms();
+    Json(shared.core().regions().views(now))
 }
 
 #[derive(Debug, Serialize)]
@@ -112,9 +113,12 @@ async fn best_stations(
         Ok(parsed) => parsed,
         Err(msg) => return bad_request(msg),
     };
-    let mut stations = shared
-        .regions()
-        .rank_stations(&vehicle, &shared.model, Instant::now());
+    let now = shared.now_ms();
+    let mut stations = {
+        let core = shared.core();
+        core.regions()
+            .rank_stations(&vehicle, &core.settings().model, now)
+    };
     stations.truncate(k);
     Json(BestStations { vehicle, stations }).into_response()
 }

@@ -20,10 +20,12 @@
 //! | `central_mqtt_reconnects_total` | counter | — |
 //! | `central_mqtt_takeovers_total` | counter | — |
 //!
-//! The region gauges are computed when `/metrics` is scraped.
+//! The counters and histograms follow the core's [`Event`]s ([`Metrics::apply`],
+//! after every step of the core); the latencies are measured by the core on the shared
+//! clock in whole milliseconds and shown in real seconds. The region gauges are
+//! computed when `/metrics` is scraped.
 
 use std::sync::atomic::AtomicU64;
-use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +34,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::core::Event;
 use crate::regions::Regions;
 
 /// The `kind` values of `central_invalid_messages_total`.
@@ -243,10 +246,49 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the region gauges from the current state (called at scrape time).
-    pub fn observe_regions(&self, regions: &Regions, now: Instant) {
+    /// Counts what the core tells; `clock_speed` turns its clock milliseconds into
+    /// real seconds.
+    pub fn apply(&self, event: &Event, clock_speed: f64) {
+        let seconds = |clock_ms: u64| clock_ms as f64 / clock_speed / 1000.0;
+        match event {
+            Event::Invalid(kind) => self.invalid(kind),
+            Event::AggregateAccepted => {
+                self.aggregates.inc();
+            }
+            Event::AggregateIgnored => {
+                self.aggregates_ignored.inc();
+            }
+            Event::RerouteRequested => {
+                self.reroutes_requested.inc();
+            }
+            Event::RerouteDuplicate => {
+                self.reroutes_duplicate.inc();
+            }
+            Event::RerouteInvalid => self.reroute_failed("invalid"),
+            Event::Handoff(outcome) => self.handoff(outcome),
+            Event::HandoffReplied { latency_ms } => {
+                self.handoff_seconds.observe(seconds(*latency_ms));
+            }
+            Event::HandoffReplyUnmatched => {
+                self.handoff_replies_unmatched.inc();
+            }
+            Event::RerouteAnswered(answered) => {
+                self.reroute_seconds.observe(seconds(answered.latency_ms));
+                match answered.failure {
+                    None => {
+                        self.reroutes_succeeded.inc();
+                    }
+                    Some(reason) => self.reroute_failed(reason),
+                }
+            }
+        }
+    }
+
+    /// Sets the region gauges from the current state (called at scrape time, with the
+    /// time on the shared clock).
+    pub fn observe_regions(&self, regions: &Regions, now_ms: u64) {
         self.regions.set(regions.len() as i64);
-        self.regions_stale.set(regions.stale_count(now) as i64);
+        self.regions_stale.set(regions.stale_count(now_ms) as i64);
         self.regions_saturated.set(regions.saturated_count() as i64);
         self.region_data_age_seconds.clear();
         for (id, state) in regions.iter() {
@@ -254,7 +296,7 @@ impl Metrics {
                 .get_or_create(&RegionLabel {
                     region: id.to_owned(),
                 })
-                .set(state.data_age(now).as_secs_f64());
+                .set(regions.data_age_ms(state, now_ms) as f64 / 1000.0);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The latest aggregate of every region, and what those aggregates predict for a
-//! vehicle. No I/O: the message loop feeds [`Regions::ingest`], the HTTP handlers and
-//! the reroute tasks read.
+//! vehicle. No I/O and no clock: [`crate::core`] feeds [`Regions::ingest`] with the
+//! time on the shared clock; the core, the HTTP handlers and the dashboard read.
 //!
 //! **Ordering.** Aggregates are latest-value messages (retained, QoS 1) and may arrive
 //! twice or out of order (a retained copy after a reconnect, a bridge replaying its
@@ -8,10 +8,11 @@
 //! newer — a lower (or equal) `seq` with a newer timestamp means the fog server
 //! restarted and counts from 1 again. Anything else is old news and is ignored.
 //!
-//! **Data age** is measured on central's monotonic clock from the moment the aggregate
-//! was *received* (real time, so a fog clock that is off or scaled does not matter);
-//! the fog's `ts_ms` is only shown. A region is **stale** when its data age exceeds
-//! `--stale-after-ms`.
+//! **Data age** is measured from the moment the aggregate was *received*, on the
+//! shared clock central is given (`now_ms`), and shown in real milliseconds: clock
+//! milliseconds divided by the clock speed, so that a simulation running faster sees
+//! the same real limit and a fog clock that is off does not matter (the fog's `ts_ms`
+//! is only shown). A region is **stale** when its data age exceeds `--stale-after-ms`.
 //!
 //! **Saturation** (one rule, the fog planner's own, [`cost_model::is_saturated`]): a
 //! region is saturated when its shortest predicted wait (`min_wait_s`) is missing — no
@@ -22,9 +23,9 @@
 //! a second time.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use protocol::fog::{Aggregate, AggregateStation};
+use protocol::fog::{Aggregate, AggregateStation, Offer};
 use serde::Serialize;
 
 use cost_model::CostParams;
@@ -34,16 +35,9 @@ pub use cost_model::Vehicle;
 #[derive(Debug, Clone)]
 pub struct RegionState {
     pub aggregate: Aggregate,
-    /// When it was received (monotonic): data age is measured from here.
-    pub received: Instant,
-    /// When it was received, on central's clock (ms since the epoch), for display.
+    /// When it was received, on the shared clock (ms since the epoch): data age is
+    /// measured from here.
     pub received_ms: u64,
-}
-
-impl RegionState {
-    pub fn data_age(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.received)
-    }
 }
 
 /// What [`Regions::ingest`] did with an aggregate.
@@ -63,25 +57,36 @@ pub enum Ingest {
 #[derive(Debug, Clone)]
 pub struct Regions {
     map: BTreeMap<String, RegionState>,
+    /// Real time.
     stale_after: Duration,
     /// The wait limit of regions whose aggregate states none.
     max_wait_s: u32,
+    /// Clock milliseconds per real millisecond.
+    clock_speed: f64,
 }
 
 pub use protocol::api::RegionView;
 
 impl Regions {
-    pub fn new(stale_after: Duration, max_wait_s: u32) -> Self {
+    /// `stale_after` is real time; `clock_speed` is how many milliseconds of the
+    /// clock that `now_ms` is read on pass per real millisecond (a speed that is not a
+    /// positive number means 1).
+    pub fn new(stale_after: Duration, max_wait_s: u32, clock_speed: f64) -> Self {
         Self {
             map: BTreeMap::new(),
             stale_after,
             max_wait_s,
+            clock_speed: if clock_speed.is_finite() && clock_speed > 0.0 {
+                clock_speed
+            } else {
+                1.0
+            },
         }
     }
 
     /// Takes an aggregate (already decoded and validated, its region matching its
-    /// topic) received at `now` / `now_ms`.
-    pub fn ingest(&mut self, aggregate: Aggregate, now: Instant, now_ms: u64) -> Ingest {
+    /// topic) received at `now_ms` on the shared clock.
+    pub fn ingest(&mut self, aggregate: Aggregate, now_ms: u64) -> Ingest {
         let outcome = match self.map.get(&aggregate.region) {
             None => Ingest::New,
             Some(held) => {
@@ -99,7 +104,6 @@ impl Regions {
             aggregate.region.clone(),
             RegionState {
                 aggregate,
-                received: now,
                 received_ms: now_ms,
             },
         );
@@ -132,11 +136,34 @@ impl Regions {
         self.map.iter().map(|(k, v)| (k.as_str(), v))
     }
 
+    /// Real milliseconds (whole) since the region's aggregate was received, `now_ms`
+    /// being on the shared clock: what the API shows as `data_age_ms`.
+    pub fn data_age_ms(&self, state: &RegionState, now_ms: u64) -> u64 {
+        real_ms(now_ms.saturating_sub(state.received_ms), self.clock_speed)
+    }
+
     /// Stale once the data is older than `stale_after`, in whole milliseconds: the
     /// same figure the API shows as `data_age_ms`, so a region shown stale always
     /// shows an age above the limit.
-    pub fn is_stale(&self, state: &RegionState, now: Instant) -> bool {
-        millis(state.data_age(now)) > millis(self.stale_after)
+    pub fn is_stale(&self, state: &RegionState, now_ms: u64) -> bool {
+        self.data_age_ms(state, now_ms) > millis(self.stale_after)
+    }
+
+    /// The first time on the shared clock at which the region is stale (unless a newer
+    /// aggregate comes first).
+    pub fn stale_at_ms(&self, state: &RegionState) -> u64 {
+        let limit = millis(self.stale_after).saturating_add(1) as f64;
+        let mut at = state
+            .received_ms
+            .saturating_add((limit * self.clock_speed).ceil() as u64);
+        // The float's rounding, corrected against the rule itself.
+        while at < u64::MAX && !self.is_stale(state, at) {
+            at += 1;
+        }
+        while at > state.received_ms && self.is_stale(state, at - 1) {
+            at -= 1;
+        }
+        at
     }
 
     /// The saturation rule (see the module docs).
@@ -146,48 +173,94 @@ impl Regions {
     }
 
     /// Every region as the API shows it, by id.
-    pub fn views(&self, now: Instant) -> Vec<RegionView> {
+    pub fn views(&self, now_ms: u64) -> Vec<RegionView> {
         self.iter()
             .map(|(id, s)| RegionView {
                 id: id.to_owned(),
                 aggregate: s.aggregate.clone(),
                 received_ms: s.received_ms,
-                data_age_ms: millis(s.data_age(now)),
-                stale: self.is_stale(s, now),
+                data_age_ms: self.data_age_ms(s, now_ms),
+                stale: self.is_stale(s, now_ms),
                 saturated: self.is_saturated(&s.aggregate),
             })
             .collect()
     }
 
+    /// Whether a region can take vehicles from others now: fresh and not saturated.
+    pub fn is_open(&self, state: &RegionState, now_ms: u64) -> bool {
+        !self.is_stale(state, now_ms) && !self.is_saturated(&state.aggregate)
+    }
+
     /// The regions that can take vehicles from others now: fresh and not saturated,
     /// sorted (what central's heartbeat lists).
-    pub fn open_regions(&self, now: Instant) -> Vec<String> {
-        let mut open: Vec<String> = self
-            .iter()
-            .filter(|(_, s)| !self.is_stale(s, now) && !self.is_saturated(&s.aggregate))
+    pub fn open_regions(&self, now_ms: u64) -> Vec<String> {
+        // The map is sorted by id.
+        self.iter()
+            .filter(|(_, s)| self.is_open(s, now_ms))
             .map(|(id, _)| id.to_owned())
-            .collect();
-        open.sort();
-        open
+            .collect()
     }
 
     /// For `region`: the distance from its outline to the nearest listed station of
     /// another region that can take vehicles now, km (see
     /// [`protocol::fog::CentralHeartbeat::nearest_open_km`]); `None` without an outline.
-    pub fn nearest_open_km(&self, region: &str, now: Instant) -> Option<f64> {
+    pub fn nearest_open_km(&self, region: &str, now_ms: u64) -> Option<f64> {
         let outline = &self.map.get(region)?.aggregate.outline;
         if outline.is_empty() {
             return None;
         }
         let nearest = self
-            .iter()
-            .filter(|(id, s)| {
-                *id != region && !self.is_stale(s, now) && !self.is_saturated(&s.aggregate)
-            })
-            .flat_map(|(_, s)| s.aggregate.best.iter())
-            .filter_map(|st| protocol::fog::distance_to_outline_km(outline, st.lat, st.lon))
+            .open_stations(region, now_ms)
+            .filter_map(|(_, st)| protocol::fog::distance_to_outline_km(outline, st.lat, st.lon))
             .fold(protocol::fog::EVERYWHERE_KM, f64::min);
         Some(nearest)
+    }
+
+    /// For `region`: the stations listed by other regions that can take vehicles now
+    /// (fresh, not saturated) within `radius_km` of its outline (its bounding box,
+    /// [`protocol::fog::distance_to_outline_km`]), nearest to the outline first (ties:
+    /// region, then station id), at most `limit` (see
+    /// [`protocol::fog::CentralHeartbeat::offers`]). None for a region without an
+    /// outline, or one central does not know.
+    pub fn offers(&self, region: &str, now_ms: u64, radius_km: f64, limit: usize) -> Vec<Offer> {
+        let Some(outline) = self.map.get(region).map(|s| &s.aggregate.outline) else {
+            return Vec::new();
+        };
+        let mut near: Vec<(f64, &str, &AggregateStation)> = self
+            .open_stations(region, now_ms)
+            .filter_map(|(id, st)| {
+                let km = protocol::fog::distance_to_outline_km(outline, st.lat, st.lon)?;
+                (km <= radius_km).then_some((km, id, st))
+            })
+            .collect();
+        near.sort_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then_with(|| a.1.cmp(b.1))
+                .then_with(|| a.2.station_id.cmp(&b.2.station_id))
+        });
+        near.into_iter()
+            .take(limit)
+            .map(|(_, id, st)| Offer {
+                region: id.to_owned(),
+                station_id: st.station_id.clone(),
+                lat: st.lat,
+                lon: st.lon,
+                power_kw: st.power_kw,
+                wait_s: st.predicted_wait_s,
+            })
+            .collect()
+    }
+
+    /// The listed stations of every region other than `region` that can take vehicles
+    /// now, with their region's id.
+    fn open_stations<'a>(
+        &'a self,
+        region: &'a str,
+        now_ms: u64,
+    ) -> impl Iterator<Item = (&'a str, &'a AggregateStation)> + 'a {
+        self.iter()
+            .filter(move |(id, s)| *id != region && self.is_open(s, now_ms))
+            .flat_map(|(id, s)| s.aggregate.best.iter().map(move |st| (id, st)))
     }
 
     /// Every region central has heard of, sorted.
@@ -198,8 +271,11 @@ impl Regions {
     }
 
     /// How many regions are stale now.
-    pub fn stale_count(&self, now: Instant) -> usize {
-        self.map.values().filter(|s| self.is_stale(s, now)).count()
+    pub fn stale_count(&self, now_ms: u64) -> usize {
+        self.map
+            .values()
+            .filter(|s| self.is_stale(s, now_ms))
+            .count()
     }
 
     /// How many regions are saturated now.
@@ -216,13 +292,13 @@ impl Regions {
         &self,
         vehicle: &Vehicle,
         model: &CostParams,
-        now: Instant,
+        now_ms: u64,
     ) -> Vec<StationEstimate> {
         let mut out: Vec<StationEstimate> = self
             .iter()
             .flat_map(|(id, s)| {
-                let stale = self.is_stale(s, now);
-                let age = millis(s.data_age(now));
+                let stale = self.is_stale(s, now_ms);
+                let age = self.data_age_ms(s, now_ms);
                 s.aggregate.best.iter().filter_map(move |st| {
                     estimate(vehicle, st, model).map(|e| StationEstimate {
                         region: id.to_owned(),
@@ -251,6 +327,11 @@ impl Regions {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Clock milliseconds as whole real milliseconds at `speed` (rounded down).
+pub(crate) fn real_ms(clock_ms: u64, speed: f64) -> u64 {
+    (clock_ms as f64 / speed) as u64
 }
 
 /// The predicted cost of sending a vehicle to one station, seconds.
@@ -361,46 +442,63 @@ mod tests {
 
     #[test]
     fn newer_seq_replaces_old_and_duplicate_are_ignored_and_restart_is_detected() {
-        let mut r = Regions::new(Duration::from_secs(6), 1800);
-        let t0 = Instant::now();
-        assert_eq!(r.ingest(aggregate("a", 5, 1000), t0, 0), Ingest::New);
-        assert_eq!(r.ingest(aggregate("a", 6, 2000), t0, 0), Ingest::Updated);
+        let mut r = Regions::new(Duration::from_secs(6), 1800, 1.0);
+        assert_eq!(r.ingest(aggregate("a", 5, 1000), 0), Ingest::New);
+        assert_eq!(r.ingest(aggregate("a", 6, 2000), 0), Ingest::Updated);
         // Redelivered retained copy, or an out-of-order old one.
         assert_eq!(
-            r.ingest(aggregate("a", 6, 2000), t0, 0),
+            r.ingest(aggregate("a", 6, 2000), 0),
             Ingest::Ignored { held_seq: 6 }
         );
         assert_eq!(
-            r.ingest(aggregate("a", 4, 900), t0, 0),
+            r.ingest(aggregate("a", 4, 900), 0),
             Ingest::Ignored { held_seq: 6 }
         );
         // The fog restarted: counts from 1 again, with a newer timestamp.
-        assert_eq!(r.ingest(aggregate("a", 1, 3000), t0, 0), Ingest::Restarted);
+        assert_eq!(r.ingest(aggregate("a", 1, 3000), 0), Ingest::Restarted);
         assert_eq!(r.get("a").unwrap().aggregate.seq, 1);
-        assert_eq!(r.ingest(aggregate("a", 2, 3100), t0, 0), Ingest::Updated);
+        assert_eq!(r.ingest(aggregate("a", 2, 3100), 0), Ingest::Updated);
     }
 
     #[test]
     fn staleness_is_measured_from_reception() {
-        let mut r = Regions::new(Duration::from_millis(100), 1800);
-        let t0 = Instant::now();
-        r.ingest(aggregate("a", 1, 0), t0, 0);
+        let mut r = Regions::new(Duration::from_millis(100), 1800, 1.0);
+        let t0 = 1_000_000;
+        r.ingest(aggregate("a", 1, 0), t0);
         let s = r.get("a").unwrap();
-        assert!(!r.is_stale(s, t0 + Duration::from_millis(100)));
-        assert!(r.is_stale(s, t0 + Duration::from_millis(101)));
-        // Between 100 and 101 ms the API shows an age of 100: not yet stale, so a
-        // region shown stale always shows an age above the limit.
-        let just_over = t0 + Duration::from_micros(100_500);
-        assert!(!r.is_stale(s, just_over));
-        assert_eq!(r.views(just_over)[0].data_age_ms, 100);
-        assert_eq!(r.stale_count(t0 + Duration::from_secs(1)), 1);
-        let v = &r.views(t0 + Duration::from_millis(42))[0];
+        assert!(!r.is_stale(s, t0 + 100));
+        assert!(r.is_stale(s, t0 + 101));
+        assert_eq!(r.stale_at_ms(s), t0 + 101);
+        assert_eq!(r.views(t0 + 100)[0].data_age_ms, 100);
+        assert_eq!(r.stale_count(t0 + 1000), 1);
+        let v = &r.views(t0 + 42)[0];
         assert_eq!(v.data_age_ms, 42);
+        // A clock that stepped back shows no negative age.
+        assert_eq!(r.views(t0 - 5)[0].data_age_ms, 0);
+    }
+
+    #[test]
+    fn data_age_is_real_time_on_a_faster_clock() {
+        // The clock runs 60 times faster: 100 real ms are 6,000 clock ms.
+        let mut r = Regions::new(Duration::from_millis(100), 1800, 60.0);
+        let t0 = 1_000_000;
+        r.ingest(aggregate("a", 1, 0), t0);
+        let s = r.get("a").unwrap();
+        assert_eq!(r.data_age_ms(s, t0 + 6_000), 100);
+        assert!(!r.is_stale(s, t0 + 6_059));
+        assert!(r.is_stale(s, t0 + 6_060));
+        assert_eq!(r.stale_at_ms(s), t0 + 6_060);
+        // A speed of 2.5: stale from 101 × 2.5 = 252.5, the first whole ms 253.
+        let mut r = Regions::new(Duration::from_millis(100), 1800, 2.5);
+        r.ingest(aggregate("a", 1, 0), t0);
+        let s = r.get("a").unwrap();
+        assert_eq!(r.stale_at_ms(s), t0 + 253);
+        assert!(!r.is_stale(s, t0 + 252));
     }
 
     #[test]
     fn saturation_rule() {
-        let r = Regions::new(Duration::from_secs(6), 1800);
+        let r = Regions::new(Duration::from_secs(6), 1800, 1.0);
         let mut a = aggregate("a", 1, 0);
         a.min_wait_s = Some(1800);
         assert!(!r.is_saturated(&a));
@@ -412,7 +510,7 @@ mod tests {
 
     #[test]
     fn the_fogs_own_wait_limit_decides_and_central_s_only_without_one() {
-        let r = Regions::new(Duration::from_secs(6), 1800);
+        let r = Regions::new(Duration::from_secs(6), 1800, 1.0);
         let mut a = aggregate("a", 1, 0);
         a.min_wait_s = Some(900);
         a.max_wait_s = Some(600);
@@ -428,8 +526,8 @@ mod tests {
         let views = {
             let mut r = r.clone();
             a.min_wait_s = Some(2400);
-            r.ingest(a, Instant::now(), 0);
-            r.views(Instant::now())
+            r.ingest(a, 0);
+            r.views(0)
         };
         assert!(!views[0].saturated);
     }
@@ -453,8 +551,8 @@ mod tests {
 
     #[test]
     fn stations_are_ranked_by_total_across_regions() {
-        let mut r = Regions::new(Duration::from_secs(6), 1800);
-        let t0 = Instant::now();
+        let mut r = Regions::new(Duration::from_secs(6), 1800, 1.0);
+        let t0 = 0;
         let mut a = aggregate("a", 1, 0);
         a.best = vec![
             station("a-busy", 0.01, 0.0, 3000),
@@ -462,8 +560,8 @@ mod tests {
         ];
         let mut b = aggregate("b", 1, 0);
         b.best = vec![station("b-ok", 0.05, 0.0, 60)];
-        r.ingest(a, t0, 0);
-        r.ingest(b, t0, 0);
+        r.ingest(a, t0);
+        r.ingest(b, t0);
         let ranked = r.rank_stations(&CAR, &CostParams::default(), t0);
         let ids: Vec<&str> = ranked.iter().map(|s| s.station_id.as_str()).collect();
         assert_eq!(ids, ["b-ok", "a-busy"], "a-far is out of range");
@@ -471,11 +569,11 @@ mod tests {
 
     #[test]
     fn nearest_open_km_measures_from_the_outline_to_open_regions_only() {
-        let mut r = Regions::new(Duration::from_secs(6), 1800);
-        let now = Instant::now();
+        let mut r = Regions::new(Duration::from_secs(6), 1800, 1.0);
+        let now = 1;
         let mut a = aggregate("a", 1, 1);
         a.outline = vec![[0.0, 0.0], [0.0, 0.1], [0.1, 0.1], [0.1, 0.0]];
-        r.ingest(a, now, 1);
+        r.ingest(a, now);
         // No other region: nowhere.
         assert_eq!(
             r.nearest_open_km("a", now),
@@ -484,18 +582,65 @@ mod tests {
         // An open region with a station 1 degree east of the box: ~100 km.
         let mut b = aggregate("b", 1, 1);
         b.best = vec![station("b1", 0.05, 1.1, 0)];
-        r.ingest(b, now, 1);
+        r.ingest(b, now);
         let km = r.nearest_open_km("a", now).unwrap();
         assert!((km - 111.19).abs() < 0.5, "{km}");
         // A saturated region nearer does not count.
         let mut c = aggregate("c", 1, 1);
         c.min_wait_s = Some(9999);
         c.best = vec![station("c1", 0.05, 0.2, 9999)];
-        r.ingest(c, now, 1);
+        r.ingest(c, now);
         let km2 = r.nearest_open_km("a", now).unwrap();
         assert!((km2 - km).abs() < 1e-9, "{km2}");
         // A region without an outline gets none.
         assert_eq!(r.nearest_open_km("b", now), None);
         assert_eq!(r.nearest_open_km("unknown", now), None);
+    }
+
+    #[test]
+    fn offers_are_open_regions_stations_near_the_outline_nearest_first() {
+        const KM: f64 = 1.0 / 111.195;
+        let mut r = Regions::new(Duration::from_secs(6), 1800, 1.0);
+        // "d" reports first and is stale by the time the others have reported.
+        let mut d = aggregate("d", 1, 1);
+        d.best = vec![station("d1", 0.05, 0.1 + KM, 0)];
+        r.ingest(d, 0);
+        let now = 7_000;
+        let mut a = aggregate("a", 1, 1);
+        a.outline = vec![[0.0, 0.0], [0.0, 0.1], [0.1, 0.1], [0.1, 0.0]];
+        a.best = vec![station("a1", 0.05, 0.05, 0)];
+        r.ingest(a, now);
+        let mut b = aggregate("b", 1, 1);
+        b.best = vec![
+            station("b-far", 0.05, 0.1 + 20.0 * KM, 0),
+            station("b-near", 0.05, 0.1 + 5.0 * KM, 60),
+            station("b-inside", 0.05, 0.09, 0),
+        ];
+        r.ingest(b, now);
+        let mut c = aggregate("c", 1, 1);
+        c.best = vec![station("c1", 0.05, 0.1 + 2.0 * KM, 0)];
+        r.ingest(c, now);
+        // "e" is as near as "c1" but saturated.
+        let mut e = aggregate("e", 1, 1);
+        e.min_wait_s = Some(9999);
+        e.best = vec![station("e1", 0.05, 0.1 + KM, 9999)];
+        r.ingest(e, now);
+
+        let offers = r.offers("a", now, 15.0, 16);
+        let ids: Vec<(&str, &str)> = offers
+            .iter()
+            .map(|o| (o.region.as_str(), o.station_id.as_str()))
+            .collect();
+        assert_eq!(ids, [("b", "b-inside"), ("c", "c1"), ("b", "b-near")]);
+        let near = &offers[2];
+        assert_eq!((near.lat, near.lon), (0.05, 0.1 + 5.0 * KM));
+        assert_eq!((near.power_kw, near.wait_s), (50.0, 60));
+        // The limit keeps the nearest; a larger radius reaches farther.
+        assert_eq!(r.offers("a", now, 15.0, 1)[0].station_id, "b-inside");
+        assert_eq!(r.offers("a", now, 25.0, 16).len(), 4);
+        assert!(r.offers("a", now, 15.0, 0).is_empty());
+        // Regions without an outline, and unknown ones, get none.
+        assert!(r.offers("b", now, 1000.0, 16).is_empty());
+        assert!(r.offers("zz", now, 1000.0, 16).is_empty());
     }
 }

@@ -4,7 +4,7 @@
 //! servers; the same seed gives the same world; and one run compares strategies side by
 //! side. See `docs/simulation.md`.
 //!
-//! Three ways to run:
+//! Four ways to run:
 //! - **local** (no `--brokers`/`--topology`): starts the whole topology itself — a
 //!   central Mosquitto and one per region from the generated configs, a fog server per
 //!   region and central (and an OCPP gateway per region for `--station-transport
@@ -12,36 +12,52 @@
 //! - **external** (`--topology file` and/or `--brokers region=url,…`): against brokers
 //!   and servers that already run (docker compose, Kubernetes), which must share the
 //!   clock (`--speed` = their `--clock-speed`, same `--clock-epoch-ms`);
+//! - **in process** (`--in-process`): every strategy of the local run with the fog
+//!   regions' and central's cores in this process, on the simulated clock, over a
+//!   modelled network — no broker, no server process; the same seed gives the same
+//!   report, in seconds;
 //! - **offline** (`--offline`): the naive strategies with no broker at all, as fast as
 //!   the machine goes — deterministic, for tests and quick what-ifs.
 //!
 //! The local run starts the fog servers and central as processes of the `fogcharge`
-//! binary (`fogcharge fog-server …`, `fogcharge central …`, see [`Config::server_exe`]);
-//! nothing of the servers is linked in here.
-//!
+//! binary (`fogcharge fog-server …`, `fogcharge central …`, see [`Config::server_exe`]).
+//! The in-process run links their pure cores instead (the `fog-server` and `central`
+//! crates as libraries: `fog_server::region::Region`, `central::core::CentralCore`),
+//! never their shells (no MQTT link, journal, HTTP or clock of theirs).
+
 //! Modules:
 //! - [`world`]: the scenario (`--seed`, `--vehicles`, …) and the world it generates:
 //!   regions, stations, vehicles.
 //! - [`sim`]: the simulated city stepping in simulated time: driving, queues, charging.
-//! - [`run`](mod@run): one strategy over a world, paced by the shared clock; requests, answers,
-//!   timeouts and fallbacks.
+//! - [`driver`]: what the devices do with a strategy, whatever carries their messages:
+//!   requests, answers followed or cancelled, revisions, timeouts and fallbacks, the
+//!   report's counters — shared by every way to run.
+//! - [`run`](mod@run): one strategy over MQTT, paced by the shared clock (or, offline,
+//!   as fast as it goes): the [`driver`] fed with the answers that came in.
+//! - [`inproc`]: `--in-process`: the servers' cores, the network modelled on a
+//!   [`bus`] (a discrete-event queue of deliveries), the [`driver`] on simulated time.
 //! - [`net`]: the devices' MQTT connections: one per station (or one per region for
 //!   its stations, `--station-connections per-region`) and a fleet per region.
 //! - [`ocpp`]: the stations as OCPP 1.6J charge points of each region's gateway
 //!   (`--station-transport ocpp`).
 //! - [`report`]: the per-strategy figures and the comparison table.
+//! - [`sweep`]: `--seeds`: the in-process run over many seeds, its table.
 //! - [`setup`]: `fogcharge setup`, a container deployment's users, secrets and clock.
 //! - [`cli`]: the simulation as a command: run, print the table, stop on Ctrl-C.
 
 #![forbid(unsafe_code)]
 
+pub mod bus;
 pub mod cli;
+pub mod driver;
+pub mod inproc;
 pub mod net;
 pub mod ocpp;
 pub mod report;
 pub mod run;
 pub mod setup;
 pub mod sim;
+pub mod sweep;
 pub mod world;
 
 use std::collections::{BTreeMap, HashMap};
@@ -131,6 +147,20 @@ pub struct Config {
     /// Run the naive strategies without any broker, as fast as possible.
     #[arg(long, env = "SIM_OFFLINE")]
     pub offline: bool,
+
+    /// Run every strategy in this one process on the simulated clock: the fog
+    /// regions' and central's cores linked in, the network between them modelled (the
+    /// delays of the local run, times `--speed`), no broker and no server process.
+    /// Exactly reproducible, and fast (see docs/simulation.md, in-process runs).
+    #[arg(long, env = "SIM_IN_PROCESS", conflicts_with_all = ["offline", "brokers", "start_local"])]
+    pub in_process: bool,
+
+    /// With `--in-process`: run once per seed instead of `--seed` and print each
+    /// seed's mean waits, the fog/cloud ratio and its mean and worst over the seeds:
+    /// `1..20` (1 to 20, both included) or a list `3,7,11`. `--report-json` then
+    /// holds every seed's figures.
+    #[arg(long, env = "SIM_SEEDS", value_parser = parse_seeds, requires = "in_process")]
+    pub seeds: Option<SeedList>,
 
     /// Central's HTTP API in the local run (taken port: any free one).
     #[arg(long, env = "SIM_CENTRAL_HTTP", default_value = "127.0.0.1:8080")]
@@ -255,6 +285,33 @@ fn parse_strategies(s: &str) -> Result<StrategySet, String> {
         })
 }
 
+/// The seeds of a sweep, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeedList(pub Vec<u64>);
+
+fn parse_seeds(s: &str) -> Result<SeedList, String> {
+    let bad = |e: std::num::ParseIntError| format!("{s:?}: {e} (use 1..20 or 3,7,11)");
+    let seeds: Vec<u64> = match s.split_once("..") {
+        Some((a, b)) => {
+            let a: u64 = a.trim().parse().map_err(bad)?;
+            let b: u64 = b.trim().trim_start_matches('=').parse().map_err(bad)?;
+            if b < a {
+                return Err(format!("{s:?}: the range is empty"));
+            }
+            (a..=b).collect()
+        }
+        None => s
+            .split(',')
+            .map(|x| x.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(bad)?,
+    };
+    if seeds.len() > 10_000 {
+        return Err(format!("{s:?}: at most 10000 seeds"));
+    }
+    Ok(SeedList(seeds))
+}
+
 /// Regional broker URLs by region id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BrokerList(pub BTreeMap<String, String>);
@@ -354,6 +411,12 @@ impl Config {
                 s.name()
             );
         }
+        if self.in_process {
+            anyhow::ensure!(
+                self.station_transport == StationTransport::Mqtt,
+                "--in-process runs the stations as plain devices: --station-transport ocpp needs the local run's gateways"
+            );
+        }
         if self.station_transport == StationTransport::Ocpp {
             anyhow::ensure!(
                 !self.offline && !self.is_external(),
@@ -373,7 +436,10 @@ impl Config {
     }
 
     fn is_external(&self) -> bool {
-        !self.offline && !self.start_local && (self.brokers.is_some() || self.topology.is_some())
+        !self.offline
+            && !self.in_process
+            && !self.start_local
+            && (self.brokers.is_some() || self.topology.is_some())
     }
 
     /// The topology: from `--topology`, else the demo city, with `--brokers` applied.
@@ -430,6 +496,7 @@ async fn run_to_end(mut config: Config, shutdown: CancellationToken) -> Result<R
         strategies: BTreeMap::new(),
         order: Vec::new(),
         station_transport: config.station_transport.name().into(),
+        in_process: false,
     };
     let answer_timeout = Duration::from_millis(config.answer_timeout_ms);
     let progress = !config.no_progress;
@@ -445,6 +512,21 @@ async fn run_to_end(mut config: Config, shutdown: CancellationToken) -> Result<R
                 settle: run::Settle::No,
             };
             let r = run::run(&world, strategy, opts).await?;
+            report.order.push(strategy.name().into());
+            report.strategies.insert(strategy.name().into(), r);
+        }
+        return finish(report, &config);
+    }
+
+    if config.in_process {
+        report.in_process = true;
+        for &strategy in &config.strategy.0 {
+            let r = in_process(&config, strategy, &topology, &world, &shutdown)?;
+            eprintln!(
+                "{}: done in {:.1} s (in process)",
+                strategy.name(),
+                r.wall_s
+            );
             report.order.push(strategy.name().into());
             report.strategies.insert(strategy.name().into(), r);
         }
@@ -471,6 +553,70 @@ async fn run_to_end(mut config: Config, shutdown: CancellationToken) -> Result<R
         report.strategies.insert(strategy.name().into(), r);
     }
     finish(report, &config)
+}
+
+/// Runs `strategy` over `world` in this process (`--in-process`), placed as the local
+/// run would place it.
+fn in_process(
+    config: &Config,
+    strategy: Strategy,
+    topology: &Topology,
+    world: &World,
+    shutdown: &CancellationToken,
+) -> Result<StrategyReport> {
+    let placement = Placement::of(strategy, config, topology, world);
+    let opts = inproc::Options {
+        topology: &placement.topology,
+        world: &placement.world,
+        devices: placement.devices,
+        bridges: placement.bridges,
+        speed: config.speed,
+        answer_timeout: Duration::from_millis(config.answer_timeout_ms),
+        shared_stations: config.station_connections == StationConnections::PerRegion,
+        progress: !config.no_progress,
+        shutdown,
+    };
+    Ok(placement.label(inproc::run(strategy, &opts)?))
+}
+
+/// Runs the configured strategies in process once per seed of `--seeds` (the same
+/// scenario otherwise) and returns every seed's report (also written with
+/// `--report-json`).
+pub async fn sweep(mut config: Config, shutdown: CancellationToken) -> Result<sweep::Sweep> {
+    config.read_files()?;
+    config.apply_demo_defaults();
+    config.check()?;
+    let Some(seeds) = config.seeds.clone() else {
+        bail!("a sweep needs --seeds");
+    };
+    let topology = config.topology()?;
+    let mut sweep = sweep::Sweep::default();
+    for seed in seeds.0 {
+        config.scenario.seed = seed;
+        let world = World::generate(&config.scenario, Regions::from_topology(&topology))?;
+        let mut strategies = BTreeMap::new();
+        for &strategy in &config.strategy.0 {
+            if shutdown.is_cancelled() {
+                bail!("interrupted");
+            }
+            let r = in_process(&config, strategy, &topology, &world, &shutdown)?;
+            strategies.insert(strategy.name().to_owned(), r);
+        }
+        eprintln!("seed {seed}: done");
+        sweep.runs.push(sweep::SeedRun { seed, strategies });
+    }
+    sweep.order = config
+        .strategy
+        .0
+        .iter()
+        .map(|s| s.name().to_owned())
+        .collect();
+    sweep.scenario = serde_json::to_value(&config.scenario)?;
+    if let Some(path) = &config.report_json {
+        std::fs::write(path, serde_json::to_string_pretty(&sweep)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(sweep)
 }
 
 /// Where a strategy's servers are and what lies between them and the devices.
@@ -652,6 +798,9 @@ async fn run_local(
         credentials: Some(credentials.clone()),
         ca_file: config.mqtt_ca_file.clone(),
         shared_stations: config.station_connections == StationConnections::PerRegion,
+        // The server strategies' stations hold the fog's reservations (an OCPP
+        // gateway does that for its charge points).
+        station_reservations: strategy.asks_server() && !ocpp,
     };
     let epoch = wall_ms();
     let clock = Clock::scaled(epoch, config.speed);
@@ -767,6 +916,8 @@ async fn run_external(
         credentials,
         ca_file: config.mqtt_ca_file.clone(),
         shared_stations: config.station_connections == StationConnections::PerRegion,
+        // The server strategies' stations hold the fog's reservations.
+        station_reservations: strategy.asks_server(),
     };
     let epoch = config.clock_epoch_ms.unwrap_or_else(wall_ms);
     let clock = Clock::scaled(epoch, config.speed);
@@ -852,6 +1003,34 @@ mod tests {
         );
         std::fs::write(&fogcharge, "").unwrap();
         assert_eq!(server_exe_beside(&sim).unwrap(), fogcharge);
+    }
+
+    #[test]
+    fn seeds_are_a_range_with_both_ends_or_a_list_and_need_the_in_process_run() {
+        let seeds = |arg: &str| {
+            Config::try_parse_from(["device-sim", "--in-process", "--seeds", arg])
+                .map(|c| c.seeds.unwrap().0)
+        };
+        assert_eq!(seeds("1..4").unwrap(), [1, 2, 3, 4]);
+        assert_eq!(seeds("1..=4").unwrap(), [1, 2, 3, 4]);
+        assert_eq!(seeds("7..7").unwrap(), [7]);
+        assert_eq!(seeds("3, 7,11").unwrap(), [3, 7, 11]);
+        for bad in ["4..1", "a..3", "1,,2", "0..20000"] {
+            assert!(seeds(bad).is_err(), "{bad}");
+        }
+        assert!(Config::try_parse_from(["device-sim", "--seeds", "1..3"]).is_err());
+        // The run that can repeat itself takes the other run modes' place.
+        let c = Config::try_parse_from(["device-sim", "--in-process", "--topology", "t.toml"]);
+        assert!(!c.unwrap().is_external());
+        for other in [
+            &["--offline"][..],
+            &["--brokers", "nw=tcp://h:1"],
+            &["--start-local"],
+        ] {
+            let mut args = vec!["device-sim", "--in-process"];
+            args.extend_from_slice(other);
+            assert!(Config::try_parse_from(args).is_err(), "{other:?}");
+        }
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //!   1.6J charge point of its region's gateway ([`crate::ocpp`]), which publishes for
 //!   it; or, with `--station-connections per-region`, the stations of a region share
 //!   one connection that speaks for them as their gateway (`stations-{region}`, see
-//!   [`StationGateway`]);
+//!   [`StationGateway`]); with `station_reservations` (the server strategies) a
+//!   station also takes the fog's reservations: it subscribes to its
+//!   `…/reservations` (a shared connection to its region's) and answers on its
+//!   `…/reservation-events`;
 //! - the **vehicles** of a region talk through one fleet connection per region (as a
 //!   fleet operator's gateway would): requests, reservation updates and telemetry on
 //!   each vehicle's own topics, and one subscription to
@@ -19,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use protocol::{Recommendation, StationState, StationStatus, Topic, VehicleChannel, topics};
+use protocol::{Recommendation, StationChannel, StationStatus, Topic, VehicleChannel, topics};
 use serverkit::{Link, LinkSettings, Publisher, Will};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -40,6 +43,9 @@ pub struct Brokers {
     /// The stations of a region share one connection (a [`StationGateway`]) instead of
     /// one client each.
     pub shared_stations: bool,
+    /// The stations take the fog's reservations: they read what the fog sends them
+    /// ([`Net::station_messages`]) and answer ([`Net::station_send`]).
+    pub station_reservations: bool,
 }
 
 impl Brokers {
@@ -110,11 +116,33 @@ pub struct Answer {
     pub received: Instant,
 }
 
+/// What a station connection reads, and for which station: its own (`One`), or any
+/// of its region's by id (a shared connection).
+#[derive(Clone)]
+enum Readers {
+    One(usize),
+    ById(Arc<HashMap<String, usize>>),
+}
+
+impl Readers {
+    fn station(&self, topic: &str) -> Option<usize> {
+        match self {
+            Self::One(s) => Some(*s),
+            Self::ById(ids) => match Topic::parse(topic) {
+                Ok(Topic::Station { station_id, .. }) => ids.get(station_id).copied(),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// Connections of every simulated device.
 pub struct Net {
     fleets: HashMap<String, Publisher>,
     stations: Vec<Publisher>,
     pub answers: mpsc::UnboundedReceiver<Answer>,
+    /// What the fog sent the stations (`…/reservations`): (station, payload).
+    pub station_messages: mpsc::UnboundedReceiver<(usize, Vec<u8>)>,
     /// Messages sent by the devices and received by them.
     pub sent: Arc<AtomicU64>,
     pub received: Arc<AtomicU64>,
@@ -259,6 +287,18 @@ impl Net {
             }
             let mut gateways = HashMap::new();
             for (region, members) in of_region {
+                let subscriptions = if brokers.station_reservations {
+                    vec![(
+                        topics::filters::stations(region, StationChannel::Reservations),
+                        1,
+                    )]
+                } else {
+                    Vec::new()
+                };
+                let ids: HashMap<String, usize> = members
+                    .iter()
+                    .map(|&i| (mqtt_stations[i].1.clone(), i))
+                    .collect();
                 let url = brokers
                     .urls
                     .get(region)
@@ -282,7 +322,7 @@ impl Net {
                     ca_file: brokers.ca_file.clone(),
                     ..Default::default()
                 };
-                let mut link = Link::connect(&settings, Vec::new(), &shutdown)
+                let mut link = Link::connect(&settings, subscriptions, &shutdown)
                     .await
                     .with_context(|| {
                         format!("connecting the stations of region {region} to {url}")
@@ -314,7 +354,11 @@ impl Net {
                     }
                 }));
                 gateways.insert(region.to_owned(), (publisher, id));
-                station_links.push(link);
+                station_links.push((
+                    link,
+                    Readers::ById(Arc::new(ids)),
+                    by_region[region].clone(),
+                ));
             }
             for (region, _) in mqtt_stations {
                 let (publisher, id) = &gateways[region];
@@ -324,7 +368,7 @@ impl Net {
             }
             latest = Some(statuses);
         } else {
-            for (region, id) in mqtt_stations {
+            for (i, (region, id)) in mqtt_stations.iter().enumerate() {
                 let url = brokers
                     .urls
                     .get(region)
@@ -349,27 +393,44 @@ impl Net {
                     ca_file: brokers.ca_file.clone(),
                     ..Default::default()
                 };
-                let link = Link::connect(&settings, Vec::new(), &shutdown)
+                let subscriptions = if brokers.station_reservations {
+                    vec![(topics::station_reservations(region, id), 1)]
+                } else {
+                    Vec::new()
+                };
+                let link = Link::connect(&settings, subscriptions, &shutdown)
                     .await
                     .with_context(|| format!("connecting station {id}"))?;
                 station_publishers.push(link.publisher());
-                station_links.push(link);
+                station_links.push((link, Readers::One(i), by_region[region].clone()));
             }
         }
-        for link in station_links {
+        let (station_tx, station_messages) = mpsc::unbounded_channel();
+        for (link, readers, regional) in station_links {
             let link = Arc::new(tokio::sync::Mutex::new(link));
             links.push(link.clone());
-            let shutdown = shutdown.clone();
-            // Keeps the connection: reconnects after a broker restart.
+            let (shutdown, tx, received) = (shutdown.clone(), station_tx.clone(), received.clone());
+            // Keeps the connection (reconnects after a broker restart) and hands on
+            // what the fog sends its stations.
             tasks.spawn(async move {
                 let mut link = link.lock().await;
-                while link.next(&shutdown).await.is_some() {}
+                while let Some(msg) = link.next(&shutdown).await {
+                    received.fetch_add(1, Ordering::Relaxed);
+                    regional.fetch_add(1, Ordering::Relaxed);
+                    match readers.station(msg.topic()) {
+                        Some(s) => {
+                            let _ = tx.send((s, msg.payload().to_vec()));
+                        }
+                        None => debug!(topic = msg.topic(), "a message for no station of ours"),
+                    }
+                }
             });
         }
         Ok(Self {
             fleets,
             stations: station_publishers,
             answers,
+            station_messages,
             sent,
             received,
             by_region,
@@ -419,6 +480,16 @@ impl Net {
         if let Some(p) = self.stations.get(station) {
             self.remember(station, topic, payload);
             p.publish(topic, payload, 1, true);
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            self.station_counters[station].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes a station's message other than its status (a reservation event),
+    /// QoS 1, not retained.
+    pub fn station_send(&self, station: usize, topic: &str, payload: &[u8]) {
+        if let Some(p) = self.stations.get(station) {
+            p.publish(topic, payload, 1, false);
             self.sent.fetch_add(1, Ordering::Relaxed);
             self.station_counters[station].fetch_add(1, Ordering::Relaxed);
         }
@@ -478,35 +549,5 @@ impl Net {
             }
         })
         .await;
-    }
-}
-
-/// A station's status message.
-pub fn station_status(
-    id: &str,
-    spec: &crate::world::StationSpec,
-    occupied: usize,
-    queue: usize,
-    ts_ms: u64,
-    gateway: Option<&str>,
-) -> StationStatus {
-    let chargers = spec.chargers;
-    StationStatus {
-        v: 1,
-        station_id: id.to_owned(),
-        lat: Some(spec.lat),
-        lon: Some(spec.lon),
-        chargers: Some(chargers),
-        power_kw: Some(spec.power_kw),
-        occupied: occupied as u32,
-        queue: queue as u32,
-        state: if occupied as u32 >= chargers {
-            StationState::Full
-        } else {
-            StationState::Available
-        },
-        ts_ms: Some(ts_ms),
-        takes_reservations: false,
-        gateway: gateway.map(str::to_owned),
     }
 }

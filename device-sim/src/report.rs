@@ -1,5 +1,9 @@
 //! What a run measured, per strategy: a table for people and JSON for programs
 //! (`--report-json`).
+//!
+//! - [`Report`], [`StrategyReport`]: the whole report and one strategy's figures.
+//! - [`rtt`], [`wait`], [`utilisation`], [`promise`]: figures from raw measurements.
+//! - [`Report::table`]: the comparison table, one column per strategy.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,6 +21,10 @@ pub struct Report {
     /// (OCPP 1.6J charge points of each region's gateway).
     #[serde(default = "mqtt")]
     pub station_transport: String,
+    /// The servers' cores ran in the simulator, on the simulated clock, over a
+    /// modelled network (`--in-process`), not as processes behind brokers.
+    #[serde(default)]
+    pub in_process: bool,
 }
 
 fn mqtt() -> String {
@@ -65,6 +73,40 @@ pub struct Utilisation {
     /// Coefficient of variation (standard deviation / mean): the spread.
     pub cv: f64,
 }
+
+/// How well the servers' promised waits held: for every vehicle that followed an answer
+/// and started charging on it, its actual wait at the station against the answer's
+/// `wait_s`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Promise {
+    /// Promises checked.
+    pub checked: u32,
+    /// Share kept: actual wait within [`PROMISE_KEPT_S`] (5 min) of the promised one,
+    /// earlier or later; 0 when none was checked.
+    pub kept_share: f64,
+    /// Broken: more than [`PROMISE_BROKEN_S`] (10 min) later than promised.
+    pub broken: u32,
+    /// Actual − promised wait, seconds, signed (> 0: later than promised).
+    pub error_s: ErrorStats,
+    /// Revised answers (a station refused the reservation) that vehicles followed.
+    pub revised: u32,
+}
+
+/// Percentiles (nearest rank) and maximum of a signed error, seconds: `p95` and `max`
+/// are the late tail. Signed, not absolute, so that early and late do not cancel out
+/// into one "error" and a vehicle served early does not count as a miss as bad as
+/// one served as late.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct ErrorStats {
+    pub p50: f64,
+    pub p95: f64,
+    pub max: f64,
+}
+
+/// A promise is kept when the actual wait is within this of the promised one, s.
+pub const PROMISE_KEPT_S: f64 = 300.0;
+/// A promise is broken when the actual wait is more than this longer, s.
+pub const PROMISE_BROKEN_S: f64 = 600.0;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct StrategyReport {
@@ -129,6 +171,13 @@ pub struct StrategyReport {
     /// With `--station-transport ocpp`: what the charge points said and answered.
     #[serde(default)]
     pub ocpp: Option<crate::ocpp::OcppFigures>,
+    /// Promised waits against actual ones; `None` for the strategies that promise
+    /// nothing.
+    #[serde(default)]
+    pub promise: Option<Promise>,
+    /// Charging session starts that failed (`--charger-fault-rate`).
+    #[serde(default)]
+    pub faults: u32,
 }
 
 /// The value below which `q` of the sorted `values` lie (nearest rank); 0 when empty.
@@ -184,6 +233,32 @@ pub fn wait(mut values_s: Vec<f64>) -> Wait {
     }
 }
 
+/// The promise figures of `pairs` of (promised, actual) waits, seconds, and the
+/// `revised` answers vehicles followed.
+pub fn promise(pairs: &[(f64, f64)], revised: u32) -> Promise {
+    let mut errors: Vec<f64> = pairs
+        .iter()
+        .map(|(promised, actual)| actual - promised)
+        .collect();
+    errors.sort_by(f64::total_cmp);
+    let kept = errors.iter().filter(|e| e.abs() <= PROMISE_KEPT_S).count();
+    Promise {
+        checked: errors.len() as u32,
+        kept_share: if errors.is_empty() {
+            0.0
+        } else {
+            kept as f64 / errors.len() as f64
+        },
+        broken: errors.iter().filter(|&&e| e > PROMISE_BROKEN_S).count() as u32,
+        error_s: ErrorStats {
+            p50: percentile(&errors, 0.50),
+            p95: percentile(&errors, 0.95),
+            max: errors.last().copied().unwrap_or(0.0),
+        },
+        revised,
+    }
+}
+
 pub fn utilisation(mut shares: Vec<f64>) -> Utilisation {
     shares.sort_by(f64::total_cmp);
     let n = shares.len().max(1) as f64;
@@ -198,6 +273,15 @@ pub fn utilisation(mut shares: Vec<f64>) -> Utilisation {
     }
 }
 
+/// How a row of [`Report::table`] gets its cell from a strategy's report (`None`: "-").
+enum Cell {
+    /// A number and how to write it: 0 whole, 1 ms, 2 seconds as minutes, 3 share as
+    /// %, 4 two decimals, 5 whole.
+    Num(fn(&StrategyReport) -> Option<f64>, u8),
+    /// Written by the row itself.
+    Text(fn(&StrategyReport) -> Option<String>),
+}
+
 impl Report {
     /// The comparison table, one column per strategy.
     pub fn table(&self) -> String {
@@ -209,69 +293,114 @@ impl Report {
         let ms = |v: f64| format!("{v:.2}");
         let min = |s: f64| format!("{:.1}", s / 60.0);
         let pct = |v: f64| format!("{:.0}%", v * 100.0);
-        type Row = (&'static str, fn(&StrategyReport) -> Option<f64>, u8);
+        use Cell::{Num, Text};
+        type Row = (&'static str, Cell);
         let rows: &[Row] = &[
-            ("network: device rtt (ms)", |r| r.device_rtt_ms, 1),
-            ("network: bridge rtt (ms)", |r| r.bridge_rtt_ms, 1),
-            ("requests", |r| Some(r.requests.into()), 0),
-            ("answered", |r| Some(r.answered.into()), 0),
-            ("round trip p50 (ms)", |r| r.rtt_ms.map(|x| x.p50), 1),
-            ("round trip p95 (ms)", |r| r.rtt_ms.map(|x| x.p95), 1),
-            ("round trip p99 (ms)", |r| r.rtt_ms.map(|x| x.p99), 1),
-            ("wait mean (min)", |r| Some(r.wait_s.mean), 2),
-            ("wait p95 (min)", |r| Some(r.wait_s.p95), 2),
-            ("wait max (min)", |r| Some(r.wait_s.max), 2),
-            ("stranded", |r| Some(r.stranded.into()), 0),
-            ("rerouted", |r| Some(r.rerouted.into()), 0),
-            ("unavailable / fallback", |r| Some(r.fallbacks.into()), 0),
-            ("charged", |r| Some(r.charged.into()), 0),
-            ("queued at end", |r| Some(r.queued_at_end.into()), 0),
-            ("utilisation mean", |r| Some(r.utilisation.mean), 3),
+            ("network: device rtt (ms)", Num(|r| r.device_rtt_ms, 1)),
+            ("network: bridge rtt (ms)", Num(|r| r.bridge_rtt_ms, 1)),
+            ("requests", Num(|r| Some(r.requests.into()), 0)),
+            ("answered", Num(|r| Some(r.answered.into()), 0)),
+            ("round trip p50 (ms)", Num(|r| r.rtt_ms.map(|x| x.p50), 1)),
+            ("round trip p95 (ms)", Num(|r| r.rtt_ms.map(|x| x.p95), 1)),
+            ("round trip p99 (ms)", Num(|r| r.rtt_ms.map(|x| x.p99), 1)),
+            ("wait mean (min)", Num(|r| Some(r.wait_s.mean), 2)),
+            ("wait p95 (min)", Num(|r| Some(r.wait_s.p95), 2)),
+            ("wait max (min)", Num(|r| Some(r.wait_s.max), 2)),
+            ("stranded", Num(|r| Some(r.stranded.into()), 0)),
+            ("rerouted", Num(|r| Some(r.rerouted.into()), 0)),
+            (
+                "unavailable / fallback",
+                Num(|r| Some(r.fallbacks.into()), 0),
+            ),
+            ("charged", Num(|r| Some(r.charged.into()), 0)),
+            ("queued at end", Num(|r| Some(r.queued_at_end.into()), 0)),
+            (
+                "promises checked",
+                Num(|r| r.promise.as_ref().map(|p| p.checked.into()), 0),
+            ),
+            (
+                "promises kept (±5 min)",
+                Num(|r| r.promise.as_ref().map(|p| p.kept_share), 3),
+            ),
+            (
+                "promises broken (>10 min late)",
+                Num(|r| r.promise.as_ref().map(|p| p.broken.into()), 0),
+            ),
+            (
+                "promise error p50/p95/max (min)",
+                Text(|r| {
+                    r.promise.as_ref().map(|p| {
+                        let e = p.error_s;
+                        format!(
+                            "{:.1}/{:.1}/{:.1}",
+                            e.p50 / 60.0,
+                            e.p95 / 60.0,
+                            e.max / 60.0
+                        )
+                    })
+                }),
+            ),
+            ("charger faults", Num(|r| Some(r.faults.into()), 0)),
+            ("utilisation mean", Num(|r| Some(r.utilisation.mean), 3)),
             (
                 "utilisation p10-p90",
-                |r| Some(r.utilisation.p90 - r.utilisation.p10),
-                3,
+                Num(|r| Some(r.utilisation.p90 - r.utilisation.p10), 3),
             ),
-            ("utilisation spread (cv)", |r| Some(r.utilisation.cv), 4),
-            ("followers", |r| r.rtt_ms.map(|_| r.followers.into()), 0),
+            (
+                "utilisation spread (cv)",
+                Num(|r| Some(r.utilisation.cv), 4),
+            ),
+            (
+                "followers",
+                Num(|r| r.rtt_ms.map(|_| r.followers.into()), 0),
+            ),
             (
                 "non-followers",
-                |r| r.rtt_ms.map(|_| r.non_followers.into()),
-                0,
+                Num(|r| r.rtt_ms.map(|_| r.non_followers.into()), 0),
             ),
-            ("messages / s", |r| Some(r.msgs_per_s), 5),
+            ("messages / s", Num(|r| Some(r.msgs_per_s), 5)),
             (
                 "messages / s, busiest broker",
-                |r| r.msgs_per_s_by_broker.values().copied().reduce(f64::max),
-                5,
+                Num(
+                    |r| r.msgs_per_s_by_broker.values().copied().reduce(f64::max),
+                    5,
+                ),
             ),
-            ("wall time (s)", |r| Some(r.wall_s), 5),
+            ("wall time (s)", Num(|r| Some(r.wall_s), 5)),
         ];
         let ocpp_rows: &[Row] = &[
-            ("revised (reserve refused)", |r| Some(r.revised.into()), 0),
+            (
+                "revised (reserve refused)",
+                Num(|r| Some(r.revised.into()), 0),
+            ),
             (
                 "ocpp: reserve accepted",
-                |r| r.ocpp.as_ref().map(|o| o.reservations_accepted as f64),
-                0,
+                Num(
+                    |r| r.ocpp.as_ref().map(|o| o.reservations_accepted as f64),
+                    0,
+                ),
             ),
             (
                 "ocpp: reserve refused",
-                |r| r.ocpp.as_ref().map(|o| o.reservations_refused as f64),
-                0,
+                Num(
+                    |r| r.ocpp.as_ref().map(|o| o.reservations_refused as f64),
+                    0,
+                ),
             ),
             (
                 "ocpp: start on reservation",
-                |r| {
-                    r.ocpp
-                        .as_ref()
-                        .map(|o| o.transactions_on_reservation as f64)
-                },
-                0,
+                Num(
+                    |r| {
+                        r.ocpp
+                            .as_ref()
+                            .map(|o| o.transactions_on_reservation as f64)
+                    },
+                    0,
+                ),
             ),
             (
                 "ocpp: call errors",
-                |r| r.ocpp.as_ref().map(|o| o.call_errors as f64),
-                0,
+                Num(|r| r.ocpp.as_ref().map(|o| o.call_errors as f64), 0),
             ),
         ];
         let ocpp = self.station_transport == "ocpp";
@@ -282,30 +411,33 @@ impl Report {
             "stations: {}",
             if ocpp {
                 "OCPP 1.6J charge points, through each region's gateway"
+            } else if self.in_process {
+                "in process, with the servers' cores on the simulated clock (network modelled)"
             } else {
                 "MQTT clients"
             }
         );
-        let width = 26;
+        let width = 32;
         let _ = write!(out, "{:<width$}", "");
         for (name, _) in &cols {
             let _ = write!(out, "{name:>14}");
         }
         out.push('\n');
-        for (label, get, kind) in rows {
+        for (label, get) in rows {
             let _ = write!(out, "{label:<width$}");
             for (_, r) in &cols {
-                let cell = match get(r) {
-                    None => "-".to_owned(),
-                    Some(v) => match kind {
+                let value = match get {
+                    Num(get, kind) => get(r).map(|v| match kind {
                         0 => format!("{v:.0}"),
                         1 => ms(v),
                         2 => min(v),
                         3 => pct(v),
                         4 => format!("{v:.2}"),
                         _ => format!("{v:.0}"),
-                    },
+                    }),
+                    Text(get) => get(r),
                 };
+                let cell = value.unwrap_or_else(|| "-".to_owned());
                 let _ = write!(out, "{cell:>14}");
             }
             out.push('\n');
@@ -352,6 +484,7 @@ mod tests {
             strategies,
             order: vec!["fog".into(), "nearest".into()],
             station_transport: "mqtt".into(),
+            in_process: false,
         };
         let j = serde_json::to_value(&r).unwrap();
         for key in [
@@ -375,5 +508,132 @@ mod tests {
         assert_eq!(j["station_transport"], "mqtt");
         assert!(table.starts_with("stations: MQTT clients"), "{table}");
         assert!(!table.contains("ocpp:"), "{table}");
+    }
+
+    #[test]
+    fn promise_figures_count_kept_within_5_min_and_broken_beyond_10_min_late() {
+        // (promised, actual) waits, s; errors: 300, -300, 301, 600, 601, -1200, 0, 1800.
+        let pairs = [
+            (600.0, 900.0),
+            (600.0, 300.0),
+            (0.0, 301.0),
+            (100.0, 700.0),
+            (100.0, 701.0),
+            (1200.0, 0.0),
+            (0.0, 0.0),
+            (300.0, 2100.0),
+        ];
+        let p = promise(&pairs, 4);
+        assert_eq!(p.checked, 8);
+        // Kept: -300, 0, 300 (the bounds are in); 301 is not.
+        assert_eq!(p.kept_share, 3.0 / 8.0);
+        // Broken: 601 and 1800 (600 is late, not broken; early never is).
+        assert_eq!(p.broken, 2);
+        // Sorted: -1200, -300, 0, 300, 301, 600, 601, 1800 — signed, nearest rank.
+        assert_eq!(
+            p.error_s,
+            ErrorStats {
+                p50: 300.0,
+                p95: 1800.0,
+                max: 1800.0
+            }
+        );
+        assert_eq!(p.revised, 4);
+        // Early by a lot is a miss but not a break; the median goes below 0.
+        let early = promise(&[(900.0, 0.0), (900.0, 100.0), (60.0, 60.0)], 0);
+        assert_eq!((early.kept_share, early.broken), (1.0 / 3.0, 0));
+        assert_eq!((early.error_s.p50, early.error_s.max), (-800.0, 0.0));
+        let none = promise(&[], 1);
+        assert_eq!(
+            none,
+            Promise {
+                revised: 1,
+                ..Promise::default()
+            }
+        );
+    }
+
+    #[test]
+    fn promises_and_faults_are_in_the_json_the_table_and_the_page() {
+        let mut strategies = BTreeMap::new();
+        strategies.insert(
+            "fog".to_owned(),
+            StrategyReport {
+                rtt_ms: Some(Rtt::default()),
+                promise: Some(promise(&[(0.0, 300.0), (0.0, -60.0), (0.0, 1800.0)], 2)),
+                faults: 7,
+                ..StrategyReport::default()
+            },
+        );
+        strategies.insert("nearest".to_owned(), StrategyReport::default());
+        let r = Report {
+            scenario: serde_json::json!({}),
+            strategies,
+            order: vec!["fog".into(), "nearest".into()],
+            station_transport: "mqtt".into(),
+            in_process: false,
+        };
+        let j = serde_json::to_value(&r).unwrap();
+        let p = &j["strategies"]["fog"]["promise"];
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(
+            keys(p),
+            ["broken", "checked", "error_s", "kept_share", "revised"]
+        );
+        assert_eq!(keys(&p["error_s"]), ["max", "p50", "p95"]);
+        assert_eq!(p["checked"], 3);
+        assert_eq!(p["broken"], 1);
+        assert_eq!(j["strategies"]["fog"]["faults"], 7);
+        assert!(j["strategies"]["nearest"]["promise"].is_null());
+        // A report from before these fields still reads.
+        let mut old = j["strategies"]["nearest"].clone();
+        let o = old.as_object_mut().unwrap();
+        o.remove("promise");
+        o.remove("faults");
+        let back: StrategyReport = serde_json::from_value(old).unwrap();
+        assert_eq!((back.promise, back.faults), (None, 0));
+
+        let table = r.table();
+        let row = |label: &str| -> Vec<String> {
+            let line = table
+                .lines()
+                .find(|l| l.starts_with(label))
+                .unwrap_or_else(|| panic!("no {label:?} in\n{table}"));
+            line[label.len()..]
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(row("promises checked"), ["3", "-"]);
+        assert_eq!(row("promises kept (±5 min)"), ["67%", "-"]);
+        assert_eq!(row("promises broken (>10 min late)"), ["1", "-"]);
+        assert_eq!(
+            row("promise error p50/p95/max (min)"),
+            ["5.0/30.0/30.0", "-"]
+        );
+        assert_eq!(row("charger faults"), ["7", "0"]);
+
+        // The page reads the same fields.
+        for field in [
+            "promise",
+            "checked",
+            "kept_share",
+            "broken",
+            "error_s",
+            "p50",
+            "p95",
+            "max",
+            "revised",
+            "faults",
+        ] {
+            assert!(
+                report_page::REPORT_JS.contains(&format!(".{field}")),
+                "the report page does not read {field}"
+            );
+        }
     }
 }

@@ -1,22 +1,20 @@
-//! Runs one strategy over a world: steps the [`Sim`] in fixed simulated steps, paced by
-//! the shared clock, publishes what the devices say and applies the decisions.
+//! Runs one strategy over MQTT on the wall clock: steps the world in fixed simulated
+//! steps, paced by the shared clock, hands the answers that came in to the
+//! [`Driver`] (which decides what the devices do) and publishes what it says.
+//! Without a network (`--offline`) the naive strategies run as fast as they can.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use protocol::{
-    ChargeRequest, RecommendationStatus, ReservationAction, ReservationUpdate, Telemetry, topics,
-};
 use serde::{Deserialize, Serialize};
 use serverkit::Clock;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
-use crate::net::{Answer, Net, station_status};
-use crate::report::{self, StrategyReport};
-use crate::sim::{Event, Phase, Reservation, Sim};
+use crate::driver::{Driver, Out};
+use crate::net::Net;
+use crate::report::StrategyReport;
 use crate::world::World;
 
 /// How vehicles choose a station.
@@ -112,68 +110,6 @@ pub enum Settle<'a> {
     For(Duration),
 }
 
-/// Requests waiting for the fog's answer, and the round trips of those answered.
-#[derive(Default)]
-struct Requests {
-    pending: HashMap<usize, Pending>,
-    seq: u64,
-    rtts: Vec<f64>,
-    /// The request whose answer (with a reservation) each vehicle follows now.
-    followed: HashMap<usize, String>,
-    /// Vehicles asking again after a revision, and those whose latest request was such
-    /// a second try (a second revision does not make them ask a third time).
-    reasking: std::collections::HashSet<usize>,
-    second_try: std::collections::HashSet<usize>,
-}
-
-impl Requests {
-    /// Sends vehicle `v`'s request (a new request id each time) and waits for it.
-    fn ask(&mut self, net: &Net, sim: &Sim<'_>, v: usize, retried: bool) {
-        self.seq += 1;
-        let request_id = send_request(net, sim, v, self.seq);
-        self.pending.insert(
-            v,
-            Pending {
-                request_id,
-                sent: Instant::now(),
-                retried,
-            },
-        );
-    }
-
-    /// The vehicle `answer` is for, when it answers that vehicle's pending request
-    /// (which then ends, its round trip recorded).
-    /// The vehicle a revised answer is for, when it revises the answer that vehicle
-    /// follows now (a station refused the reservation).
-    fn revision(&mut self, vehicles: &HashMap<&str, usize>, answer: &Answer) -> Option<usize> {
-        let &v = vehicles.get(answer.vehicle_id.as_str())?;
-        if !answer.recommendation.revised
-            || self.followed.get(&v)? != &answer.recommendation.request_id
-        {
-            return None;
-        }
-        self.followed.remove(&v);
-        Some(v)
-    }
-
-    fn answered(&mut self, vehicles: &HashMap<&str, usize>, answer: &Answer) -> Option<usize> {
-        let &v = vehicles.get(answer.vehicle_id.as_str())?;
-        if self.pending.get(&v)?.request_id != answer.recommendation.request_id {
-            return None;
-        }
-        let p = self.pending.remove(&v)?;
-        self.rtts
-            .push(answer.received.duration_since(p.sent).as_secs_f64() * 1000.0);
-        Some(v)
-    }
-}
-
-struct Pending {
-    request_id: String,
-    sent: Instant,
-    retried: bool,
-}
-
 /// Runs `strategy` over `world` from its start to `scenario.hours` later.
 pub async fn run(
     world: &World,
@@ -185,36 +121,32 @@ pub async fn run(
         "the {} strategy needs brokers and servers",
         strategy.name()
     );
-    let follows = followers(
-        world.vehicles.len(),
-        world.scenario.compliance,
-        world.scenario.seed,
-    );
-    let mut asked = vec![false; world.vehicles.len()];
+    // Real time since the run began, ms: what round trips and timeouts are measured in.
+    let base = Instant::now();
+    let real_ms = |at: Instant| at.saturating_duration_since(base).as_secs_f64() * 1000.0;
     let now = |clock: &Option<Clock>| clock.as_ref().map_or(0.0, Clock::now_ms_f64).floor();
     let dt = world.scenario.step_s * 1000.0;
     let steps = (world.scenario.duration_ms() / dt).ceil() as u64;
-    let mut sim = Sim::new(world, now(&opts.clock));
-    let vehicle_index: HashMap<&str, usize> = world
-        .vehicles
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (v.id.as_str(), i))
-        .collect();
-    let station_index: HashMap<&str, usize> = world
-        .stations
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.id.as_str(), i))
-        .collect();
+    let ocpp = opts.net.as_deref().is_some_and(|n| n.ocpp().is_some());
+    let driver = |start_ms: f64| {
+        let mut d = Driver::new(world, strategy, start_ms, opts.answer_timeout);
+        if ocpp {
+            d.ocpp_stations();
+        }
+        d
+    };
 
     // Stations announce themselves before the first vehicle asks.
-    sim.announce_stations();
-    let gateway = |s: usize| opts.net.as_deref().and_then(|n| n.station_gateway(s));
-    let initial: Vec<(usize, String, Vec<u8>)> = std::mem::take(&mut sim.outbox)
+    let mut first = driver(now(&opts.clock));
+    let initial: Vec<(usize, String, Vec<u8>)> = first
+        .announce()
         .into_iter()
-        .filter_map(|e| match e {
-            Event::StationChanged(s) => Some(status_message(&sim, s, gateway(s))),
+        .filter_map(|o| match o {
+            Out::Status(s) => {
+                let gateway = opts.net.as_deref().and_then(|n| n.station_gateway(s));
+                let (topic, payload) = first.status_message(s, gateway);
+                Some((s, topic, payload))
+            }
             _ => None,
         })
         .collect();
@@ -238,36 +170,18 @@ pub async fn run(
     }
     // The world starts now, on the shared clock.
     let start_ms = now(&opts.clock);
-    let mut sim = Sim::new(world, start_ms);
-
-    let progress = if opts.progress {
-        let bar = ProgressBar::new(steps);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>12} [{bar:30}] {percent:>3}% sim {msg} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(strategy.name());
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let mut driver = driver(start_ms);
+    let progress = progress_bar(strategy, steps, opts.progress);
 
     let wall_start = Instant::now();
     let messages_before = opts.net.as_deref().map_or(0, Net::messages);
-    let regional_before: std::collections::BTreeMap<String, u64> = opts
+    let regional_before: BTreeMap<String, u64> = opts
         .net
         .as_deref()
         .map(Net::messages_by_region)
         .unwrap_or_default();
-    let mut requests = Requests::default();
-    let mut r = StrategyReport {
-        sim_hours: world.scenario.hours,
-        ..StrategyReport::default()
-    };
     let mut max_lag_ms: f64 = 0.0;
+    let mut out = Vec::new();
 
     for k in 1..=steps {
         if opts.shutdown.is_cancelled() {
@@ -288,213 +202,27 @@ pub async fn run(
             }
         }
 
-        // Answers that came in meanwhile.
+        // Answers that came in meanwhile; requests nobody answered in time.
         if let Some(net) = opts.net.as_deref_mut() {
             while let Ok(answer) = net.answers.try_recv() {
-                let Some(v) = requests.answered(&vehicle_index, &answer) else {
-                    // A station that refused the reservation: the fog released it and
-                    // says so; the vehicle, still on its way, asks again.
-                    // A second refusal: it drives on to that station without one.
-                    if let Some(v) = requests.revision(&vehicle_index, &answer) {
-                        if let Phase::ToStation {
-                            station,
-                            reservation: Some(_),
-                        } = sim.vehicles[v].phase
-                        {
-                            r.revised += 1;
-                            if requests.second_try.contains(&v) {
-                                sim.send_to(v, station, None);
-                            } else {
-                                requests.reasking.insert(v);
-                                sim.reservation_refused(v);
-                            }
-                        }
-                    }
-                    continue; // not a vehicle of ours, or an answer to a retried request
-                };
-                let rec = answer.recommendation;
-                r.answered += 1;
-                if !follows[v] {
-                    // Drives to the nearest station anyway; gives the reservation back.
-                    if let (Some(id), Some(st)) = (&rec.reservation_id, &rec.station) {
-                        let update = ReservationUpdate {
-                            v: 1,
-                            reservation_id: id.clone(),
-                            action: ReservationAction::Cancel,
-                        };
-                        let topic = topics::reservation(&st.region, &world.vehicles[v].id);
-                        net.fleet_publish(&st.region, &topic, &protocol::encode(&update), 1);
-                        r.cancelled += 1;
-                    }
-                    if rec.status == RecommendationStatus::Rerouted {
-                        r.rerouted += 1;
-                    }
-                    let s = nearest_reachable(&sim, v);
-                    sim.send_to(v, s, None);
-                    continue;
-                }
-                let station = rec
-                    .station
-                    .as_ref()
-                    .and_then(|st| station_index.get(st.station_id.as_str()).map(|&i| (i, st)));
-                match (rec.status, station) {
-                    (
-                        RecommendationStatus::Assigned | RecommendationStatus::Rerouted,
-                        Some((s, st)),
-                    ) => {
-                        if rec.status == RecommendationStatus::Rerouted {
-                            r.rerouted += 1;
-                        }
-                        let reservation = rec.reservation_id.clone().map(|id| Reservation {
-                            region: st.region.clone(),
-                            id,
-                        });
-                        if reservation.is_some() {
-                            requests.followed.insert(v, rec.request_id.clone());
-                        }
-                        sim.send_to(v, s, reservation);
-                    }
-                    (status, _) => {
-                        if status == RecommendationStatus::Unavailable {
-                            r.unavailable += 1;
-                        } else {
-                            warn!(vehicle = answer.vehicle_id, ?status, reason = ?rec.reason, "no usable station in the answer");
-                        }
-                        r.fallbacks += 1;
-                        let s = sim.nearest(v);
-                        sim.send_to(v, s, None);
-                    }
-                }
+                let at = real_ms(answer.received);
+                driver.answer(&answer.vehicle_id, answer.recommendation, at, &mut out);
             }
-            // Requests nobody answered in time: ask once more, then fall back.
-            let now = Instant::now();
-            let late: Vec<usize> = requests
-                .pending
-                .iter()
-                .filter(|(_, p)| now.duration_since(p.sent) > opts.answer_timeout)
-                .map(|(&v, _)| v)
-                .collect();
-            for v in late {
-                r.timeouts += 1;
-                let retried = requests.pending.get(&v).is_some_and(|p| p.retried);
-                if retried || matches!(sim.vehicles[v].phase, Phase::Stranded) {
-                    requests.pending.remove(&v);
-                    if !matches!(sim.vehicles[v].phase, Phase::Stranded) {
-                        r.fallbacks += 1;
-                        let s = sim.nearest(v);
-                        sim.send_to(v, s, None);
-                    }
-                } else {
-                    requests.ask(net, &sim, v, true);
-                }
+            while let Ok((s, payload)) = net.station_messages.try_recv() {
+                driver.station_message(s, &payload, &mut out);
             }
+            driver.timeouts(real_ms(Instant::now()), &mut out);
+            send(net, &driver, &mut out);
         }
 
-        sim.step(dt);
-
-        let events = std::mem::take(&mut sim.outbox);
-        for event in events {
-            match event {
-                Event::NeedStation(v) => {
-                    r.requests += 1;
-                    if requests.reasking.remove(&v) {
-                        requests.second_try.insert(v);
-                    } else {
-                        requests.second_try.remove(&v);
-                    }
-                    match strategy {
-                        Strategy::Fog | Strategy::Cloud | Strategy::FogFar => {
-                            if !std::mem::replace(&mut asked[v], true) {
-                                if follows[v] {
-                                    r.followers += 1;
-                                } else {
-                                    r.non_followers += 1;
-                                }
-                            }
-                            if let Some(net) = opts.net.as_deref() {
-                                requests.ask(net, &sim, v, false);
-                            }
-                        }
-                        Strategy::Nearest | Strategy::LeastQueue => {
-                            let s = if strategy == Strategy::Nearest {
-                                nearest_reachable(&sim, v)
-                            } else {
-                                sim.least_queue(v)
-                            };
-                            r.answered += 1;
-                            sim.send_to(v, s, None);
-                        }
-                    }
-                }
-                Event::StationChanged(s) => match opts.net.as_deref() {
-                    Some(net) if net.ocpp().is_some() => {
-                        let charging = sim.stations[s]
-                            .charging
-                            .iter()
-                            .map(|&(v, _)| world.vehicles[v].id.clone())
-                            .collect();
-                        if let Some(points) = net.ocpp() {
-                            points.occupancy(s, charging, sim.now_ms as u64);
-                        }
-                    }
-                    Some(net) => {
-                        let (s, topic, payload) = status_message(&sim, s, net.station_gateway(s));
-                        net.station_publish(s, &topic, &payload);
-                    }
-                    None => {}
-                },
-                Event::Arrived {
-                    vehicle,
-                    reservation,
-                } => {
-                    // An OCPP charge point reports the arrival itself: StartTransaction
-                    // with the reservation when the vehicle plugs in.
-                    if let Some(net) = opts.net.as_deref().filter(|n| n.ocpp().is_none()) {
-                        let update = ReservationUpdate {
-                            v: 1,
-                            reservation_id: reservation.id.clone(),
-                            action: ReservationAction::Arrived,
-                        };
-                        let topic =
-                            topics::reservation(&reservation.region, &world.vehicles[vehicle].id);
-                        net.fleet_publish(
-                            &reservation.region,
-                            &topic,
-                            &protocol::encode(&update),
-                            1,
-                        );
-                    }
-                }
-                Event::Telemetry(v) => {
-                    if let Some(net) = opts.net.as_deref() {
-                        let veh = &sim.vehicles[v];
-                        let region =
-                            &world.regions.areas[world.regions.locate(veh.lat, veh.lon)].id;
-                        let msg = Telemetry {
-                            v: 1,
-                            lat: veh.lat,
-                            lon: veh.lon,
-                            soc: veh.soc.clamp(0.0, 1.0),
-                            speed_kmh: Some(world.vehicles[v].speed_kmh),
-                            ts_ms: Some(sim.now_ms as u64),
-                        };
-                        let topic = topics::telemetry(region, &world.vehicles[v].id);
-                        net.fleet_publish(region, &topic, &protocol::encode(&msg), 0);
-                    }
-                }
-                Event::Stranded(v) => {
-                    requests.pending.remove(&v);
-                    info!(vehicle = world.vehicles[v].id, "stranded");
-                }
-            }
+        driver.advance(dt);
+        driver.react(real_ms(Instant::now()), &mut out);
+        match opts.net.as_deref() {
+            Some(net) => send(net, &driver, &mut out),
+            None => out.clear(),
         }
         if k % 64 == 0 || k == steps {
-            progress.set_position(k);
-            let elapsed_h = (sim.now_ms - start_ms) / 3_600_000.0;
-            progress.set_message(format!(
-                "{elapsed_h:.2}/{:.1} h, requests {}, stranded {}",
-                world.scenario.hours, r.requests, sim.tally.stranded
-            ));
+            show_progress(&progress, &driver, k, start_ms);
         }
     }
     progress.finish_and_clear();
@@ -502,45 +230,22 @@ pub async fn run(
     // Answers still on their way count (the world is over: they are not applied).
     if let Some(net) = opts.net.as_deref_mut() {
         let deadline = tokio::time::Instant::now() + opts.answer_timeout;
-        while !requests.pending.is_empty() {
+        while driver.pending() > 0 {
             let answer = tokio::select! {
                 a = net.answers.recv() => a,
                 _ = tokio::time::sleep_until(deadline) => None,
             };
             let Some(answer) = answer else { break };
-            if requests.answered(&vehicle_index, &answer).is_some() {
-                r.answered += 1;
-                if answer.recommendation.status == RecommendationStatus::Rerouted {
-                    r.rerouted += 1;
-                }
-            }
+            driver.late_answer(
+                &answer.vehicle_id,
+                &answer.recommendation,
+                real_ms(answer.received),
+            );
         }
-        r.timeouts += requests.pending.len() as u32;
     }
 
-    r.wall_s = wall_start.elapsed().as_secs_f64();
+    let mut r = driver.finish(wall_start.elapsed().as_secs_f64());
     r.max_lag_s = max_lag_ms / 1000.0;
-    if strategy.asks_server() {
-        r.rtt_ms = Some(report::rtt(requests.rtts));
-    }
-    let mut waits: Vec<f64> = sim.tally.waits_ms.iter().map(|w| w / 1000.0).collect();
-    waits.extend(sim.open_waits_ms().map(|w| w / 1000.0));
-    r.wait_s = report::wait(waits);
-    r.stranded = sim.tally.stranded;
-    r.arrivals = sim.tally.arrivals;
-    r.charged = sim.tally.sessions_done;
-    let (queued, charging) = sim.at_stations();
-    r.queued_at_end = queued as u32;
-    r.charging_at_end = charging as u32;
-    r.overbooked = sim.tally.overbooked;
-    let duration_ms = sim.now_ms - start_ms;
-    r.utilisation = report::utilisation(
-        sim.stations
-            .iter()
-            .zip(&world.stations)
-            .map(|(s, spec)| s.busy_ms / (duration_ms * f64::from(spec.chargers)))
-            .collect(),
-    );
     if let Some(net) = opts.net.as_deref() {
         r.ocpp = net.ocpp().map(crate::ocpp::ChargePoints::figures);
         r.messages = net.messages() - messages_before;
@@ -557,52 +262,65 @@ pub async fn run(
     Ok(r)
 }
 
-/// The nearest station the vehicle can reach; else the nearest of all.
-fn nearest_reachable(sim: &Sim<'_>, v: usize) -> usize {
-    sim.reachable(v)
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(s, _)| s)
-        .unwrap_or_else(|| sim.nearest(v))
+/// Publishes what the devices said (and empties `out`): vehicles through their
+/// region's fleet connection, stations on their own (an OCPP charge point reports its
+/// connectors instead).
+fn send(net: &Net, driver: &Driver<'_>, out: &mut Vec<Out>) {
+    for o in out.drain(..) {
+        match o {
+            Out::Fleet {
+                region,
+                topic,
+                payload,
+                qos,
+            } => net.fleet_publish(&region, &topic, &payload, qos),
+            Out::Status(s) => match net.ocpp() {
+                Some(points) => {
+                    let charging = driver.sim.stations[s]
+                        .charging
+                        .iter()
+                        .map(|&(v, _)| driver.world.vehicles[v].id.clone())
+                        .collect();
+                    points.occupancy(s, charging, driver.sim.now_ms as u64);
+                }
+                None => {
+                    let (topic, payload) = driver.status_message(s, net.station_gateway(s));
+                    net.station_publish(s, &topic, &payload);
+                }
+            },
+            Out::Station {
+                station,
+                topic,
+                payload,
+            } => net.station_send(station, &topic, &payload),
+        }
+    }
 }
 
-/// Publishes a charge request for vehicle `v` on the broker of the region it is in.
-fn send_request(net: &Net, sim: &Sim<'_>, v: usize, seq: u64) -> String {
-    let world = sim.world;
-    let (veh, spec) = (&sim.vehicles[v], &world.vehicles[v]);
-    let region = &world.regions.areas[world.regions.locate(veh.lat, veh.lon)].id;
-    let request_id = format!("r{seq}");
-    let req = ChargeRequest {
-        v: 1,
-        request_id: request_id.clone(),
-        lat: veh.lat,
-        lon: veh.lon,
-        soc: veh.soc.clamp(0.0, 1.0),
-        battery_kwh: spec.battery_kwh,
-        kwh_per_km: spec.kwh_per_km,
-        target_soc: world.scenario.target_soc,
-        ts_ms: Some(sim.now_ms as u64),
-    };
-    let topic = topics::request(region, &spec.id);
-    net.fleet_publish(region, &topic, &protocol::encode(&req), 1);
-    request_id
-}
-
-/// Station `s`'s status message (naming `gateway` when it speaks through one).
-fn status_message(sim: &Sim<'_>, s: usize, gateway: Option<&str>) -> (usize, String, Vec<u8>) {
-    let spec = &sim.world.stations[s];
-    let st = &sim.stations[s];
-    let region = &sim.world.regions.areas[spec.region].id;
-    let msg = station_status(
-        &spec.id,
-        spec,
-        st.charging.len(),
-        st.queue.len(),
-        sim.now_ms as u64,
-        gateway,
+/// The progress bar of a run of `steps` steps (hidden unless `show`).
+pub(crate) fn progress_bar(strategy: Strategy, steps: u64, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {percent:>3}% sim {msg} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
-    (
-        s,
-        topics::station_status(region, &spec.id),
-        protocol::encode(&msg),
-    )
+    bar.set_prefix(strategy.name());
+    bar
+}
+
+/// Step `k` done.
+pub(crate) fn show_progress(bar: &ProgressBar, driver: &Driver<'_>, k: u64, start_ms: f64) {
+    let sim = &driver.sim;
+    bar.set_position(k);
+    let elapsed_h = (sim.now_ms - start_ms) / 3_600_000.0;
+    bar.set_message(format!(
+        "{elapsed_h:.2}/{:.1} h, requests {}, stranded {}",
+        driver.world.scenario.hours,
+        driver.report().requests,
+        sim.tally.stranded
+    ));
 }

@@ -74,6 +74,17 @@ pub struct Scenario {
     #[arg(long, env = "SIM_COMPLIANCE", default_value_t = 1.0)]
     pub compliance: f64,
 
+    /// Share of charging session starts that fail: the charger goes faulted for
+    /// `--charger-fault-s` (out of service: the station reports fewer chargers) and the
+    /// vehicle, still first in line, tries the next free one. Drawn per station from
+    /// the seed.
+    #[arg(long, env = "SIM_CHARGER_FAULT_RATE", default_value_t = 0.0)]
+    pub charger_fault_rate: f64,
+
+    /// How long a faulted charger stays out of service, simulated seconds.
+    #[arg(long, env = "SIM_CHARGER_FAULT_S", default_value_t = 600.0)]
+    pub charger_fault_s: f64,
+
     /// Vehicles send telemetry this often, simulated seconds (0: never).
     #[arg(long, env = "SIM_TELEMETRY_S", default_value_t = 120.0)]
     pub telemetry_s: f64,
@@ -120,6 +131,7 @@ impl Scenario {
             ("--min-start-soc", self.min_start_soc),
             ("--hotspot-share", self.hotspot_share),
             ("--compliance", self.compliance),
+            ("--charger-fault-rate", self.charger_fault_rate),
         ] {
             ensure!(
                 (0.0..=1.0).contains(&v),
@@ -141,6 +153,10 @@ impl Scenario {
         ensure!(
             (0.0..1.0).contains(&self.safety_margin),
             "--safety-margin must be in [0, 1)"
+        );
+        ensure!(
+            self.charger_fault_s.is_finite() && self.charger_fault_s > 0.0,
+            "--charger-fault-s must be positive"
         );
         ensure!(
             self.telemetry_s.is_finite() && self.telemetry_s >= 0.0,
@@ -512,5 +528,41 @@ mod tests {
         };
         let e = World::generate(&s, demo()).unwrap_err().to_string();
         assert!(e.contains("nowhere"), "{e}");
+        for rate in [-0.1, 1.5, f64::NAN] {
+            let s = Scenario {
+                charger_fault_rate: rate,
+                ..Scenario::default()
+            };
+            let e = World::generate(&s, demo()).unwrap_err().to_string();
+            assert!(e.contains("--charger-fault-rate"), "{rate}: {e}");
+        }
+        let s = Scenario {
+            charger_fault_s: 0.0,
+            ..Scenario::default()
+        };
+        let e = World::generate(&s, demo()).unwrap_err().to_string();
+        assert!(e.contains("--charger-fault-s"), "{e}");
+    }
+
+    #[test]
+    fn charger_faults_are_off_by_default_and_read_from_the_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            scenario: Scenario,
+        }
+        let d = Scenario::default();
+        assert_eq!((d.charger_fault_rate, d.charger_fault_s), (0.0, 600.0));
+        let s = Wrapper::parse_from([
+            "device-sim",
+            "--charger-fault-rate",
+            "0.05",
+            "--charger-fault-s",
+            "900",
+        ])
+        .scenario;
+        assert_eq!((s.charger_fault_rate, s.charger_fault_s), (0.05, 900.0));
+        s.check().unwrap();
     }
 }

@@ -46,7 +46,7 @@ use config::Area;
 pub use config::Config;
 use journal::{Journal, Written};
 use metrics::Metrics;
-use region::{Effects, Region, RerouteSettings};
+use region::{AggregateSchedule, Effects, Region, RerouteSettings};
 use serverkit::clock;
 use serverkit::lease::{self, Lease};
 use serverkit::link::LinkStatus;
@@ -161,14 +161,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let mut link = connect(&config, &settings, &metrics, &shutdown).await?;
     // This instance serves the region now: retained, refreshed, its will the release.
     link.publish(&lease.topic, &lease.online(), 1, true);
-    let mut region = Region::new(&config.region, config.planner.clone());
-    region.reroute = RerouteSettings {
-        enabled: !config.no_reroute,
-        timeout: Duration::from_millis(config.reroute_timeout_ms),
-        clock_speed: clock.speed(),
-        central_timeout: Duration::from_millis(config.central_timeout_ms),
-    };
-    region.outline = area.as_ref().map(Area::outline).unwrap_or_default();
+    let mut region = configured_region(&config, area.as_ref(), clock.speed());
     let journal_stop = CancellationToken::new();
     let (journal, journal_task) = store
         .map(|(store, restored)| {
@@ -201,8 +194,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tasks.spawn(publish_aggregates(
         shared.clone(),
         link.publisher(),
-        Duration::from_millis(config.aggregate_min_ms.max(10)),
-        Duration::from_millis(config.aggregate_ms.max(10)),
+        AggregateSchedule::new(config.aggregate_min_ms.max(10), config.aggregate_ms.max(10)),
         shutdown.clone(),
     ));
     tasks.spawn(refresh_lease(
@@ -259,6 +251,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         http_addr,
         task,
     })
+}
+
+/// The region `config` describes, on a clock running `clock_speed` times real time:
+/// its planner, its reroute settings (real durations, turned into clock time by the
+/// speed) and its outline `area`. No journal yet ([`Region::restore_journal`]).
+pub fn configured_region(config: &Config, area: Option<&Area>, clock_speed: f64) -> Region {
+    let mut region = Region::new(&config.region, config.planner.clone());
+    region.reroute = RerouteSettings {
+        enabled: !config.no_reroute,
+        timeout: Duration::from_millis(config.reroute_timeout_ms),
+        clock_speed,
+        central_timeout: Duration::from_millis(config.central_timeout_ms),
+    };
+    region.outline = area.map(Area::outline).unwrap_or_default();
+    region
 }
 
 /// The region's broker, as the fog server logs in: its persistent session, the lease's
@@ -604,46 +611,33 @@ async fn sweep(
     }
 }
 
-/// Publishes the region's aggregate (retained) every `period`, and after a change as
-/// soon as `min_interval` allows.
+/// Publishes the region's aggregate (retained) when `schedule` says (every period,
+/// and after a change as soon as its shortest interval allows), on real time.
 async fn publish_aggregates(
     shared: Arc<Shared>,
     publisher: Publisher,
-    min_interval: Duration,
-    period: Duration,
+    mut schedule: AggregateSchedule,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let topic = protocol::fog::FogMessage::Aggregate.regional_topic();
-    let stations_topic = protocol::fog::FogMessage::Stations.regional_topic();
-    let mut interval = tokio::time::interval(min_interval);
+    let started = Instant::now();
+    let mut interval = tokio::time::interval(Duration::from_millis(schedule.check_every_ms()));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: Option<Instant> = None;
-    let mut last_stations: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = interval.tick() => {}
         }
-        let due = last.is_none_or(|t| t.elapsed() >= period);
-        // Every station, for central's dashboard: once a period, busy or not.
-        let stations_due = last_stations.is_none_or(|t| t.elapsed() >= period);
-        let (aggregate, stations) = {
+        let out = {
             let mut region = shared.lock();
-            if !(due || stations_due || region.is_dirty()) {
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            let Some(due) = schedule.due(elapsed_ms, region.is_dirty()) else {
                 continue;
-            }
-            let now = shared.clock.now_ms();
-            let stations = stations_due.then(|| region.stations_snapshot(now));
-            (region.aggregate(now), stations)
+            };
+            region.aggregate_messages(due, shared.clock.now_ms())
         };
-        if stations.is_some() {
-            last_stations = Some(Instant::now());
-        }
-        publisher.publish(&topic, &protocol::encode(&aggregate), 1, true);
-        if let Some(stations) = stations {
-            publisher.publish(&stations_topic, &protocol::encode(&stations), 1, true);
+        for o in &out {
+            publisher.publish(&o.topic, &o.payload, 1, o.retain);
         }
         shared.metrics.aggregates_published.inc();
-        last = Some(Instant::now());
     }
 }

@@ -37,6 +37,7 @@ fn heartbeat(r: &mut Region, at_ms: u64) {
         period_ms: 1000,
         open_regions: vec!["other".into()],
         nearest_open_km: None,
+        offers: Vec::new(),
     };
     let fx = r.receive(&FogMessage::Heartbeat.regional_topic(), &encode(&hb), at_ms);
     assert_eq!(fx, Effects::default());

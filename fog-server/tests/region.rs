@@ -42,6 +42,7 @@ fn heartbeat(r: &mut Driven, open: &[&str]) {
         period_ms: 1000,
         open_regions: open.iter().map(|s| s.to_string()).collect(),
         nearest_open_km: None,
+        offers: Vec::new(),
     };
     let topic = FogMessage::Heartbeat.regional_topic();
     assert!(r.handle(&topic, &encode(&hb), NOW).is_none());
@@ -185,6 +186,41 @@ fn without_an_answer_from_central_the_fog_answers_locally_with_a_reason() {
         reason.contains("central unreachable") && reason.contains("no station in service"),
         "{reason}"
     );
+}
+
+#[test]
+fn reroutes_central_left_unanswered_are_answered_in_the_order_they_were_asked() {
+    // Each local answer reserves a slot the next one sees: the order decides who waits
+    // least, and must not depend on the order of a hash map.
+    let mut a = saturated("a", Duration::from_secs(1));
+    let vehicles: Vec<String> = (0..8).map(|i| format!("car-{i}")).collect();
+    for (i, v) in vehicles.iter().enumerate() {
+        let topic = topics::request("a", v);
+        let out = a.handle(&topic, &encode(&request("r-1")), NOW + i as u64);
+        assert!(out.is_some(), "asked central");
+    }
+    let out = a.tick(NOW + 60_000);
+    let answered: Vec<String> = out
+        .iter()
+        .map(|o| {
+            assert_eq!(recommendation(o).status, RecommendationStatus::Assigned);
+            o.topic.split('/').nth(3).unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(answered, vehicles);
+}
+
+#[test]
+fn a_region_given_a_salt_makes_the_same_ids_every_time() {
+    let ids = |salt: u32| {
+        let mut r = Driven::from(Region::new("a", PlannerParams::default()).with_id_salt(salt));
+        add_station(&mut r, "a-free", 1.0, 2, 0, 0);
+        let answer = recommendation(&ask(&mut r, "car-1", &request("r-1")).unwrap());
+        answer.reservation_id.unwrap()
+    };
+    assert_eq!(ids(7), ids(7));
+    assert_eq!(ids(7), "a-000000071");
+    assert_ne!(ids(7), ids(8));
 }
 
 #[test]
@@ -504,6 +540,7 @@ fn a_heartbeat_that_puts_every_open_station_beyond_reach_spares_the_round_trip()
         period_ms: 1000,
         open_regions: vec!["far".into()],
         nearest_open_km: Some(nearest_open_km),
+        offers: Vec::new(),
     };
     let topic = FogMessage::Heartbeat.regional_topic();
     // 1,000 km from the region's outline: request() reaches ~92 km.

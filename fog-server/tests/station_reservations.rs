@@ -271,3 +271,30 @@ fn a_station_that_drops_the_flag_gets_nothing_more_and_bad_events_are_counted() 
         .get();
     assert_eq!(invalid, 1);
 }
+
+#[test]
+fn reservations_that_expire_together_are_cancelled_at_their_stations_in_id_order() {
+    let mut big = station("CP-1", 1.0, true);
+    big.chargers = Some(20);
+    let mut r = region_with(&[big]);
+    let mut ids: Vec<String> = (0..8)
+        .map(|i| {
+            let rec = ask(&mut r, &format!("car-{i}"), "r-1");
+            rec.reservation_id.expect("a reservation")
+        })
+        .collect();
+    r.take_station_messages();
+    let out = r.tick(NOW + 24 * 3_600_000);
+    assert!(out.is_empty(), "{out:?}");
+    let cancelled: Vec<String> = r
+        .take_station_messages()
+        .iter()
+        .map(|o| {
+            let m: StationReservation = decode(&o.payload).unwrap();
+            assert_eq!(m.action, StationReservationAction::Cancel);
+            m.reservation_id
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(cancelled, ids);
+}

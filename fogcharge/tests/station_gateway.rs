@@ -42,6 +42,7 @@ async fn stations_sharing_a_connection_go_offline_with_it_and_come_back_after_th
         credentials: None,
         ca_file: None,
         shared_stations: true,
+        station_reservations: false,
     };
     let ids = ["north-s1", "north-s2", "north-s3"];
     let stations: Vec<(String, String)> = ids

@@ -398,6 +398,37 @@ pub struct CentralHeartbeat {
     /// the fog answers it at once instead of asking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nearest_open_km: Option<f64>,
+    /// Stations of other regions that can take vehicles now (fresh, not saturated),
+    /// listed in their aggregates' `best`, within central's `--offer-radius-km` of the
+    /// receiving region's outline (its bounding box): nearest to the outline first, at
+    /// most `--offer-limit`. Empty (and left out) for a region without an outline, or
+    /// when none is near. The origin fog can then ask central when a neighbour's
+    /// station beats its own best by a margin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offers: Vec<Offer>,
+}
+
+/// A neighbour's station near a region's outline, as central's heartbeat offers it
+/// ([`CentralHeartbeat::offers`]); figures from that region's latest aggregate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Offer {
+    /// The region that listed it.
+    pub region: String,
+    pub station_id: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub power_kw: f64,
+    /// Its predicted wait, seconds (as its fog predicted it).
+    pub wait_s: u32,
+}
+
+impl Validate for Offer {
+    fn validate(&self) -> Result<(), ProtocolError> {
+        validate_id("region", &self.region)?;
+        validate_id("station_id", &self.station_id)?;
+        crate::validate::position(self.lat, self.lon)?;
+        power_kw(self.power_kw)
+    }
 }
 
 impl Validate for CentralHeartbeat {
@@ -423,7 +454,8 @@ impl Validate for CentralHeartbeat {
         }
         self.open_regions
             .iter()
-            .try_for_each(|r| validate_id("open_regions", r))
+            .try_for_each(|r| validate_id("open_regions", r))?;
+        self.offers.iter().try_for_each(Validate::validate)
     }
 }
 
@@ -439,18 +471,21 @@ impl Validate for AggregateStation {
     fn validate(&self) -> Result<(), ProtocolError> {
         validate_id("station_id", &self.station_id)?;
         crate::validate::position(self.lat, self.lon)?;
-        if !(self.power_kw.is_finite()
-            && self.power_kw > 0.0
-            && self.power_kw <= crate::validate::limits::MAX_POWER_KW)
-        {
-            return Err(ProtocolError::OutOfRange {
-                field: "power_kw",
-                value: self.power_kw,
-                min: 0.0,
-                max: crate::validate::limits::MAX_POWER_KW,
-            });
-        }
+        power_kw(self.power_kw)
+    }
+}
+
+/// A station's power: finite, above zero, at most [`crate::validate::limits::MAX_POWER_KW`].
+fn power_kw(kw: f64) -> Result<(), ProtocolError> {
+    if kw.is_finite() && kw > 0.0 && kw <= crate::validate::limits::MAX_POWER_KW {
         Ok(())
+    } else {
+        Err(ProtocolError::OutOfRange {
+            field: "power_kw",
+            value: kw,
+            min: 0.0,
+            max: crate::validate::limits::MAX_POWER_KW,
+        })
     }
 }
 

@@ -799,6 +799,14 @@ fn full_instances() -> Vec<(&'static str, Value)> {
                 period_ms: 1000,
                 open_regions: vec!["east".into(), "middle".into()],
                 nearest_open_km: Some(12.5),
+                offers: vec![fog::Offer {
+                    region: "middle".into(),
+                    station_id: "middle-s0007".into(),
+                    lat: -12.91,
+                    lon: -38.47,
+                    power_kw: 150.0,
+                    wait_s: 0,
+                }],
             })),
         ),
         (
@@ -871,6 +879,19 @@ fn schemas_name_exactly_the_fields_of_the_rust_types() {
         keys(full).len(),
         station_ref["required"].as_array().unwrap().len()
     );
+    // And the offers of central's heartbeat: every field, all required.
+    let offer_schema = component(&root, "schemas", "Offer");
+    let heartbeat = full_instances()
+        .into_iter()
+        .find(|(name, _)| *name == "CentralHeartbeat")
+        .unwrap()
+        .1;
+    let offer = &heartbeat["offers"][0];
+    assert_eq!(keys(&offer_schema["properties"]), keys(offer));
+    assert_eq!(
+        keys(offer).len(),
+        offer_schema["required"].as_array().unwrap().len()
+    );
 }
 
 #[test]
@@ -930,6 +951,10 @@ fn schema_limits_are_the_crate_limits() {
 fn schema_and_decoder_agree_on_valid_and_invalid_payloads() {
     let root = doc();
     let long_id = "x".repeat(65);
+    let offer = |lat: f64, power_kw: f64| {
+        json!({"region": "east", "station_id": "east-s0002", "lat": lat, "lon": -38.41,
+            "power_kw": power_kw, "wait_s": 240})
+    };
     let cases: Vec<(&str, &str, Value, bool)> = vec![
         ("ChargeRequest", "lat", json!(90), true),
         ("ChargeRequest", "lat", json!(-90), true),
@@ -999,6 +1024,32 @@ fn schema_and_decoder_agree_on_valid_and_invalid_payloads() {
         ("CentralHeartbeat", "open_regions", json!([]), true),
         ("CentralHeartbeat", "period_ms", json!(0), false),
         ("CentralHeartbeat", "nearest_open_km", json!(-1.0), false),
+        ("CentralHeartbeat", "offers", json!([]), true),
+        (
+            "CentralHeartbeat",
+            "offers",
+            json!([offer(-12.9, 50.0)]),
+            true,
+        ),
+        (
+            "CentralHeartbeat",
+            "offers",
+            json!([offer(91.0, 50.0)]),
+            false,
+        ),
+        (
+            "CentralHeartbeat",
+            "offers",
+            json!([offer(-12.9, 0.0)]),
+            false,
+        ),
+        (
+            "CentralHeartbeat",
+            "offers",
+            json!([{"region": "e"}]),
+            false,
+        ),
+        ("CentralHeartbeat", "offers", json!({"region": "e"}), false),
         ("Lease", "holder", json!("host.example-1-2"), false),
         ("Lease", "holder", json!(""), false),
         ("Lease", "online", json!("yes"), false),

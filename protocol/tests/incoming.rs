@@ -111,6 +111,7 @@ fn fog_topics_give_central_messages() {
         period_ms: 1000,
         open_regions: vec!["south".into()],
         nearest_open_km: None,
+        offers: Vec::new(),
     };
     let parsed = Incoming::parse(&FogMessage::Heartbeat.regional_topic(), &encode(&hb));
     assert_eq!(parsed, Ok(Incoming::Heartbeat(hb)));

@@ -570,6 +570,85 @@ fn other_ranges_are_checked() {
     }
 }
 
+// ---------------------------------------------------------------------------------
+// Central's heartbeat and its offers
+// ---------------------------------------------------------------------------------
+
+fn heartbeat() -> fog::CentralHeartbeat {
+    fog::CentralHeartbeat {
+        v: 1,
+        started_ms: 1_796_140_000_000,
+        seq: 42,
+        ts_ms: 1_796_140_041_000,
+        period_ms: 1000,
+        open_regions: vec!["east".into(), "middle".into()],
+        nearest_open_km: Some(3.2),
+        offers: vec![
+            fog::Offer {
+                region: "middle".into(),
+                station_id: "middle-s0007".into(),
+                lat: -12.91,
+                lon: -38.47,
+                power_kw: 150.0,
+                wait_s: 0,
+            },
+            fog::Offer {
+                region: "east".into(),
+                station_id: "east-s0002".into(),
+                lat: -12.95,
+                lon: -38.41,
+                power_kw: 50.0,
+                wait_s: 240,
+            },
+        ],
+    }
+}
+
+#[test]
+fn a_heartbeat_round_trips_with_and_without_offers() {
+    let hb = heartbeat();
+    roundtrip(&hb);
+    let json = json_of(&hb);
+    assert_eq!(json["offers"][1]["wait_s"], 240);
+    assert_eq!(json["offers"][0]["station_id"], "middle-s0007");
+    // No offers: the field is left out, and a heartbeat without it (an older
+    // central's) decodes with none.
+    let bare = fog::CentralHeartbeat {
+        offers: Vec::new(),
+        ..heartbeat()
+    };
+    roundtrip(&bare);
+    assert!(json_of(&bare).get("offers").is_none());
+    let old = decode::<fog::CentralHeartbeat>(&without(&json, "offers")).unwrap();
+    assert_eq!(old, bare);
+}
+
+#[test]
+fn a_heartbeat_with_a_bad_offer_is_refused_naming_the_field() {
+    let base = json_of(&heartbeat());
+    let offer = |field: &str, value: Value| {
+        let mut v = base.clone();
+        v["offers"][1][field] = value;
+        bytes(&v)
+    };
+    let refuse = |payload: Vec<u8>| refused::<fog::CentralHeartbeat>(&payload);
+    assert_out_of_range(&refuse(offer("lat", json!(91))), "lat");
+    assert_out_of_range(&refuse(offer("lon", json!(-180.5))), "lon");
+    assert_out_of_range(&refuse(offer("power_kw", json!(0))), "power_kw");
+    assert_out_of_range(&refuse(offer("power_kw", json!(-50))), "power_kw");
+    assert_out_of_range(
+        &refuse(offer("power_kw", json!(limits::MAX_POWER_KW + 1.0))),
+        "power_kw",
+    );
+    assert_invalid_id(&refuse(offer("station_id", json!("s 1"))), "station_id");
+    assert_invalid_id(&refuse(offer("region", json!(""))), "region");
+    // A negative wait or a missing field is not an offer at all.
+    assert_json(&refuse(offer("wait_s", json!(-1))));
+    let mut missing = base.clone();
+    missing["offers"][0].as_object_mut().unwrap().remove("lon");
+    assert!(assert_json(&refuse(bytes(&missing))).contains("lon"));
+}
+
 #[test]
 fn in_service_stations_need_position_chargers_and_power() {
     let sta = json_of(&station());

@@ -45,4 +45,21 @@ mod tests {
             "a </script> in the data cannot end the element"
         );
     }
+
+    #[test]
+    fn the_page_shows_promises_and_charger_faults() {
+        for read in [
+            "r.promise.checked",
+            "r.promise.kept_share",
+            "r.promise.broken",
+            "p.error_s.p50, p.error_s.p95, p.error_s.max",
+            "r.promise.revised",
+            "r.faults",
+            "\"chart-promise\"",
+        ] {
+            assert!(REPORT_JS.contains(read), "the script does not use {read}");
+        }
+        // Early promises (below 0) hang below the zero line instead of vanishing.
+        assert!(REPORT_JS.contains("Math.min(0, ...values)"));
+    }
 }

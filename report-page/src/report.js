@@ -11,7 +11,8 @@ function node(name, attrs, parent, text) {
   return e;
 }
 
-// Grouped bar chart: groups (x labels) × series (strategies).
+// Grouped bar chart: groups (x labels) × series (strategies). Values below 0 hang
+// below the zero line.
 function bars(title, unit, groups, series, id) {
   const fig = document.createElement("figure");
   fig.id = id;
@@ -20,20 +21,22 @@ function bars(title, unit, groups, series, id) {
   fig.appendChild(cap);
   const W = 480, H = 260, left = 48, bottom = 40, top = 10;
   const svg = node("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
-  const max = Math.max(1e-9, ...series.flatMap((s) => s.values));
+  const values = series.flatMap((s) => s.values);
+  const max = Math.max(1e-9, ...values), min = Math.min(0, ...values);
+  const y = (v) => top + ((H - top - bottom) * (max - v)) / (max - min);
   const gw = (W - left - 10) / groups.length;
   const bw = Math.min(28, (gw - 10) / series.length);
   for (let t = 0; t <= 4; t++) {
-    const v = (max * t) / 4, y = top + (H - top - bottom) * (1 - t / 4);
-    node("line", { x1: left, x2: W - 5, y1: y, y2: y, stroke: "#e0e0e0" }, svg);
-    node("text", { x: left - 4, y: y + 4, "text-anchor": "end" }, svg, v >= 10 ? v.toFixed(0) : v.toFixed(1));
+    const v = min + ((max - min) * t) / 4;
+    node("line", { x1: left, x2: W - 5, y1: y(v), y2: y(v), stroke: "#e0e0e0" }, svg);
+    node("text", { x: left - 4, y: y(v) + 4, "text-anchor": "end" }, svg, Math.abs(v) >= 10 ? v.toFixed(0) : v.toFixed(1));
   }
+  if (min < 0) node("line", { x1: left, x2: W - 5, y1: y(0), y2: y(0), stroke: "#555" }, svg);
   groups.forEach((g, gi) => {
     const x0 = left + gi * gw + (gw - bw * series.length) / 2;
     series.forEach((s, si) => {
       const v = s.values[gi] || 0;
-      const h = ((H - top - bottom) * v) / max;
-      const r = node("rect", { class: `s${si} bar`, x: x0 + si * bw, y: H - bottom - h, width: bw - 2, height: h }, svg);
+      const r = node("rect", { class: `s${si} bar`, x: x0 + si * bw, y: y(Math.max(v, 0)), width: bw - 2, height: Math.abs(y(v) - y(0)) }, svg);
       node("title", {}, r, `${s.name} ${g}: ${v.toFixed(1)} ${unit}`);
     });
     node("text", { x: left + gi * gw + gw / 2, y: H - bottom + 16, "text-anchor": "middle" }, svg, g);
@@ -51,6 +54,11 @@ function bars(title, unit, groups, series, id) {
   document.getElementById("charts").appendChild(fig);
 }
 
+// A promise's signed error (actual − promised wait): p50, p95, max in minutes.
+function promiseError(p) {
+  return [p.error_s.p50, p.error_s.p95, p.error_s.max].map((v) => v / 60);
+}
+
 function draw(report) {
   const names = report.order && report.order.length ? report.order : Object.keys(report.strategies);
   const sc = report.scenario || {};
@@ -63,6 +71,14 @@ function draw(report) {
     ["wait max (min)", (r) => (r.wait_s.max / 60).toFixed(1)],
     ["round trip p50 (ms)", (r) => (r.rtt_ms ? r.rtt_ms.p50.toFixed(1) : "–")],
     ["round trip p99 (ms)", (r) => (r.rtt_ms ? r.rtt_ms.p99.toFixed(1) : "–")],
+    // Promised waits (the answer's wait_s) against actual ones; "–" for strategies that
+    // promise nothing.
+    ["promises checked", (r) => (r.promise ? r.promise.checked : "–")],
+    ["promises kept (±5 min)", (r) => (r.promise ? `${(r.promise.kept_share * 100).toFixed(0)}%` : "–")],
+    ["promises broken (>10 min late)", (r) => (r.promise ? r.promise.broken : "–")],
+    ["promise error p50 / p95 / max (min, > 0 late)", (r) => (r.promise ? promiseError(r.promise).map((v) => v.toFixed(1)).join(" / ") : "–")],
+    ["revised answers followed", (r) => (r.promise ? r.promise.revised : "–")],
+    ["charger faults", (r) => (r.faults === undefined ? "–" : r.faults)],
   ];
   const head = document.querySelector("#summary thead");
   const tr = document.createElement("tr");
@@ -88,6 +104,11 @@ function draw(report) {
   if (withRtt.length) {
     bars("Request → answer round trip (ms)", "ms", ["p50", "p95", "p99", "max"],
       withRtt.map((s) => ({ name: s.name, values: [s.r.rtt_ms.p50, s.r.rtt_ms.p95, s.r.rtt_ms.p99, s.r.rtt_ms.max] })), "chart-rtt");
+  }
+  const withPromise = strategies.filter((s) => s.r.promise && s.r.promise.checked > 0);
+  if (withPromise.length) {
+    bars("Actual wait − promised wait (minutes; above 0: later than promised)", "min", ["p50", "p95", "max"],
+      withPromise.map((s) => ({ name: s.name, values: promiseError(s.r.promise) })), "chart-promise");
   }
   bars("Outcomes", "vehicles", ["charged", "stranded", "queued at end", "rerouted"],
     strategies.map((s) => ({ name: s.name, values: [s.r.charged, s.r.stranded, s.r.queued_at_end, s.r.rerouted] })), "chart-outcomes");

@@ -5,9 +5,9 @@
 //! | --- | --- | --- |
 //! | `fog` (`fog-{region}`) | its region's | read and write `ev/{region}/#` and `fog/#` |
 //! | `fleet` (`fleet-{region}`) | its region's | write any vehicle's `request`, `reservation`, `telemetry`; read any vehicle's `recommendation` — a fleet operator's gateway, such as `device-sim` |
-//! | `station` (user = station id) | its region's | write only its own `ev/{region}/stations/{id}/status` |
+//! | `station` (user = station id) | its region's | write only its own `ev/{region}/stations/{id}/status` and `…/reservation-events`, read its own `…/reservations` (a station that takes reservations) |
 //! | `ocpp` (`ocpp-{region}`) | its region's | write its presence and its region's station statuses and reservation events, read what the fog sends its stations (`…/reservations`) — the region's OCPP gateway |
-//! | `stations` (`stations-{region}`, only when asked for: [`Credentials::add_station_gateways`]) | its region's | write its presence and its region's station statuses — one connection speaking for many plain stations (device-sim's `--station-connections per-region`) |
+//! | `stations` (`stations-{region}`, only when asked for: [`Credentials::add_station_gateways`]) | its region's | write its presence and its region's station statuses and reservation events, read what the fog sends its stations — one connection speaking for many plain stations (device-sim's `--station-connections per-region`) |
 //! | `vehicle` (user = vehicle id) | every region's | write only its own `request`, `reservation`, `telemetry`; read only its own `recommendation` |
 //! | `bridge` (`bridge-{region}`) | central | read and write `regions/{region}/#` (the regional broker's bridge logs in with it) |
 //! | `central` | central | read and write `regions/#` |
@@ -207,7 +207,11 @@ impl Credentials {
                     format!("write ev/{r}/vehicles/+/telemetry"),
                     format!("read ev/{r}/vehicles/+/recommendation"),
                 ],
-                Role::Station { .. } => vec![format!("write ev/{r}/stations/{}/status", u.name)],
+                Role::Station { .. } => vec![
+                    format!("write ev/{r}/stations/{}/status", u.name),
+                    format!("write ev/{r}/stations/{}/reservation-events", u.name),
+                    format!("read ev/{r}/stations/{}/reservations", u.name),
+                ],
                 Role::Ocpp { .. } => vec![
                     format!("write ev/{r}/gateways/{}/status", u.name),
                     format!("write ev/{r}/stations/+/status"),
@@ -217,6 +221,8 @@ impl Credentials {
                 Role::Stations { .. } => vec![
                     format!("write ev/{r}/gateways/{}/status", u.name),
                     format!("write ev/{r}/stations/+/status"),
+                    format!("write ev/{r}/stations/+/reservation-events"),
+                    format!("read ev/{r}/stations/+/reservations"),
                 ],
                 Role::Vehicle => vec![
                     format!("write ev/{r}/vehicles/{}/request", u.name),
@@ -402,6 +408,8 @@ mod tests {
             [
                 format!("topic write ev/{region}/gateways/{name}/status"),
                 format!("topic write ev/{region}/stations/+/status"),
+                format!("topic write ev/{region}/stations/+/reservation-events"),
+                format!("topic read ev/{region}/stations/+/reservations"),
             ]
         );
         assert!(!creds.acl(None).contains("stations-"));

@@ -2,7 +2,7 @@
 //! module docs of [`crate::reroute`]).
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cost_model::CostParams;
 
@@ -64,7 +64,7 @@ pub fn candidates(
     vehicle: &Vehicle,
     model: &CostParams,
     local_best_total_s: Option<f64>,
-    now: Instant,
+    now_ms: u64,
 ) -> Result<Vec<Candidate>, NoCandidate> {
     let (mut fresh, mut stale, mut in_range, mut unsaturated) = (0, 0, 0, 0);
     let mut out = Vec::new();
@@ -72,7 +72,7 @@ pub fn candidates(
         if id == origin {
             continue;
         }
-        if regions.is_stale(state, now) {
+        if regions.is_stale(state, now_ms) {
             stale += 1;
             continue;
         }
@@ -123,7 +123,7 @@ pub fn candidates(
     Ok(out)
 }
 
-/// How long a "no region within" hint holds for the origin fog.
+/// How long a "no region within" hint holds for the origin fog (real time).
 pub const HINT_HOLD: Duration = Duration::from_secs(2);
 
 /// The great-circle distance from `vehicle` to the nearest listed station of any other
@@ -133,13 +133,11 @@ pub fn open_station_distance_km(
     regions: &Regions,
     origin: &str,
     vehicle: &Vehicle,
-    now: Instant,
+    now_ms: u64,
 ) -> f64 {
     regions
         .iter()
-        .filter(|(id, s)| {
-            *id != origin && !regions.is_stale(s, now) && !regions.is_saturated(&s.aggregate)
-        })
+        .filter(|(id, s)| *id != origin && regions.is_open(s, now_ms))
         .flat_map(|(_, s)| s.aggregate.best.iter())
         .map(|st| protocol::geo::haversine_km(vehicle.lat, vehicle.lon, st.lat, st.lon))
         .fold(protocol::fog::EVERYWHERE_KM, f64::min)
@@ -195,11 +193,11 @@ mod tests {
         target_soc: 0.8,
     };
 
-    fn regions(list: Vec<Aggregate>) -> (Regions, Instant) {
-        let mut r = Regions::new(Duration::from_secs(6), 1800);
-        let now = Instant::now();
+    fn regions(list: Vec<Aggregate>) -> (Regions, u64) {
+        let mut r = Regions::new(Duration::from_secs(6), 1800, 1.0);
+        let now = 1_000_000;
         for a in list {
-            r.ingest(a, now, 0);
+            r.ingest(a, now);
         }
         (r, now)
     }
@@ -250,7 +248,7 @@ mod tests {
         assert_eq!(err, NoCandidate::AllSaturated { in_range: 1 });
 
         let (r, now) = regions(vec![aggregate("a", &[("a", 1.0, 0)])]);
-        let later = now + Duration::from_secs(7);
+        let later = now + 7_000;
         let err = candidates(&r, "o", &CAR, &m, None, later).unwrap_err();
         assert_eq!(err, NoCandidate::NoFreshRegion { stale: 1 });
 

@@ -26,8 +26,9 @@
 //!    must save it time. Candidates are sorted by estimate, least first (ties by
 //!    region id).
 //!
-//! 2. **asks them in turn**: publishes a [`Handoff`] (a fresh `handoff_id`,
-//!    `max_total_s` = the origin's `local_best_total_s`) on
+//! 2. **asks them in turn**: publishes a [`Handoff`] (a fresh `handoff_id`:
+//!    `h-{central's start, hex}-{n}`; `max_total_s` = the origin's
+//!    `local_best_total_s`) on
 //!    `regions/{target}/down/handoff` and waits for the [`HandoffReply`] with that id on
 //!    `regions/{target}/up/handoff-reply`, for at most `--handoff-timeout-ms`. The
 //!    target fog plans the vehicle with its full, current station data, and either
@@ -49,16 +50,19 @@
 //!    in range saturated, none beats the local best, all refused, timed out, deadline
 //!    reached — and, in both cases, `tried`: the regions asked, in order.
 //!
-//! # Concurrency and duplicates
+//! # Where it runs, and duplicates
 //!
-//! Every reroute runs in its own task. The task that owns the MQTT connection never
-//! waits: it hands each [`HandoffReply`] to the waiting reroute task through
-//! [`Handoffs`], a map of oneshot senders keyed by `handoff_id` (a reply whose region
-//! differs from the one asked is refused; a reply that nobody waits for — late, after
-//! a timeout — is counted and dropped; the target's reservation then expires by
-//! itself). A repeated `reroute_id` from the same origin (a QoS 1 redelivery, a
-//! retry) never starts a second reroute ([`Memory`]): while the first runs it is
-//! ignored, afterwards the first reply is published again.
+//! The conversation is a step of [`crate::core::CentralCore`], driven by the messages
+//! it receives and the time passed in (the shared clock): a reroute request ranks the
+//! candidates and sends the first handoff; a [`HandoffReply`] (matched by
+//! `handoff_id`; one from another region than the one asked is refused, one that
+//! nobody waits for — late, after a timeout — is counted and dropped, the target's
+//! reservation then expires by itself) answers the origin or asks the next; a
+//! handoff's timeout, at `tick`, asks the next or, when the deadline cut the wait,
+//! answers. Many reroutes run at once without waiting for each other. A repeated
+//! `reroute_id` from the same origin (a QoS 1 redelivery, a retry) never starts a
+//! second reroute ([`Memory`]): while the first runs it is ignored, afterwards the
+//! first reply is published again.
 //!
 //! # Limits
 //!
@@ -73,12 +77,18 @@
 //! [`HandoffReply`]: protocol::fog::HandoffReply
 //! [`RerouteReply`]: protocol::fog::RerouteReply
 
+use std::time::Duration;
+
 mod candidates;
-mod conversation;
-mod handoffs;
 mod memory;
 
 pub use candidates::{Candidate, HINT_HOLD, NoCandidate, candidates, open_station_distance_km};
-pub use conversation::{MIN_ATTEMPT, REPLY_MARGIN, run};
-pub use handoffs::{Delivery, Handoffs};
 pub use memory::{MEMORY_CAP, MEMORY_TTL, Memory, Seen};
+
+/// Time kept, before a request's deadline, for the reply to reach the origin fog
+/// (real time).
+pub const REPLY_MARGIN: Duration = Duration::from_millis(25);
+
+/// A handoff is only sent when at least this long (real time) is left to wait for
+/// its reply.
+pub const MIN_ATTEMPT: Duration = Duration::from_millis(25);

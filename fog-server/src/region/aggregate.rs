@@ -1,11 +1,69 @@
 //! The region's summary for central: totals over its stations and its best few
 //! (`aggregate`, retained, after each change as often as allowed), and every station
-//! once a period (`stations`, for central's dashboard).
+//! once a period (`stations`, for central's dashboard); [`AggregateSchedule`] decides
+//! when they go out.
 
-use protocol::fog::{Aggregate, AggregateStation};
+use protocol::fog::{Aggregate, AggregateStation, FogMessage};
 
-use super::Region;
+use super::{Outgoing, Region};
 use crate::index::{Slot, Station};
+
+/// When the region's aggregate goes out: every period, and after a change as soon as
+/// the shortest interval allows; the station list once a period, busy or not. The
+/// caller checks every [`check_every_ms`](Self::check_every_ms) (its one timer) and
+/// asks [`due`](Self::due). Times are in the ms of whichever clock the caller keeps,
+/// the same for every call: the server's shell uses real ms of a monotonic clock, a
+/// simulation its own simulated ms (with the periods scaled to match).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateSchedule {
+    min_interval_ms: u64,
+    period_ms: u64,
+    last_ms: Option<u64>,
+    last_stations_ms: Option<u64>,
+}
+
+/// What is due at a check: the aggregate, and the station list with it when `stations`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggregateDue {
+    pub stations: bool,
+}
+
+impl AggregateSchedule {
+    /// Aggregates at least every `period_ms`, and after a change no sooner than
+    /// `min_interval_ms` after the last one.
+    pub fn new(min_interval_ms: u64, period_ms: u64) -> Self {
+        Self {
+            min_interval_ms: min_interval_ms.max(1),
+            period_ms,
+            last_ms: None,
+            last_stations_ms: None,
+        }
+    }
+
+    /// How often to check.
+    pub fn check_every_ms(&self) -> u64 {
+        self.min_interval_ms
+    }
+
+    /// At a check at `now_ms`, `dirty` when something an aggregate shows changed since
+    /// the last one ([`Region::is_dirty`]): what to publish now, if anything (taken as
+    /// published).
+    pub fn due(&mut self, now_ms: u64, dirty: bool) -> Option<AggregateDue> {
+        let passed =
+            |last: Option<u64>| last.is_none_or(|t| now_ms.saturating_sub(t) >= self.period_ms);
+        let aggregate_due = passed(self.last_ms);
+        // Every station, for central's dashboard: once a period, busy or not.
+        let stations = passed(self.last_stations_ms);
+        if !(aggregate_due || stations || dirty) {
+            return None;
+        }
+        if stations {
+            self.last_stations_ms = Some(now_ms);
+        }
+        self.last_ms = Some(now_ms);
+        Some(AggregateDue { stations })
+    }
+}
 
 /// How many of the region's best stations an aggregate lists.
 const AGGREGATE_BEST: usize = 8;
@@ -76,6 +134,26 @@ impl Region {
         agg
     }
 
+    /// The messages of an aggregate that is `due` (see [`AggregateSchedule`]): the
+    /// aggregate, then — when due — the station list, both retained, on their regional
+    /// topics (`fog/up/…`).
+    pub fn aggregate_messages(&mut self, due: AggregateDue, now_ms: u64) -> Vec<Outgoing> {
+        let stations = due.stations.then(|| self.stations_snapshot(now_ms));
+        let mut out = vec![Outgoing {
+            topic: FogMessage::Aggregate.regional_topic(),
+            payload: protocol::encode(&self.aggregate(now_ms)),
+            retain: true,
+        }];
+        if let Some(stations) = stations {
+            out.push(Outgoing {
+                topic: FogMessage::Stations.regional_topic(),
+                payload: protocol::encode(&stations),
+                retain: true,
+            });
+        }
+        out
+    }
+
     /// A station's predicted wait for a vehicle arriving now, whole seconds.
     fn predicted_wait_s(&self, slot: Slot, s: &Station, now_ms: u64) -> u32 {
         self.planner.expected_wait_s(slot, s, now_ms, 0.0).round() as u32
@@ -142,6 +220,45 @@ mod tests {
 
     use super::*;
     use crate::planner::PlannerParams;
+
+    #[test]
+    fn aggregates_go_out_every_period_and_after_a_change_at_the_shortest_interval() {
+        let mut schedule = AggregateSchedule::new(250, 2000);
+        assert_eq!(schedule.check_every_ms(), 250);
+        let with_stations = Some(AggregateDue { stations: true });
+        let alone = Some(AggregateDue { stations: false });
+        // The first check publishes both, whatever changed.
+        assert_eq!(schedule.due(1000, false), with_stations);
+        // Nothing changed: nothing until a period has passed.
+        assert_eq!(schedule.due(1250, false), None);
+        // A change goes out at the next check, without the station list.
+        assert_eq!(schedule.due(1500, true), alone);
+        assert_eq!(schedule.due(1750, true), alone);
+        // The station list is due a period after the last one: the aggregate with it.
+        assert_eq!(schedule.due(2750, false), None);
+        assert_eq!(schedule.due(3000, false), with_stations);
+        assert_eq!(schedule.due(4999, false), None);
+        assert_eq!(schedule.due(5000, false), with_stations);
+    }
+
+    #[test]
+    fn aggregate_messages_are_the_aggregate_and_the_station_list_retained() {
+        let mut region = Region::new("north", PlannerParams::default());
+        let now = 1_750_000_000_000;
+        let out = region.aggregate_messages(AggregateDue { stations: true }, now);
+        let topics: Vec<(&str, bool)> = out.iter().map(|o| (o.topic.as_str(), o.retain)).collect();
+        assert_eq!(
+            topics,
+            [("fog/up/aggregate", true), ("fog/up/stations", true)]
+        );
+        let agg: Aggregate = protocol::decode(&out[0].payload).unwrap();
+        assert_eq!((agg.region.as_str(), agg.seq, agg.ts_ms), ("north", 1, now));
+        assert!(!region.is_dirty(), "published");
+        let out = region.aggregate_messages(AggregateDue { stations: false }, now + 1);
+        assert_eq!(out.len(), 1);
+        let agg: Aggregate = protocol::decode(&out[0].payload).unwrap();
+        assert_eq!(agg.seq, 2);
+    }
 
     /// The aggregate picks its best stations without sorting them all: the same ones,
     /// in the same order, as the full list (`stations` message), and the same totals.

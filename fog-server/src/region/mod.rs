@@ -15,7 +15,8 @@
 //! - [`stations`]: station statuses, and putting back journaled reservations;
 //! - [`station_reservations`]: stations that take reservations themselves (OCPP);
 //! - [`gateways`]: OCPP gateways' presence (a dead gateway's stations are offline);
-//! - [`aggregate`]: the region's summary for central;
+//! - [`aggregate`]: the region's summary for central, and when it goes out
+//!   ([`AggregateSchedule`]);
 //! - [`views`]: what the HTTP API and the gauges show.
 
 use std::collections::{HashMap, VecDeque};
@@ -38,6 +39,7 @@ mod station_reservations;
 mod stations;
 mod views;
 
+pub use aggregate::{AggregateDue, AggregateSchedule};
 pub use reroute::{CentralView, RerouteSettings};
 pub use views::StationView;
 
@@ -160,6 +162,14 @@ impl Region {
             handed: HashMap::new(),
             last_replan_ms: 0,
         }
+    }
+
+    /// The same region with `salt` in its ids instead of a random one (the ids are
+    /// `{region}-{salt:08x}{counter}`): for runs that must repeat exactly (a
+    /// simulation); a server keeps the random salt, so ids differ across restarts.
+    pub fn with_id_salt(mut self, salt: u32) -> Self {
+        self.id_salt = salt;
+        self
     }
 
     /// Counts a metric change (handed out with the next effects).
@@ -334,9 +344,22 @@ impl Region {
     fn sync(&mut self, fx: &mut Effects) {
         let answered = std::mem::take(&mut self.just_answered);
         let handed = std::mem::take(&mut self.just_handed);
-        let changes = self.planner.take_changes();
+        let mut changes = self.planner.take_changes();
         if changes.is_empty() {
             return;
+        }
+        // Reservations that ended together (e.g. expired in one sweep) in id order, not
+        // in the order a hash map gave them: the same inputs, the same messages.
+        for run in changes.chunk_by_mut(|a, b| {
+            matches!(
+                (a, b),
+                (ReservationChange::Ended(_), ReservationChange::Ended(_))
+            )
+        }) {
+            run.sort_by(|a, b| match (a, b) {
+                (ReservationChange::Ended(a), ReservationChange::Ended(b)) => a.cmp(b),
+                _ => std::cmp::Ordering::Equal,
+            });
         }
         let answer_of = |reservation_id: &str| {
             answered

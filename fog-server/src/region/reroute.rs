@@ -231,13 +231,15 @@ impl Region {
     /// is answered `unavailable` (at the next tick) and central's late reply will be
     /// ignored, so that it cannot replace the reservation the new request gets.
     pub(super) fn supersede_pending(&mut self, vehicle_id: &str, new_request: &str, now_ms: u64) {
-        let superseded: Vec<String> = self
+        let mut superseded: Vec<(u64, String)> = self
             .pending
             .iter()
             .filter(|(_, p)| p.vehicle_id == vehicle_id)
-            .map(|(id, _)| id.clone())
+            .map(|(id, p)| (p.deadline_ms, id.clone()))
             .collect();
-        for id in superseded {
+        // In the order they were asked, not the map's (which differs from run to run).
+        superseded.sort();
+        for (_, id) in superseded {
             if let Some(p) = self.pending.remove(&id) {
                 let answer = Recommendation::refusal(
                     p.request.request_id.clone(),
@@ -335,13 +337,16 @@ impl Region {
 
     /// Answers locally the reroutes whose deadline has passed.
     pub(super) fn expire_reroutes(&mut self, now_ms: u64, fx: &mut Effects) {
-        let late: Vec<String> = self
+        let mut late: Vec<(u64, String)> = self
             .pending
             .iter()
             .filter(|(_, p)| p.deadline_ms <= now_ms)
-            .map(|(id, _)| id.clone())
+            .map(|(id, p)| (p.deadline_ms, id.clone()))
             .collect();
-        for id in late {
+        // Answered in the order they were asked (each answer may reserve a slot the
+        // next one then sees), not in the map's order, which differs from run to run.
+        late.sort();
+        for (_, id) in late {
             let Some(pending) = self.pending.remove(&id) else {
                 continue;
             };

@@ -75,12 +75,14 @@ impl Region {
                 .or_default()
                 .push(entry);
         }
-        let known: Vec<String> = self
+        let mut known: Vec<String> = self
             .restoring
             .keys()
             .filter(|id| self.planner.stations.slot_of(id).is_some())
             .cloned()
             .collect();
+        // Station by station in one order, not the map's (which differs from run to run).
+        known.sort();
         for station_id in known {
             self.restore_at(&station_id, now_ms);
         }

@@ -1,0 +1,105 @@
+//! `--in-process`: the servers' cores in the simulator, on the simulated clock, over
+//! the modelled network. The same seed and flags give the same report; a small demo
+//! city (its region `nw` overloaded) for a simulated hour.
+
+use clap::Parser as _;
+use device_sim::{Config, Report, StrategyReport};
+use tokio_util::sync::CancellationToken;
+
+/// A small demo city for an hour, in process, with `args` added.
+async fn run(args: &[&str]) -> Report {
+    let mut all = vec![
+        "device-sim",
+        "--in-process",
+        "--no-progress",
+        "--vehicles",
+        "300",
+        "--stations",
+        "24",
+        "--hours",
+        "1",
+    ];
+    all.extend_from_slice(args);
+    device_sim::run(Config::parse_from(all), CancellationToken::new())
+        .await
+        .expect("the in-process run")
+}
+
+/// The report as JSON without what may differ between two runs (the wall time).
+fn comparable(report: &Report) -> serde_json::Value {
+    let mut j = serde_json::to_value(report).unwrap();
+    for s in j["strategies"].as_object_mut().unwrap().values_mut() {
+        s.as_object_mut().unwrap().remove("wall_s");
+    }
+    j
+}
+
+/// What must hold of every run of a server strategy.
+fn check(name: &str, r: &StrategyReport) {
+    assert_eq!(r.overbooked, 0, "{name}: {r:?}");
+    assert_eq!(
+        r.arrivals,
+        r.charged + r.queued_at_end + r.charging_at_end,
+        "{name}: {r:?}"
+    );
+    assert!(r.requests > 50, "{name}: too little demand: {r:?}");
+    assert_eq!(
+        r.answered, r.requests,
+        "{name}: every request answered: {r:?}"
+    );
+    assert_eq!(r.timeouts, 0, "{name}: {r:?}");
+}
+
+#[tokio::test]
+async fn the_same_seed_gives_the_same_report_for_fog_with_central_and_cloud() {
+    let args = ["--strategy", "fog,cloud", "--seed", "11"];
+    let (a, b) = (run(&args).await, run(&args).await);
+    assert_eq!(comparable(&a), comparable(&b));
+    for name in ["fog", "cloud"] {
+        check(name, &a.strategies[name]);
+    }
+    let (fog, cloud) = (&a.strategies["fog"], &a.strategies["cloud"]);
+    // Central took part: the overloaded region's vehicles went to other regions.
+    assert!(fog.rerouted > 0, "{fog:?}");
+    assert_eq!(cloud.rerouted, 0, "one region: nowhere to reroute to");
+    // The modelled network, back in real ms: the edge round trip (6 ms) and the
+    // cloud's (120 ms), with their jitter (±1, ±10 ms each way), and no more: the
+    // servers take no time here.
+    let (f, c) = (fog.rtt_ms.unwrap(), cloud.rtt_ms.unwrap());
+    assert!((4.0..9.0).contains(&f.p50), "fog round trip {f:?}");
+    assert!((100.0..145.0).contains(&c.p50), "cloud round trip {c:?}");
+    assert_eq!(
+        (fog.device_rtt_ms, cloud.device_rtt_ms),
+        (Some(6.0), Some(120.0))
+    );
+    // The stations held the fog's reservations and the promises were checked.
+    for r in [fog, cloud] {
+        let p = r.promise.as_ref().unwrap();
+        assert!(p.checked > 0 && p.checked <= r.answered, "{r:?}");
+    }
+    // One broker for the cloud, one per region for the fog.
+    assert_eq!(cloud.msgs_per_s_by_broker.len(), 1);
+    assert_eq!(fog.msgs_per_s_by_broker.len(), 4);
+    // Another seed is another run (the comparison above is not vacuous).
+    let other = run(&["--strategy", "fog,cloud", "--seed", "12"]).await;
+    assert_ne!(comparable(&a), comparable(&other));
+}
+
+#[tokio::test]
+async fn with_half_the_drivers_ignoring_their_answer_they_cancel_and_are_still_answered() {
+    let report = run(&["--strategy", "fog", "--compliance", "0.5"]).await;
+    let fog = &report.strategies["fog"];
+    check("fog", fog);
+    let askers = fog.followers + fog.non_followers;
+    let share = f64::from(fog.followers) / f64::from(askers);
+    assert!(
+        (0.35..=0.65).contains(&share),
+        "followers {share:.2}: {fog:?}"
+    );
+    // The non-followers gave their reservations back.
+    assert!(
+        fog.cancelled > 0 && fog.cancelled <= fog.answered,
+        "{fog:?}"
+    );
+    assert_eq!(report.scenario["compliance"], 0.5);
+}
