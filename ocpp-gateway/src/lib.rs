@@ -9,6 +9,8 @@
 //! - [`status`]: connector statuses → station status, no I/O.
 //! - [`session`]: one charge point's session: its CALLs answered, the CSMS's calls to
 //!   it one at a time with a timeout, its station status.
+//! - [`waiting`]: the reservations waiting at a busy charger, in the order the fog
+//!   planned them (`start_ms`), no I/O.
 //! - [`server`]: the WebSocket endpoint `/ocpp/{chargePointId}` (subprotocol
 //!   `ocpp1.6`, Basic auth, TLS) and `/healthz`, `/readyz`, `/metrics`.
 //! - [`metrics`]: Prometheus metrics.
@@ -22,6 +24,7 @@ pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod status;
+pub mod waiting;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -66,6 +69,8 @@ pub struct Held {
     pub ocpp_id: i32,
     pub id_tag: String,
     pub connector: u32,
+    /// The expiry the charger was last sent: a `reserve` with another one updates it.
+    pub expires_ms: u64,
 }
 
 /// What sessions need to know of the gateway's settings.
@@ -456,6 +461,7 @@ fn on_mqtt(shared: &Shared, topic: &str, payload: &[u8]) {
             fog_id: msg.reservation_id.clone(),
             id_tag,
             expires_ms,
+            start_ms: msg.start_ms,
         },
         (StationReservationAction::Cancel, ..) => Command::Cancel {
             fog_id: msg.reservation_id.clone(),

@@ -30,7 +30,8 @@ pub struct Metrics {
     /// Station statuses published.
     pub statuses: Counter,
     /// Reservations, by outcome (`accepted`, `rejected`, `timed_out`, `cancelled`, `arrived`,
-    /// `waiting`: made for later while every connector is busy).
+    /// `waiting`: made for later while every connector is busy, `updated`: a `reserve`
+    /// that changed one the gateway had, waiting or placed).
     pub reservations: Family<Label, Counter>,
     /// Calls to charge points that were not answered in time.
     pub call_timeouts: Counter,

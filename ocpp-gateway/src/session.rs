@@ -51,16 +51,19 @@ use crate::config::AuthorizeRule;
 use crate::frame::{self, ErrorCode, Frame};
 use crate::metrics::Label;
 use crate::status::{self, Connectors};
+use crate::waiting::{Put, Waiting, WaitingQueue};
 use crate::{Held, Shared};
 
 /// What the MQTT side asks of a session.
 #[derive(Debug)]
 pub enum Command {
-    /// Send ReserveNow for the fog's reservation.
+    /// Send ReserveNow for the fog's reservation (when a connector is free: they wait
+    /// in order of `start_ms`), or update the reservation of that id.
     Reserve {
         fog_id: String,
         id_tag: String,
         expires_ms: u64,
+        start_ms: Option<u64>,
     },
     /// Send CancelReservation (if the charger was told).
     Cancel { fog_id: String },
@@ -73,7 +76,12 @@ pub enum Command {
 enum Purpose {
     Trigger,
     Configuration,
-    Reserve { fog_id: String },
+    /// `update`: the charger holds the reservation already and this ReserveNow
+    /// replaces it (same reservationId, OCPP 1.6 §5.13).
+    Reserve {
+        fog_id: String,
+        update: bool,
+    },
     Cancel,
 }
 
@@ -109,19 +117,12 @@ pub struct Session {
     /// replica): it is then asked for its statuses.
     resync_at: Option<Instant>,
     /// Reservations the fog made for later while every connector is busy: ReserveNow
-    /// would hold a connector from now on (or be answered Occupied), so each waits,
-    /// oldest first, until a connector is free, and lapses at its expiry.
-    waiting: VecDeque<Waiting>,
+    /// would hold a connector from now on (or be answered Occupied), so each waits
+    /// until a connector is free, served in the order the fog planned them, and
+    /// lapses at its expiry.
+    waiting: WaitingQueue,
     /// Frames to send, in order.
     out: Vec<String>,
-}
-
-/// A reservation waiting for a free connector.
-#[derive(Debug)]
-struct Waiting {
-    fog_id: String,
-    id_tag: String,
-    expires_ms: u64,
 }
 
 /// How long a charger new to this gateway has to send BootNotification before it is
@@ -145,7 +146,7 @@ impl Session {
             last_seen: Instant::now(),
             silent: false,
             resync_at: None,
-            waiting: VecDeque::new(),
+            waiting: WaitingQueue::default(),
             out: Vec::new(),
         };
         if reconnect {
@@ -293,14 +294,15 @@ impl Session {
             if let Some(p) = self.pending.take() {
                 warn!(charger = %self.charger_id, action = p.action, "call not answered in time");
                 self.shared.metrics.call_timeouts.inc();
-                if let Purpose::Reserve { fog_id } = p.purpose {
+                if let Purpose::Reserve { fog_id, update } = p.purpose {
                     self.shared
                         .metrics
                         .reservations
                         .get_or_create(&Label::of("timed_out"))
                         .inc();
-                    self.reservation_failed(
+                    self.reserve_refused(
                         &fog_id,
+                        update,
                         "the charger did not answer ReserveNow in time",
                     );
                 }
@@ -435,13 +437,17 @@ impl Session {
             }
             found
         };
+        if let Some(id) = &fog_id {
+            // An update not sent yet has nothing left to update.
+            self.drop_queued_reserve(id);
+        }
         // A vehicle whose reservation was still waiting for a connector took one.
         let fog_id = fog_id.or_else(|| {
-            let i = self
-                .waiting
-                .iter()
-                .position(|w| reservation_id.is_none() && w.id_tag == id_tag)?;
-            self.waiting.remove(i).map(|w| w.fog_id)
+            reservation_id
+                .is_none()
+                .then(|| self.waiting.remove_id_tag(id_tag))
+                .flatten()
+                .map(|w| w.fog_id)
         });
         if let Some(fog_id) = fog_id {
             info!(charger = %self.charger_id, reservation = %fog_id, "vehicle arrived on its reservation");
@@ -479,7 +485,13 @@ impl Session {
                     warn!(charger = %self.charger_id, why, "bad GetConfiguration answer")
                 }
             },
-            Purpose::Reserve { fog_id } => match decode::<ReserveNowResponse>(payload) {
+            Purpose::Reserve { fog_id, update } => match decode::<ReserveNowResponse>(payload) {
+                Ok(ReserveNowResponse {
+                    status: ReservationStatus::Accepted,
+                }) if update => {
+                    // The fog heard `accepted` for the reservation already.
+                    info!(charger = %self.charger_id, reservation = %fog_id, "ReserveNow (update) accepted");
+                }
                 Ok(ReserveNowResponse {
                     status: ReservationStatus::Accepted,
                 }) => {
@@ -499,7 +511,7 @@ impl Session {
                         .reservations
                         .get_or_create(&Label::of("rejected"))
                         .inc();
-                    self.reservation_failed(&fog_id, &why);
+                    self.reserve_refused(&fog_id, update, &why);
                     self.reserve_waiting();
                 }
                 Err((_, why)) => {
@@ -508,7 +520,7 @@ impl Session {
                         .reservations
                         .get_or_create(&Label::of("rejected"))
                         .inc();
-                    self.reservation_failed(&fog_id, &format!("bad ReserveNow answer: {why}"));
+                    self.reserve_refused(&fog_id, update, &format!("bad ReserveNow answer: {why}"));
                 }
             },
             Purpose::Cancel => match decode::<CancelReservationResponse>(payload) {
@@ -524,19 +536,30 @@ impl Session {
 
     fn on_call_error(&mut self, p: Pending, code: &str, description: &str) {
         warn!(charger = %self.charger_id, action = p.action, code = short(code), description = short(description), "charger answered CALLERROR");
-        if let Purpose::Reserve { fog_id } = p.purpose {
+        if let Purpose::Reserve { fog_id, update } = p.purpose {
             self.shared
                 .metrics
                 .reservations
                 .get_or_create(&Label::of("rejected"))
                 .inc();
-            self.reservation_failed(&fog_id, &format!("CALLERROR {}", short(code)));
+            self.reserve_refused(&fog_id, update, &format!("CALLERROR {}", short(code)));
         }
     }
 
-    /// The charger will not hold the reservation: forget it, tell the fog.
-    fn reservation_failed(&mut self, fog_id: &str, why: &str) {
-        self.shared.reservations().remove(fog_id);
+    /// A ReserveNow was refused (or not answered). The reservation is over; when it
+    /// was an update, the charger may still hold the earlier version: it is cancelled
+    /// there, so that no connector stays held for a slot the fog releases.
+    fn reserve_refused(&mut self, fog_id: &str, update: bool, why: &str) {
+        match self.reservation_failed(fog_id) {
+            Some(held) if update => self.queue.push_back(Outgoing {
+                action: "CancelReservation",
+                payload: to_value(&CancelReservationRequest {
+                    reservation_id: held.ocpp_id,
+                }),
+                purpose: Purpose::Cancel,
+            }),
+            _ => {}
+        }
         self.event(
             fog_id,
             StationReservationEventKind::Rejected,
@@ -544,17 +567,39 @@ impl Session {
         );
     }
 
-    /// Sends ReserveNow for the reservations waiting for a connector, oldest first,
-    /// while one is free; those whose expiry passed lapse (the fog ends them too).
+    /// The charger will not hold the reservation: forget it (and an update of it not
+    /// sent yet).
+    fn reservation_failed(&mut self, fog_id: &str) -> Option<Held> {
+        self.drop_queued_reserve(fog_id);
+        self.shared.reservations().remove(fog_id)
+    }
+
+    /// Drops the ReserveNow for `fog_id` still queued, if any: `Some(update)` says
+    /// whether it was an update (the charger holds an earlier version) or the first
+    /// (the charger never heard of the reservation).
+    fn drop_queued_reserve(&mut self, fog_id: &str) -> Option<bool> {
+        let i = self.queue.iter().position(
+            |o| matches!(&o.purpose, Purpose::Reserve { fog_id: f, .. } if f == fog_id),
+        )?;
+        match self.queue.remove(i)?.purpose {
+            Purpose::Reserve { update, .. } => Some(update),
+            _ => None,
+        }
+    }
+
+    /// Sends ReserveNow for the reservations waiting for a connector, in the order
+    /// the fog planned them, while one is free; those whose expiry passed lapse (the
+    /// fog ends them too).
     fn reserve_waiting(&mut self) {
-        let now = now_ms();
-        self.waiting.retain(|w| w.expires_ms > now);
-        while !self.waiting.is_empty() && self.free_connector().is_some() {
-            let Some(w) = self.waiting.pop_front() else {
+        for w in self.waiting.lapse(now_ms()) {
+            debug!(charger = %self.charger_id, reservation = %w.fog_id, "waiting reservation lapsed");
+        }
+        while let Some(connector) = self.free_connector() {
+            let Some(w) = self.waiting.pop_next() else {
                 break;
             };
-            info!(charger = %self.charger_id, reservation = %w.fog_id, "a connector is free: reserving it");
-            self.reserve(w.fog_id, w.id_tag, w.expires_ms);
+            info!(charger = %self.charger_id, reservation = %w.fog_id, start_ms = ?w.start_ms, "a connector is free: reserving it");
+            self.reserve(w, connector);
         }
     }
 
@@ -590,11 +635,15 @@ impl Session {
                 fog_id,
                 id_tag,
                 expires_ms,
-            } => self.reserve(fog_id, id_tag, expires_ms),
+                start_ms,
+            } => self.on_reserve(Waiting {
+                fog_id,
+                id_tag,
+                expires_ms,
+                start_ms,
+            }),
             Command::Cancel { fog_id } => {
-                let waited = self.waiting.len();
-                self.waiting.retain(|w| w.fog_id != fog_id);
-                if self.waiting.len() < waited {
+                if self.waiting.remove(&fog_id).is_some() {
                     self.shared
                         .metrics
                         .reservations
@@ -603,18 +652,16 @@ impl Session {
                     return true;
                 }
                 let held = self.shared.reservations().remove(&fog_id);
-                // Not sent yet: just drop it.
-                let queued = self.queue.len();
-                self.queue.retain(
-                    |o| !matches!(&o.purpose, Purpose::Reserve { fog_id: f } if *f == fog_id),
-                );
+                // Not sent yet: just drop it. The charger heard of it unless what was
+                // dropped was its first ReserveNow.
+                let told = self.drop_queued_reserve(&fog_id) != Some(false);
                 if let Some(h) = held {
                     self.shared
                         .metrics
                         .reservations
                         .get_or_create(&Label::of("cancelled"))
                         .inc();
-                    if self.queue.len() == queued {
+                    if told {
                         self.queue.push_back(Outgoing {
                             action: "CancelReservation",
                             payload: to_value(&CancelReservationRequest {
@@ -632,66 +679,124 @@ impl Session {
         true
     }
 
-    fn reserve(&mut self, fog_id: String, id_tag: String, expires_ms: u64) {
-        if self.shared.reservations().contains_key(&fog_id) {
-            debug!(charger = %self.charger_id, reservation = %fog_id, "reservation already held (redelivered)");
+    /// A `reserve` from the fog: a new reservation, or one the gateway has (waiting or
+    /// placed on the charger) updated. An identical repeat (a redelivery) changes
+    /// nothing.
+    fn on_reserve(&mut self, r: Waiting) {
+        let held = self.shared.reservations().get(&r.fog_id).cloned();
+        if let Some(held) = held {
+            self.update_held(held, r);
             return;
         }
-        if self.waiting.iter().any(|w| w.fog_id == fog_id) {
-            debug!(charger = %self.charger_id, reservation = %fog_id, "reservation already waiting (redelivered)");
-            return;
-        }
-        let Some(connector) = self.free_connector() else {
-            if expires_ms <= now_ms() {
-                self.event(
-                    &fog_id,
-                    StationReservationEventKind::Rejected,
-                    Some("the reservation expired before a connector was free".into()),
-                );
-                return;
+        if self.waiting.contains(&r.fog_id) {
+            let fog_id = r.fog_id.clone();
+            match self.waiting.put(r) {
+                Put::Unchanged => {
+                    debug!(charger = %self.charger_id, reservation = %fog_id, "reservation already waiting (redelivered)");
+                }
+                _ => {
+                    info!(charger = %self.charger_id, reservation = %fog_id, "waiting reservation updated: its place in the order is its new start");
+                    self.count_updated();
+                    // A new expiry may have passed already.
+                    self.reserve_waiting();
+                }
             }
-            // Every connector is busy now: the fog's slot is for later.
-            info!(charger = %self.charger_id, reservation = %fog_id, "no connector free yet: the reservation waits for one");
-            self.shared
-                .metrics
-                .reservations
-                .get_or_create(&Label::of("waiting"))
-                .inc();
-            self.waiting.push_back(Waiting {
-                fog_id,
-                id_tag,
-                expires_ms,
-            });
+            return;
+        }
+        if let Some(connector) = self.free_connector() {
+            self.reserve(r, connector);
+            return;
+        }
+        if r.expires_ms <= now_ms() {
+            self.event(
+                &r.fog_id,
+                StationReservationEventKind::Rejected,
+                Some("the reservation expired before a connector was free".into()),
+            );
+            return;
+        }
+        // Every connector is busy now: the fog's slot is for later.
+        info!(charger = %self.charger_id, reservation = %r.fog_id, start_ms = ?r.start_ms, "no connector free yet: the reservation waits for one");
+        self.shared
+            .metrics
+            .reservations
+            .get_or_create(&Label::of("waiting"))
+            .inc();
+        self.waiting.put(r);
+    }
+
+    /// A `reserve` for a reservation placed on a charger already: a new expiry (or id
+    /// tag) is sent as ReserveNow with the same reservationId, which replaces it
+    /// there (OCPP 1.6 §5.13). Its start no longer matters: it holds a connector.
+    fn update_held(&mut self, mut held: Held, r: Waiting) {
+        if held.charger != self.charger_id {
+            warn!(charger = %self.charger_id, reservation = %r.fog_id, held_at = %held.charger, "reservation held at another charger: ignored");
+            return;
+        }
+        if held.expires_ms == r.expires_ms && held.id_tag == r.id_tag {
+            debug!(charger = %self.charger_id, reservation = %r.fog_id, "reservation already held (redelivered)");
+            return;
+        }
+        let Some(payload) = reserve_now(&held, &r) else {
+            warn!(charger = %self.charger_id, reservation = %r.fog_id, expires_ms = r.expires_ms, "update with an expiry out of range ignored");
             return;
         };
-        let ocpp_id = self.shared.next_reservation();
-        let Some(expiry_date) = DateTime::<Utc>::from_timestamp_millis(expires_ms as i64) else {
+        info!(charger = %self.charger_id, reservation = %r.fog_id, "held reservation updated: ReserveNow replaces it");
+        self.count_updated();
+        held.expires_ms = r.expires_ms;
+        held.id_tag = r.id_tag;
+        self.shared.reservations().insert(r.fog_id.clone(), held);
+        let queued = self
+            .queue
+            .iter_mut()
+            .find(|o| matches!(&o.purpose, Purpose::Reserve { fog_id, .. } if *fog_id == r.fog_id));
+        match queued {
+            // Not sent yet: it goes out as updated.
+            Some(o) => o.payload = payload,
+            None => self.queue.push_back(Outgoing {
+                action: "ReserveNow",
+                payload,
+                purpose: Purpose::Reserve {
+                    fog_id: r.fog_id,
+                    update: true,
+                },
+            }),
+        }
+    }
+
+    fn count_updated(&self) {
+        self.shared
+            .metrics
+            .reservations
+            .get_or_create(&Label::of("updated"))
+            .inc();
+    }
+
+    /// Places a reservation on a free connector: ReserveNow.
+    fn reserve(&mut self, r: Waiting, connector: u32) {
+        let held = Held {
+            charger: self.charger_id.clone(),
+            ocpp_id: self.shared.next_reservation(),
+            id_tag: r.id_tag.clone(),
+            connector,
+            expires_ms: r.expires_ms,
+        };
+        let Some(payload) = reserve_now(&held, &r) else {
             self.event(
-                &fog_id,
+                &r.fog_id,
                 StationReservationEventKind::Rejected,
                 Some("expiry out of range".into()),
             );
             return;
         };
-        self.shared.reservations().insert(
-            fog_id.clone(),
-            Held {
-                charger: self.charger_id.clone(),
-                ocpp_id,
-                id_tag: id_tag.clone(),
-                connector,
-            },
-        );
+        self.shared.reservations().insert(r.fog_id.clone(), held);
         self.queue.push_back(Outgoing {
             action: "ReserveNow",
-            payload: to_value(&ReserveNowRequest {
-                connector_id: connector,
-                expiry_date,
-                id_tag,
-                parent_id_tag: None,
-                reservation_id: ocpp_id,
-            }),
-            purpose: Purpose::Reserve { fog_id },
+            payload,
+            purpose: Purpose::Reserve {
+                fog_id: r.fog_id,
+                update: false,
+            },
         });
     }
 
@@ -721,20 +826,25 @@ impl Session {
             .queue
             .drain(..)
             .filter_map(|o| match o.purpose {
-                Purpose::Reserve { fog_id } => Some(fog_id),
+                Purpose::Reserve { fog_id, .. } => Some(fog_id),
                 _ => None,
             })
             .collect();
-        failed.extend(self.waiting.drain(..).map(|w| w.fog_id));
+        failed.extend(self.waiting.drain().into_iter().map(|w| w.fog_id));
         if let Some(Pending {
-            purpose: Purpose::Reserve { fog_id },
+            purpose: Purpose::Reserve { fog_id, .. },
             ..
         }) = self.pending.take()
         {
             failed.push(fog_id);
         }
         for fog_id in failed {
-            self.reservation_failed(&fog_id, "the charger disconnected");
+            self.reservation_failed(&fog_id);
+            self.event(
+                &fog_id,
+                StationReservationEventKind::Rejected,
+                Some("the charger disconnected".into()),
+            );
         }
     }
 }
@@ -846,6 +956,19 @@ fn checked<T: DeserializeOwned + validator::Validate>(
         )
     })?;
     Ok(value)
+}
+
+/// The ReserveNow that places (or replaces) `r` as `held` on the charger; `None` for
+/// an expiry no date can hold.
+fn reserve_now(held: &Held, r: &Waiting) -> Option<Value> {
+    let expiry_date = DateTime::<Utc>::from_timestamp_millis(i64::try_from(r.expires_ms).ok()?)?;
+    Some(to_value(&ReserveNowRequest {
+        connector_id: held.connector,
+        expiry_date,
+        id_tag: r.id_tag.clone(),
+        parent_id_tag: None,
+        reservation_id: held.ocpp_id,
+    }))
 }
 
 fn to_value<T: Serialize>(v: &T) -> Value {

@@ -639,3 +639,190 @@ async fn a_reservation_for_later_at_a_busy_charger_waits_for_a_free_connector() 
     cp.exit().await.unwrap();
     env.stop().await.unwrap();
 }
+
+/// A one-connector charger busy with a transaction (id tag `walk-in`); returns the
+/// charge point and the transaction id.
+async fn busy_charger(env: &Env) -> (common::ChargePoint, i64) {
+    let mut cp = env
+        .charge_point("CP-001", &["--connectors", "1"])
+        .await
+        .unwrap();
+    cp.boot(1).await.unwrap();
+    let start = cp
+        .run(json!({"cmd": "start", "connector": 1, "id_tag": "walk-in"}))
+        .await
+        .unwrap();
+    cp.status(1, "Charging").await.unwrap();
+    (cp, start["transaction_id"].as_i64().unwrap())
+}
+
+/// The transaction stops and the connector is Available again.
+async fn stop(cp: &mut common::ChargePoint, transaction_id: i64) {
+    cp.run(json!({"cmd": "stop", "transaction_id": transaction_id}))
+        .await
+        .unwrap();
+    cp.status(1, "Available").await.unwrap();
+}
+
+async fn wait_metric(env: &Env, series: &str, value: f64) {
+    testkit::wait_until(series, T, Duration::from_millis(20), || async {
+        (env.gateway_metric(series).await.unwrap() == value).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// No ReserveNow reached the charger so far (a heartbeat's round trip after whatever
+/// could have sent one).
+async fn no_reserve_now_yet(cp: &mut common::ChargePoint) {
+    cp.run(json!({"cmd": "heartbeat"})).await.unwrap();
+    assert!(
+        cp.seen_names().iter().all(|n| n != "reserve_now"),
+        "{:?}",
+        cp.seen_names()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_reservations_get_the_free_connector_in_the_order_the_fog_planned_them() {
+    use protocol::StationReservationEventKind::{Accepted, Arrived};
+    let env = Env::start(&charger("CP-001", 1, None)).await.unwrap();
+    let (mut cp, tx) = busy_charger(&env).await;
+    let mut fog = env.fog_side("CP-001").await.unwrap();
+    let now = common::wall_ms() as u64;
+    let expires = now + 3_600_000;
+    // Sent in this order: A planned last, B first, C without a planned start.
+    fog.reserve("res-a", "car-a", expires, Some(now + 1_800_000))
+        .await
+        .unwrap();
+    fog.reserve("res-b", "car-b", expires, Some(now + 600_000))
+        .await
+        .unwrap();
+    fog.reserve("res-c", "car-c", expires, None).await.unwrap();
+    wait_metric(&env, "ocpp_reservations_total{kind=\"waiting\"}", 3.0).await;
+    no_reserve_now_yet(&mut cp).await;
+
+    // The transaction stops: B, planned first, gets the connector.
+    stop(&mut cp, tx).await;
+    let b = cp.expect("reserve_now", T).await.unwrap();
+    assert_eq!(
+        (b["id_tag"].as_str(), b["connector_id"].as_u64()),
+        (Some("car-b"), Some(1))
+    );
+    assert_eq!(common::expiry_ms(&b), expires);
+    assert_eq!(fog.event().await.unwrap(), ("res-b".into(), Accepted));
+    // B's vehicle plugs in on it and charges: A still waits.
+    let start = cp
+        .run(json!({"cmd": "start", "connector": 1, "id_tag": "car-b",
+                    "reservation_id": b["reservation_id"]}))
+        .await
+        .unwrap();
+    cp.status(1, "Charging").await.unwrap();
+    assert_eq!(fog.event().await.unwrap(), ("res-b".into(), Arrived));
+    no_reserve_now_yet(&mut cp).await;
+
+    // B's vehicle leaves: A next.
+    stop(&mut cp, start["transaction_id"].as_i64().unwrap()).await;
+    let a = cp.expect("reserve_now", T).await.unwrap();
+    assert_eq!(a["id_tag"], "car-a");
+    assert_ne!(a["reservation_id"], b["reservation_id"]);
+    assert_eq!(fog.event().await.unwrap(), ("res-a".into(), Accepted));
+
+    // A is cancelled: its connector goes to C, the one without a planned start.
+    fog.cancel("res-a").await.unwrap();
+    let cancel = cp.expect("cancel_reservation", T).await.unwrap();
+    assert_eq!(cancel["reservation_id"], a["reservation_id"]);
+    let c = cp.expect("reserve_now", T).await.unwrap();
+    assert_eq!(c["id_tag"], "car-c");
+    assert_eq!(fog.event().await.unwrap(), ("res-c".into(), Accepted));
+    assert_eq!(
+        env.gateway_metric("ocpp_reservations_total{kind=\"accepted\"}")
+            .await
+            .unwrap(),
+        3.0
+    );
+    cp.exit().await.unwrap();
+    env.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserve_for_a_known_reservation_updates_it_and_a_redelivery_changes_nothing() {
+    let env = Env::start(&charger("CP-001", 1, None)).await.unwrap();
+    let (mut cp, tx) = busy_charger(&env).await;
+    let fog = env.fog_side("CP-001").await.unwrap();
+    let now = common::wall_ms() as u64;
+    let expires = now + 3_600_000;
+    fog.reserve("res-a", "car-a", expires, Some(now + 600_000))
+        .await
+        .unwrap();
+    fog.reserve("res-b", "car-b", expires, Some(now + 1_200_000))
+        .await
+        .unwrap();
+    wait_metric(&env, "ocpp_reservations_total{kind=\"waiting\"}", 2.0).await;
+    // A re-plan moves B ahead of A, with a new expiry.
+    let b_expires = expires + 60_000;
+    fog.reserve("res-b", "car-b", b_expires, Some(now + 300_000))
+        .await
+        .unwrap();
+    // The same again (a QoS 1 redelivery): nothing changes.
+    fog.reserve("res-b", "car-b", b_expires, Some(now + 300_000))
+        .await
+        .unwrap();
+    fog.reserve("res-c", "car-c", expires, None).await.unwrap();
+    wait_metric(&env, "ocpp_reservations_total{kind=\"waiting\"}", 3.0).await;
+    assert_eq!(
+        env.gateway_metric("ocpp_reservations_total{kind=\"updated\"}")
+            .await
+            .unwrap(),
+        1.0
+    );
+    no_reserve_now_yet(&mut cp).await;
+
+    stop(&mut cp, tx).await;
+    let b = cp.expect("reserve_now", T).await.unwrap();
+    assert_eq!(b["id_tag"], "car-b", "B moved ahead of A");
+    assert_eq!(common::expiry_ms(&b), b_expires, "with its new expiry");
+
+    // B, placed on the charger, gets a new expiry: ReserveNow again with the same
+    // reservationId, which replaces it there (OCPP 1.6 §5.13).
+    let later = b_expires + 60_000;
+    fog.reserve("res-b", "car-b", later, Some(now + 300_000))
+        .await
+        .unwrap();
+    let again = cp.expect("reserve_now", T).await.unwrap();
+    assert_eq!(again["reservation_id"], b["reservation_id"]);
+    assert_eq!(again["connector_id"], b["connector_id"]);
+    assert_eq!(common::expiry_ms(&again), later);
+    // A redelivery of that, and a new start alone (the charger holds the connector
+    // already: nothing of its ReserveNow changes), send nothing. (D, processed after
+    // them, says when they have been.)
+    fog.reserve("res-b", "car-b", later, Some(now + 300_000))
+        .await
+        .unwrap();
+    fog.reserve("res-b", "car-b", later, Some(now + 400_000))
+        .await
+        .unwrap();
+    fog.reserve("res-d", "car-d", expires, None).await.unwrap();
+    wait_metric(&env, "ocpp_reservations_total{kind=\"waiting\"}", 4.0).await;
+    no_reserve_now_yet(&mut cp).await;
+    fog.cancel("res-b").await.unwrap();
+    let cancel = cp.expect("cancel_reservation", T).await.unwrap();
+    assert_eq!(cancel["reservation_id"], b["reservation_id"]);
+    // The connector goes to A, then (A cancelled) to C.
+    let a = cp.expect("reserve_now", T).await.unwrap();
+    assert_eq!(a["id_tag"], "car-a");
+    fog.cancel("res-a").await.unwrap();
+    cp.expect("cancel_reservation", T).await.unwrap();
+    assert_eq!(
+        cp.expect("reserve_now", T).await.unwrap()["id_tag"],
+        "car-c"
+    );
+    assert_eq!(
+        env.gateway_metric("ocpp_reservations_total{kind=\"updated\"}")
+            .await
+            .unwrap(),
+        2.0
+    );
+    cp.exit().await.unwrap();
+    env.stop().await.unwrap();
+}

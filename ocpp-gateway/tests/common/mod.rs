@@ -197,6 +197,21 @@ impl Env {
         })
     }
 
+    /// A stand-in for the fog on a station's reservation topics: it sends the
+    /// `reserve` / `cancel` messages a test chooses (a given `start_ms`, none, an
+    /// update) and reads the station's events.
+    pub async fn fog_side(&self, station_id: &str) -> Result<FogSide> {
+        let client =
+            TestClient::connect(&self.broker.url(), &format!("fog-side-{station_id}")).await?;
+        let events = protocol::topics::station_reservation_events(REGION, station_id);
+        client.subscribe(&events, 1).await?;
+        Ok(FogSide {
+            client,
+            reservations: protocol::topics::station_reservations(REGION, station_id),
+            events,
+        })
+    }
+
     /// A gateway metric (`name{labels}` as exposed), or 0.
     pub async fn gateway_metric(&self, series: &str) -> Result<f64> {
         let addr = self.gateway().http_addr.context("no HTTP")?;
@@ -275,6 +290,60 @@ impl Vehicle {
                 false,
             )
             .await
+    }
+}
+
+/// See [`Env::fog_side`].
+pub struct FogSide {
+    client: TestClient,
+    reservations: String,
+    events: String,
+}
+
+impl FogSide {
+    /// Sends `reserve` (QoS 1, as the fog does).
+    pub async fn reserve(
+        &self,
+        reservation_id: &str,
+        id_tag: &str,
+        expires_ms: u64,
+        start_ms: Option<u64>,
+    ) -> Result<()> {
+        let msg = protocol::StationReservation {
+            v: 1,
+            reservation_id: reservation_id.into(),
+            action: protocol::StationReservationAction::Reserve,
+            id_tag: Some(id_tag.into()),
+            expires_ms: Some(expires_ms),
+            start_ms,
+        };
+        self.client
+            .publish_json(&self.reservations, &msg, 1, false)
+            .await
+    }
+
+    pub async fn cancel(&self, reservation_id: &str) -> Result<()> {
+        let msg = protocol::StationReservation {
+            v: 1,
+            reservation_id: reservation_id.into(),
+            action: protocol::StationReservationAction::Cancel,
+            id_tag: None,
+            expires_ms: None,
+            start_ms: None,
+        };
+        self.client
+            .publish_json(&self.reservations, &msg, 1, false)
+            .await
+    }
+
+    /// The station's next reservation event, as (reservation id, event).
+    pub async fn event(&mut self) -> Result<(String, protocol::StationReservationEventKind)> {
+        let msg = self
+            .client
+            .wait_for(&self.events, Duration::from_secs(10))
+            .await?;
+        let e: protocol::StationReservationEvent = protocol::decode(msg.payload())?;
+        Ok((e.reservation_id, e.event))
     }
 }
 
@@ -571,4 +640,12 @@ pub async fn reserve_round_trips(broker_url: &str, vehicles: usize) -> Result<Ve
     }
     out.sort_by(f64::total_cmp);
     Ok(out)
+}
+
+/// A `reserve_now` event's `expiry_date`, ms since the epoch.
+pub fn expiry_ms(reserve_now: &Value) -> u64 {
+    let date = reserve_now["expiry_date"].as_str().expect("an expiry_date");
+    chrono::DateTime::parse_from_rfc3339(date)
+        .expect("RFC 3339")
+        .timestamp_millis() as u64
 }
