@@ -107,7 +107,7 @@ fn a_burst_next_to_one_station_is_spread() {
         let id = p.stations.get(choice.slot).unwrap().station_id.clone();
         waits.push(choice.wait_s);
         *per_station.entry(id).or_default() += 1;
-        p.reserve(format!("res-{v}"), &format!("car-{v}"), &choice, NOW)
+        p.reserve(format!("res-{v}"), &format!("car-{v}"), &choice, NOW, None)
             .unwrap();
     }
     assert_eq!(p.active_reservations(), 20);
@@ -143,7 +143,9 @@ fn reservations_expire_and_end_on_arrival_or_cancel() {
     let req = request("r", 0.0, 0.0, 0.5);
     let reserve = |p: &mut Planner, id: &str, vehicle: &str| {
         let choice = p.choose(&req, NOW).unwrap();
-        p.reserve(id.into(), vehicle, &choice, NOW).unwrap().clone()
+        p.reserve(id.into(), vehicle, &choice, NOW, None)
+            .unwrap()
+            .clone()
     };
     let r1 = reserve(&mut p, "res-1", "car-1");
     assert_eq!(r1.station_id, "a");
@@ -178,10 +180,10 @@ fn a_new_reservation_replaces_the_vehicles_previous_one() {
     let mut p = planner(&[status("a", 0.0, 0.0, 1, 0, 0)]);
     let req = request("r", 0.0, 0.0, 0.5);
     let c = p.choose(&req, NOW).unwrap();
-    p.reserve("res-1".into(), "car-1", &c, NOW).unwrap();
+    p.reserve("res-1".into(), "car-1", &c, NOW, None).unwrap();
     let c = p.choose(&req, NOW).unwrap();
     assert!(c.wait_s > 0.0, "the first reservation counts");
-    p.reserve("res-2".into(), "car-1", &c, NOW).unwrap();
+    p.reserve("res-2".into(), "car-1", &c, NOW, None).unwrap();
     assert_eq!(p.active_reservations(), 1);
     assert!(p.reservation("res-1").is_none());
     assert_eq!(p.reservation_of("car-1").unwrap().reservation_id, "res-2");

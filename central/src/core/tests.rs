@@ -632,6 +632,7 @@ fn a_revoked_handoff_is_passed_on_to_the_origin() {
         vehicle_id: "car-1".into(),
         reservation_id: "b-77".into(),
         reason: "station CP-b could not hold reservation b-77 (Occupied)".into(),
+        revised: None,
     };
     // From another region than the one that held the reservation: refused.
     let payload = protocol::encode(&revoked);

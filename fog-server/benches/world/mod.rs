@@ -75,7 +75,7 @@ pub fn planner(n: usize, reservations: usize) -> Planner {
     for (i, req) in requests(11).iter().cycle().take(reservations).enumerate() {
         if let Ok(choice) = planner.choose(req, NOW_MS) {
             let id = format!("pre-{i}");
-            planner.reserve(id, &format!("pre-car-{i}"), &choice, NOW_MS);
+            planner.reserve(id, &format!("pre-car-{i}"), &choice, NOW_MS, None);
             made += 1;
         }
     }
@@ -92,7 +92,7 @@ pub fn plan_one(planner: &mut Planner, reqs: &[ChargeRequest], i: usize) -> Opti
     let choice = planner.choose(req, NOW_MS).expect("a station");
     let id = format!("bench-{i:x}");
     planner
-        .reserve(id, "bench-car", &choice, NOW_MS)
+        .reserve(id, "bench-car", &choice, NOW_MS, None)
         .map(|r| r.expires_ms)
 }
 
