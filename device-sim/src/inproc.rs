@@ -28,8 +28,8 @@
 //!
 //! The world starts as the local run's does: once the broker confirmed the stations'
 //! first statuses, it asks every 50 ms (real) whether every region's latest aggregate
-//! on the central broker lists all its stations in service, and starts at the first
-//! yes. The regions' timers start at phases drawn from the seed.
+//! on the central broker lists all its stations in service and every fog has heard
+//! central name another open region, and starts at the first yes. The regions' timers start at phases drawn from the seed.
 //! Round trips are the modelled request → answer time, converted back to real ms;
 //! `msgs_per_s` is per modelled real second.
 
@@ -269,9 +269,18 @@ impl<'a> City<'a> {
     }
 
     /// Whether every region's latest aggregate on the central broker lists all its
-    /// stations in service.
-    fn settled(&self) -> bool {
-        self.nodes.iter().all(|n| n.listed == Some(n.stations))
+    /// stations in service, and (with several regions) every fog has heard central's
+    /// heartbeat name another region that can take vehicles: a world that starts
+    /// earlier sends its opening burst to fogs that cannot reroute yet.
+    fn settled(&self, now: u64) -> bool {
+        let several = self.nodes.len() > 1;
+        self.nodes.iter().all(|n| {
+            n.listed == Some(n.stations)
+                && (!several
+                    || !n.region.reroute.enabled
+                    || (n.region.central_present(now)
+                        && n.region.central_open_regions().iter().any(|r| *r != n.id)))
+        })
     }
 
     /// The link station `s` talks on.
@@ -555,7 +564,7 @@ pub fn run(strategy: Strategy, opts: &Options<'_>) -> Result<StrategyReport> {
         while let Some((due, item)) = city.bus.pop_until(poll) {
             city.deliver(due, item, &mut first, Phase::Running, 0.0);
         }
-        if city.settled() {
+        if city.settled(poll) {
             break poll;
         }
         poll += poll_ms;

@@ -861,7 +861,11 @@ async fn run_local(
             shutdown,
         )
         .await?;
-        let settle = run::Settle::Until(Box::new(|| Box::pin(servers.lists_stations(&in_service))));
+        let settle = run::Settle::Until(Box::new(|| {
+            Box::pin(async {
+                servers.lists_stations(&in_service).await && servers.fogs_hear_central().await
+            })
+        }));
         let opts = run::RunOptions {
             clock: Some(clock),
             net: Some(&mut net),

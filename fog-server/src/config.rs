@@ -116,6 +116,12 @@ pub struct Config {
     #[arg(long, env = "FOG_CENTRAL_TIMEOUT_MS", default_value_t = 3500)]
     pub central_timeout_ms: u64,
 
+    /// Ask central also for a request this region can serve when a station of a
+    /// neighbouring region (offered on central's heartbeat) gets the vehicle charged
+    /// at least this many seconds sooner; 0: ask only for saturated requests.
+    #[arg(long, env = "FOG_BORDER_MARGIN_S", default_value_t = 600)]
+    pub border_margin_s: u32,
+
     /// Where the active reservations are kept across restarts (`{region}.jsonl` in
     /// it), relative to the working directory unless absolute: started again in the
     /// same directory, the server comes back with its reservations.

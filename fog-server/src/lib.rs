@@ -263,6 +263,7 @@ pub fn configured_region(config: &Config, area: Option<&Area>, clock_speed: f64)
         timeout: Duration::from_millis(config.reroute_timeout_ms),
         clock_speed,
         central_timeout: Duration::from_millis(config.central_timeout_ms),
+        border_margin_s: config.border_margin_s,
     };
     region.outline = area.map(Area::outline).unwrap_or_default();
     region

@@ -520,6 +520,35 @@ impl LocalServers {
         })
     }
 
+    /// Whether every fog server hears central's heartbeat and, with several regions,
+    /// knows of another region that can take vehicles: until then a saturated request
+    /// would be answered locally (the opening burst of a run that started earlier
+    /// queued at the hotspot's one station).
+    pub async fn fogs_hear_central(&self) -> bool {
+        #[derive(serde::Deserialize)]
+        struct View {
+            central_present: bool,
+            #[serde(default)]
+            central_open_regions: Vec<String>,
+        }
+        let several = self.fogs.len() > 1;
+        for fog in &self.fogs {
+            let url = format!("http://{}/api/region", fog.http);
+            let view: Option<View> = match self.http.get(&url).send().await {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+            let name = fog.name.trim_start_matches("fog-");
+            let ok = view.is_some_and(|v| {
+                v.central_present && (!several || v.central_open_regions.iter().any(|r| r != name))
+            });
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Stops every server with SIGTERM (SIGKILL after 10 s) and waits for them.
     pub async fn stop(mut self) -> Result<()> {
         tokio::task::spawn_blocking(move || {

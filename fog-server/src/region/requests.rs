@@ -65,6 +65,18 @@ impl Region {
         }
         match self.planner.choose(&req, now_ms) {
             Ok(choice) => {
+                let local = choice.total_s();
+                if let Some(across) = self.better_across_border(&req, local, now_ms) {
+                    // A neighbour's station is much sooner: let central place it there
+                    // (only a region beating the local best by the margin qualifies);
+                    // if none takes it, the local station is still there.
+                    debug!(vehicle = vehicle_id, request = %req.request_id, local_s = local, across_s = across, "asking central across the border");
+                    self.count_reroute("border");
+                    let margin = f64::from(self.reroute.border_margin_s);
+                    let out = self.ask_central(vehicle_id, req, Some(local - margin), now_ms);
+                    fx.send(out);
+                    return;
+                }
                 let answer = self.assign(
                     vehicle_id,
                     &req,
@@ -99,7 +111,11 @@ impl Region {
         }
         match self.why_not_ask_central(&req, now_ms) {
             None => {
-                let out = self.ask_central(vehicle_id, req, no, now_ms);
+                let local_best_total_s = match no {
+                    NoChoice::TooSlow { best } => Some(best.total_s()),
+                    NoChoice::NothingReachable { .. } => None,
+                };
+                let out = self.ask_central(vehicle_id, req, local_best_total_s, now_ms);
                 fx.send(out);
             }
             Some(why) => {

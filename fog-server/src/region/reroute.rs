@@ -13,7 +13,6 @@ use tracing::{debug, info, warn};
 
 use super::{Effects, Outgoing, Region};
 use crate::metrics::Update;
-use crate::planner::NoChoice;
 
 /// Most hints kept.
 const HINTS: usize = 32;
@@ -31,6 +30,10 @@ pub struct RerouteSettings {
     /// Central counts as unreachable when its last heartbeat is older than this (or
     /// none came yet): saturated requests are then answered at once, not asked.
     pub central_timeout: Duration,
+    /// Ask central also for a request the region can serve, when a neighbour's
+    /// station that central's heartbeat offers gets the vehicle charged at least this
+    /// many seconds sooner (0: only saturated requests are asked).
+    pub border_margin_s: u32,
 }
 
 impl Default for RerouteSettings {
@@ -40,6 +43,7 @@ impl Default for RerouteSettings {
             timeout: Duration::from_millis(1500),
             clock_speed: 1.0,
             central_timeout: Duration::from_millis(3500),
+            border_margin_s: 600,
         }
     }
 }
@@ -254,20 +258,54 @@ impl Region {
         }
     }
 
-    /// Sends the request to central for a reroute; the vehicle is answered when
-    /// central replies or the deadline passes ([`Region::tick`]).
+    /// The best total (drive + wait + charge, seconds) at a station of another region
+    /// that central's heartbeat offers, when it beats `local_total_s` by the border
+    /// margin: then the request is worth asking central about although the region
+    /// could serve it.
+    pub(super) fn better_across_border(
+        &self,
+        req: &ChargeRequest,
+        local_total_s: f64,
+        now_ms: u64,
+    ) -> Option<f64> {
+        let margin = f64::from(self.reroute.border_margin_s);
+        if !self.reroute.enabled || margin <= 0.0 {
+            return None;
+        }
+        if self.central_view(now_ms) != CentralView::Ask {
+            return None;
+        }
+        let (_, hb) = self.central.as_ref()?;
+        let cost = &self.planner.params.cost;
+        let vehicle = cost_model::Vehicle::from(req);
+        let range_km = cost.usable_range_km(&vehicle);
+        hb.offers
+            .iter()
+            .filter(|o| o.region != self.name)
+            .filter_map(|o| {
+                let road_km =
+                    cost.road_km(protocol::geo::haversine_km(req.lat, req.lon, o.lat, o.lon));
+                (road_km <= range_km).then(|| {
+                    cost.drive_s(road_km)
+                        + f64::from(o.wait_s)
+                        + vehicle.charge_s(road_km, o.power_kw)
+                })
+            })
+            .min_by(f64::total_cmp)
+            .filter(|best| best + margin < local_total_s)
+    }
+
+    /// Sends the request to central for a reroute (only regions beating
+    /// `local_best_total_s` qualify); the vehicle is answered when central replies or
+    /// the deadline passes ([`Region::tick`]).
     pub(super) fn ask_central(
         &mut self,
         vehicle_id: &str,
         req: ChargeRequest,
-        no: &NoChoice,
+        local_best_total_s: Option<f64>,
         now_ms: u64,
     ) -> Outgoing {
         let reroute_id = self.next_id("rr-");
-        let local_best_total_s = match no {
-            NoChoice::TooSlow { best } => Some(best.total_s()),
-            NoChoice::NothingReachable { .. } => None,
-        };
         let deadline_ms = now_ms + self.reroute.clock_ms(self.reroute.timeout);
         let message = RerouteRequest {
             v: protocol::PROTOCOL_VERSION,
