@@ -489,6 +489,28 @@ impl Planner {
             .collect()
     }
 
+    /// The reservations at a station whose start in the plan now waits for a charger
+    /// (not for their vehicle to arrive): `(id, start ms)`, in plan order. A vehicle
+    /// that is late itself only holds its charger idle; its wait does not grow.
+    pub fn waiting_for_chargers(&self, slot: Slot, now_ms: u64) -> Vec<(String, u64)> {
+        let Some(station) = self.stations.get(slot) else {
+            return Vec::new();
+        };
+        let mut state = self.free_times(slot, station, now_ms);
+        if state.is_empty() {
+            return Vec::new();
+        }
+        self.promises(slot)
+            .iter()
+            .filter_map(|p| {
+                let arrival = secs_from(now_ms, p.arrival_ms);
+                let free = state[first_min(&state)];
+                let start = take(&mut state, arrival, f64::from(p.charge_s));
+                (free > arrival + 1.0).then(|| (p.id.clone(), now_ms + (start * 1000.0) as u64))
+            })
+            .collect()
+    }
+
     /// Stations that have reservations, in slot order.
     pub fn slots_with_reservations(&self) -> Vec<Slot> {
         (0..self.promised.len())

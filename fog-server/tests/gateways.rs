@@ -75,11 +75,34 @@ fn a_dead_gateway_takes_its_stations_offline_and_frees_their_slots() {
     assert_eq!(r.planner.active_reservations(), 1);
     r.take_station_messages();
 
-    // The broker publishes the gateway's last will.
-    gateway(&mut r, false);
+    // The broker publishes the gateway's last will: car-1 is planned again, at the
+    // plain station, and told so before it arrives.
+    let g = GatewayStatus {
+        v: 1,
+        gateway_id: GATEWAY.into(),
+        online: false,
+        ts_ms: None,
+    };
+    let out = r
+        .handle(&topics::gateway_status("north", GATEWAY), &encode(&g), NOW)
+        .expect("a revised answer for car-1");
+    assert_eq!(out.topic, topics::recommendation("north", "car-1"));
+    let revised: Recommendation = decode(&out.payload).unwrap();
+    assert!(revised.revised);
+    assert_eq!(revised.request_id, "r-1");
+    assert_eq!(station_of(&revised), Some("plain"));
     assert_eq!(state(&r, "CP-1"), StationState::Offline);
     assert_eq!(state(&r, "plain"), StationState::Available);
-    assert_eq!(r.planner.active_reservations(), 0, "the slot is released");
+    assert_eq!(
+        r.planner.active_reservations(),
+        1,
+        "CP-1's slot is released"
+    );
+    assert!(
+        r.planner
+            .reservation_of("car-1")
+            .is_some_and(|res| res.station_id == "plain")
+    );
     let rec = ask(&mut r, "car-2", "r-2");
     assert_eq!(rec.status, RecommendationStatus::Assigned);
     assert_eq!(station_of(&rec), Some("plain"), "never the dead gateway's");

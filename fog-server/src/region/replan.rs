@@ -76,19 +76,17 @@ impl Region {
         }
     }
 
-    /// The first reservation in the station's plan whose wait grew by more than
-    /// [`REVISE_AFTER_MS`] over what its vehicle was told (a vehicle that is late
-    /// itself does not count: its wait runs from when it arrives).
+    /// The first reservation in the station's plan whose start, waiting for a
+    /// charger, moved more than [`REVISE_AFTER_MS`] past what its vehicle was told (a
+    /// vehicle that is late itself does not count: its charger waits for it).
     fn first_late(&self, slot: Slot, now_ms: u64) -> Option<(String, u64)> {
         self.planner
-            .planned_starts(slot, now_ms)
+            .waiting_for_chargers(slot, now_ms)
             .into_iter()
             .find(|(id, start)| {
-                self.planner.reservation(id).is_some_and(|r| {
-                    let told = r.start_ms.saturating_sub(r.arrival_ms);
-                    let now = start.saturating_sub(r.arrival_ms.max(now_ms));
-                    now > told + REVISE_AFTER_MS
-                })
+                self.planner
+                    .reservation(id)
+                    .is_some_and(|r| *start > r.start_ms + REVISE_AFTER_MS)
             })
     }
 
