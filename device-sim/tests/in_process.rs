@@ -103,3 +103,101 @@ async fn with_half_the_drivers_ignoring_their_answer_they_cancel_and_are_still_a
     );
     assert_eq!(report.scenario["compliance"], 0.5);
 }
+
+/// The default city (1,200 vehicles, 60 stations, 3 h), in process, with `args`.
+async fn full(args: &[&str]) -> Report {
+    let mut all = vec![
+        "device-sim",
+        "--in-process",
+        "--no-progress",
+        "--strategy",
+        "fog,cloud,least-queue",
+    ];
+    all.extend_from_slice(args);
+    device_sim::run(Config::parse_from(all), CancellationToken::new())
+        .await
+        .expect("the in-process run")
+}
+
+/// The quality of the fog's advice on the default city and two variants: its mean
+/// wait against one city-wide server's and against `least-queue`'s, its promises,
+/// nobody stranded. The bounds are those measured on this code with some room
+/// (`docs/simulation.md`, "Promises"); spread demand is the fog's weakest case.
+#[tokio::test]
+async fn the_fog_advises_about_as_well_as_one_city_wide_server_and_keeps_its_promises() {
+    for (scenario, args, max_ratio, hotspot) in [
+        ("default", &[][..], 1.1, true),
+        ("hotter hotspot", &["--hotspot-share", "0.6"][..], 1.1, true),
+        (
+            "demand spread over the city",
+            &["--hotspot-share", "0"][..],
+            1.25,
+            false,
+        ),
+    ] {
+        let report = full(args).await;
+        let (fog, cloud, lq) = (
+            &report.strategies["fog"],
+            &report.strategies["cloud"],
+            &report.strategies["least-queue"],
+        );
+        check("fog", fog);
+        check("cloud", cloud);
+        let ratio = fog.wait_s.mean / cloud.wait_s.mean;
+        assert!(
+            ratio <= max_ratio,
+            "{scenario}: fog waits {:.1} min, cloud {:.1} min ({ratio:.2}x)",
+            fog.wait_s.mean / 60.0,
+            cloud.wait_s.mean / 60.0
+        );
+        if hotspot {
+            assert!(
+                fog.wait_s.mean <= 0.5 * lq.wait_s.mean,
+                "{scenario}: fog {:.1} min, least-queue {:.1} min",
+                fog.wait_s.mean / 60.0,
+                lq.wait_s.mean / 60.0
+            );
+        }
+        for (name, r) in [("fog", fog), ("cloud", cloud)] {
+            let p = r.promise.as_ref().expect("promise figures");
+            assert!(p.checked > 500, "{scenario} {name}: {p:?}");
+            assert!(
+                f64::from(p.broken) <= 0.02 * f64::from(p.checked),
+                "{scenario} {name}: broken promises {p:?}"
+            );
+            assert!(p.kept_share >= 0.85, "{scenario} {name}: {p:?}");
+        }
+        for (name, r) in [("fog", fog), ("cloud", cloud), ("least-queue", lq)] {
+            assert_eq!(r.stranded, 0, "{scenario} {name}: {r:?}");
+        }
+    }
+}
+
+/// Charging sessions that fail at the start fault their charger for a while: the fog
+/// revises the reservations it held there, and the vehicles follow the revisions.
+#[tokio::test]
+async fn a_charger_fault_makes_the_holders_of_its_reservations_get_revised_answers() {
+    let report = run(&[
+        "--strategy",
+        "fog",
+        "--charger-fault-rate",
+        "0.3",
+        "--seed",
+        "5",
+    ])
+    .await;
+    let fog = &report.strategies["fog"];
+    check("fog", fog);
+    assert!(fog.faults > 10, "{fog:?}");
+    let p = fog.promise.as_ref().unwrap();
+    assert!(p.revised > 0, "revisions followed: {p:?}");
+    let calm = run(&["--strategy", "fog", "--seed", "5"]).await;
+    let calm = &calm.strategies["fog"];
+    assert_eq!(calm.faults, 0);
+    assert!(
+        fog.wait_s.mean > calm.wait_s.mean,
+        "faults cost waits: {:.1} vs {:.1} min",
+        fog.wait_s.mean / 60.0,
+        calm.wait_s.mean / 60.0
+    );
+}

@@ -52,7 +52,7 @@ fn saturated(speed: f64) -> Region {
         timeout: Duration::from_millis(1500),
         clock_speed: speed,
         central_timeout: Duration::from_millis(3500),
-        border_margin_s: 600,
+        border_margin_s: 120,
     };
     heartbeat(&mut r, NOW);
     r.receive(

@@ -252,7 +252,13 @@ async fn stations_as_ocpp_charge_points_reach_the_fog_through_each_regions_gatew
     // gateway ended as arrived.
     assert!(o.reservations_accepted > 10, "{o:?}");
     let gateway = |kind: &str| o.gateways.reservations.get(kind).copied().unwrap_or(0);
-    assert_eq!(gateway("accepted"), o.reservations_accepted, "{o:?}");
+    // (A re-planned reservation already on a connector is sent as ReserveNow again:
+    // the charge point accepts it once more, the gateway counts it as updated.)
+    assert!(gateway("accepted") <= o.reservations_accepted, "{o:?}");
+    assert!(
+        o.reservations_accepted <= gateway("accepted") + gateway("updated"),
+        "{o:?}"
+    );
     assert!(o.transactions_on_reservation > 10, "{o:?}");
     // (The gateway also ends as arrived a reservation whose vehicle plugged in by its id
     // tag before the reservation could be placed on a connector.)

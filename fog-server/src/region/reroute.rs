@@ -43,7 +43,7 @@ impl Default for RerouteSettings {
             timeout: Duration::from_millis(1500),
             clock_speed: 1.0,
             central_timeout: Duration::from_millis(3500),
-            border_margin_s: 600,
+            border_margin_s: 120,
         }
     }
 }
