@@ -95,19 +95,7 @@ impl Region {
                         .iter()
                         .find(|(id, _)| *id == r.reservation_id)
                         .map(|(_, h)| h.clone());
-                    let message = StationReservation {
-                        v: protocol::PROTOCOL_VERSION,
-                        reservation_id: r.reservation_id.clone(),
-                        action: StationReservationAction::Reserve,
-                        id_tag: Some(id_tag_for_vehicle(&r.vehicle_id)),
-                        expires_ms: Some(r.expires_ms),
-                        start_ms: Some(r.key_ms),
-                    };
-                    fx.send(Outgoing {
-                        topic: topics::station_reservations(&self.name, &r.station_id),
-                        payload: protocol::encode(&message),
-                        retain: false,
-                    });
+                    fx.send(self.reserve_message(r));
                     self.station_reservations.told.insert(
                         r.reservation_id.clone(),
                         Told {
@@ -127,20 +115,7 @@ impl Region {
                     {
                         continue;
                     }
-                    // Same place in the plan, a later expiry: the station replaces it.
-                    let message = StationReservation {
-                        v: protocol::PROTOCOL_VERSION,
-                        reservation_id: r.reservation_id.clone(),
-                        action: StationReservationAction::Reserve,
-                        id_tag: Some(id_tag_for_vehicle(&r.vehicle_id)),
-                        expires_ms: Some(r.expires_ms),
-                        start_ms: Some(r.key_ms),
-                    };
-                    fx.send(Outgoing {
-                        topic: topics::station_reservations(&self.name, &r.station_id),
-                        payload: protocol::encode(&message),
-                        retain: false,
-                    });
+                    fx.send(self.reserve_message(r));
                     self.count(Update::StationReservation("update"));
                 }
                 ReservationChange::Ended(id) => {
@@ -250,6 +225,24 @@ impl Region {
 }
 
 impl Region {
+    /// `reserve` for a station that holds reservations: a new one, or a re-planned
+    /// one (same place in the plan, a later expiry: the station replaces it).
+    fn reserve_message(&self, r: &crate::planner::Reservation) -> Outgoing {
+        let message = StationReservation {
+            v: protocol::PROTOCOL_VERSION,
+            reservation_id: r.reservation_id.clone(),
+            action: StationReservationAction::Reserve,
+            id_tag: Some(id_tag_for_vehicle(&r.vehicle_id)),
+            expires_ms: Some(r.expires_ms),
+            start_ms: Some(r.key_ms),
+        };
+        Outgoing {
+            topic: topics::station_reservations(&self.name, &r.station_id),
+            payload: protocol::encode(&message),
+            retain: false,
+        }
+    }
+
     /// Replaces the answer to a vehicle's request with a revised `unavailable` one
     /// (what a redelivered request gets from now on) and returns it to send.
     pub(super) fn revise(
