@@ -264,13 +264,9 @@ async fn stations_as_ocpp_charge_points_reach_the_fog_through_each_regions_gatew
     // tag before the reservation could be placed on a connector.)
     assert!(gateway("arrived") >= o.transactions_on_reservation, "{o:?}");
     assert!(o.transactions >= u64::from(fog.charged), "{o:?} {fog:?}");
-    // A reservation the gateway could not place (no connector free now) came back to
-    // its vehicle as a revised answer, and the vehicle asked again.
-    assert!(
-        (gateway("rejected") == 0 || fog.revised > 0)
-            && u64::from(fog.revised) <= gateway("rejected"),
-        "{o:?} {fog:?}"
-    );
+    // A reservation the gateway could not place came back to its vehicle as a revised
+    // answer (as do the fog's re-plans, counted in the same figure).
+    assert!(gateway("rejected") == 0 || fog.revised > 0, "{o:?} {fog:?}");
     // The reports say which transport the stations used.
     let table = report.table();
     assert!(
