@@ -119,7 +119,7 @@ pub struct Config {
     /// Ask central also for a request this region can serve when a station of a
     /// neighbouring region (offered on central's heartbeat) gets the vehicle charged
     /// at least this many seconds sooner; 0: ask only for saturated requests.
-    #[arg(long, env = "FOG_BORDER_MARGIN_S", default_value_t = 120)]
+    #[arg(long, env = "FOG_BORDER_MARGIN_S", default_value_t = 30)]
     pub border_margin_s: u32,
 
     /// Where the active reservations are kept across restarts (`{region}.jsonl` in

@@ -9,7 +9,7 @@ use fog_server::metrics::Update;
 use fog_server::planner::PlannerParams;
 use fog_server::region::{CentralView, Effects, Region, RerouteSettings};
 use fog_server::store::Record;
-use protocol::fog::{CentralHeartbeat, FogMessage, RerouteReply, RerouteRequest};
+use protocol::fog::{FogMessage, RerouteReply, RerouteRequest};
 use protocol::{
     ChargeRequest, Recommendation, RecommendationStatus, StationStatus, decode, encode, topics,
 };
@@ -29,16 +29,7 @@ fn request(id: &str) -> ChargeRequest {
 }
 
 fn heartbeat(r: &mut Region, at_ms: u64) {
-    let hb = CentralHeartbeat {
-        v: 1,
-        started_ms: NOW - 60_000,
-        seq: 1,
-        ts_ms: at_ms,
-        period_ms: 1000,
-        open_regions: vec!["other".into()],
-        nearest_open_km: None,
-        offers: Vec::new(),
-    };
+    let hb = testkit::messages::heartbeat(at_ms, &["other"], Vec::new());
     let fx = r.receive(&FogMessage::Heartbeat.regional_topic(), &encode(&hb), at_ms);
     assert_eq!(fx, Effects::default());
 }

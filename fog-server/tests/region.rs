@@ -34,16 +34,7 @@ fn region(name: &str, reroute_timeout: Duration) -> Driven {
 
 /// Central's heartbeat, listing `open` as the regions that can take vehicles.
 fn heartbeat(r: &mut Driven, open: &[&str]) {
-    let hb = CentralHeartbeat {
-        v: 1,
-        started_ms: NOW - 60_000,
-        seq: 1,
-        ts_ms: NOW,
-        period_ms: 1000,
-        open_regions: open.iter().map(|s| s.to_string()).collect(),
-        nearest_open_km: None,
-        offers: Vec::new(),
-    };
+    let hb = testkit::messages::heartbeat(NOW, open, Vec::new());
     let topic = FogMessage::Heartbeat.regional_topic();
     assert!(r.handle(&topic, &encode(&hb), NOW).is_none());
 }
@@ -533,14 +524,9 @@ fn a_heartbeat_that_puts_every_open_station_beyond_reach_spares_the_round_trip()
     let mut a = saturated("a", Duration::from_secs(5));
     a.outline = vec![[-0.1, -0.1], [-0.1, 0.1], [0.1, 0.1], [0.1, -0.1]];
     let hb = |nearest_open_km: f64| CentralHeartbeat {
-        v: 1,
-        started_ms: NOW - 60_000,
         seq: 2,
-        ts_ms: NOW,
-        period_ms: 1000,
-        open_regions: vec!["far".into()],
         nearest_open_km: Some(nearest_open_km),
-        offers: Vec::new(),
+        ..testkit::messages::heartbeat(NOW, &["far"], Vec::new())
     };
     let topic = FogMessage::Heartbeat.regional_topic();
     // 1,000 km from the region's outline: request() reaches ~92 km.

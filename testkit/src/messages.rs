@@ -1,5 +1,6 @@
 //! Device message builders shared by the integration tests.
 
+use protocol::fog::{CentralHeartbeat, Offer};
 use protocol::{ChargeRequest, StationState, StationStatus};
 
 /// An available station with nobody charging or waiting.
@@ -42,5 +43,20 @@ pub fn request(id: &str, lat: f64, lon: f64, soc: f64) -> ChargeRequest {
         kwh_per_km: 0.18,
         target_soc: 0.8,
         ts_ms: None,
+    }
+}
+
+/// Central's heartbeat (started a minute before `ts_ms`, one a second) naming `open`
+/// as the regions that can take vehicles, with `offers`.
+pub fn heartbeat(ts_ms: u64, open: &[&str], offers: Vec<Offer>) -> CentralHeartbeat {
+    CentralHeartbeat {
+        v: 1,
+        started_ms: ts_ms - 60_000,
+        seq: 1,
+        ts_ms,
+        period_ms: 1000,
+        open_regions: open.iter().map(|s| s.to_string()).collect(),
+        nearest_open_km: None,
+        offers,
     }
 }

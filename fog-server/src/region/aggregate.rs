@@ -67,6 +67,11 @@ impl AggregateSchedule {
 
 /// How many of the region's best stations an aggregate lists.
 const AGGREGATE_BEST: usize = 8;
+/// How many more it lists for each side of the region's outline: those that serve a
+/// vehicle just across that side soonest (wait + drive from the side). With many
+/// stations free, the best by wait alone are an arbitrary few, often far from the
+/// neighbour that would need them.
+const AGGREGATE_BEST_PER_SIDE: usize = 3;
 
 impl Region {
     /// Whether something an aggregate shows changed since the last aggregate.
@@ -121,17 +126,69 @@ impl Region {
         let order = |a: &(u32, Slot, &Station), b: &(u32, Slot, &Station)| {
             summary_order(a.0, a.2, b.0, b.2)
         };
+        let by_side = self.best_by_side(&mut ranked);
         if ranked.len() > AGGREGATE_BEST {
             ranked.select_nth_unstable_by(AGGREGATE_BEST - 1, order);
             ranked.truncate(AGGREGATE_BEST);
         }
         ranked.sort_by(order);
         agg.min_wait_s = ranked.first().map(|(wait, _, _)| *wait);
+        let mut extra: Vec<(u32, Slot, &Station)> = by_side
+            .into_iter()
+            .filter(|(_, slot, _)| !ranked.iter().any(|r| r.1 == *slot))
+            .collect();
+        extra.sort_by(order);
+        extra.dedup_by_key(|e| e.1);
         agg.best = ranked
             .iter()
+            .chain(&extra)
             .map(|&(wait, slot, s)| self.summary(slot, s, wait))
             .collect();
         agg
+    }
+
+    /// For each side of the region's outline (its bounding box), the
+    /// [`AGGREGATE_BEST_PER_SIDE`] stations of `ranked` (predicted wait, slot, station)
+    /// soonest for a vehicle at that side: least wait + drive from the side. Reorders
+    /// `ranked`; picks a station once per side it is best for.
+    fn best_by_side<'a>(
+        &self,
+        ranked: &mut [(u32, Slot, &'a Station)],
+    ) -> Vec<(u32, Slot, &'a Station)> {
+        let Some(first) = self.outline.first() else {
+            return Vec::new();
+        };
+        if ranked.len() <= AGGREGATE_BEST {
+            return Vec::new();
+        }
+        let (mut south, mut north, mut west, mut east) = (first[0], first[0], first[1], first[1]);
+        for [lat, lon] in &self.outline {
+            (south, north) = (south.min(*lat), north.max(*lat));
+            (west, east) = (west.min(*lon), east.max(*lon));
+        }
+        let cost = &self.planner.params.cost;
+        let km_per_deg = protocol::geo::EARTH_RADIUS_KM.to_radians();
+        let sides: [&dyn Fn(&Station) -> f64; 4] = [
+            &|s| (s.lat - south).abs() * km_per_deg,
+            &|s| (north - s.lat).abs() * km_per_deg,
+            &|s| (s.lon - west).abs() * km_per_deg * s.lat.to_radians().cos(),
+            &|s| (east - s.lon).abs() * km_per_deg * s.lat.to_radians().cos(),
+        ];
+        let n = AGGREGATE_BEST_PER_SIDE.min(ranked.len());
+        let mut out = Vec::with_capacity(4 * n);
+        for km_from_side in sides {
+            let soonest = |e: &(u32, Slot, &Station)| {
+                f64::from(e.0) + cost.drive_s(cost.road_km(km_from_side(e.2)))
+            };
+            let order = |a: &(u32, Slot, &Station), b: &(u32, Slot, &Station)| {
+                soonest(a)
+                    .total_cmp(&soonest(b))
+                    .then_with(|| summary_order(a.0, a.2, b.0, b.2))
+            };
+            ranked.select_nth_unstable_by(n - 1, order);
+            out.extend_from_slice(&ranked[..n]);
+        }
+        out
     }
 
     /// The messages of an aggregate that is `due` (see [`AggregateSchedule`]): the
@@ -298,7 +355,8 @@ mod tests {
             }
             let all = region.stations_snapshot(now).stations;
             let agg = region.aggregate(now);
-            assert_eq!(agg.best, all[..all.len().min(AGGREGATE_BEST)], "n = {n}");
+            let head = all.len().min(AGGREGATE_BEST);
+            assert_eq!(agg.best[..head], all[..head], "n = {n}");
             assert_eq!(agg.min_wait_s, all.first().map(|s| s.predicted_wait_s));
             assert_eq!(agg.chargers, all.iter().map(|s| s.chargers).sum::<u32>());
             assert_eq!(

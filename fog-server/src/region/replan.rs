@@ -129,7 +129,7 @@ impl Region {
         };
         self.dirty = true;
         info!(vehicle = %r.vehicle_id, reservation = %r.reservation_id, station = %r.station_id, late_s = (start_ms - r.start_ms) / 1000, "reservation re-planned later");
-        let answer = self.answer_for(&updated, now_ms, why);
+        let answer = self.answer_for(&updated, now_ms, Some(why));
         self.deliver(
             &r.vehicle_id,
             &r.reservation_id,
@@ -244,7 +244,12 @@ impl Region {
     }
 
     /// The answer a reservation gives its vehicle now (for a revision).
-    fn answer_for(&self, r: &Reservation, now_ms: u64, reason: String) -> Recommendation {
+    pub(super) fn answer_for(
+        &self,
+        r: &Reservation,
+        now_ms: u64,
+        reason: Option<String>,
+    ) -> Recommendation {
         let station = self.planner.stations.get(r.slot);
         let road_km = match (r.trip, station) {
             (Some(trip), Some(s)) => {
@@ -275,7 +280,7 @@ impl Region {
             charge_s: Some(r.charge_s),
             reservation_id: Some(r.reservation_id.clone()),
             expires_ms: Some(r.expires_ms),
-            reason: Some(reason),
+            reason,
             served_by: Some(self.name.clone()),
             data_age_ms: station.map(|s| now_ms.saturating_sub(s.updated_ms)),
             revised: true,
@@ -284,7 +289,7 @@ impl Region {
 
     /// Sends a revised answer to the vehicle that held `old_reservation`: directly
     /// when this region answered it, else through central to the region that did.
-    fn deliver(
+    pub(super) fn deliver(
         &mut self,
         vehicle_id: &str,
         old_reservation: &str,

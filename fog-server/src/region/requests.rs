@@ -14,6 +14,7 @@ use protocol::{
 };
 use tracing::{debug, info, warn};
 
+use super::reroute::LocalBest;
 use super::{Effects, Outgoing, Region};
 use crate::metrics::Update;
 use crate::planner::{Choice, NoChoice, Trip};
@@ -66,17 +67,7 @@ impl Region {
         match self.planner.choose(&req, now_ms) {
             Ok(choice) => {
                 let local = choice.total_s();
-                if let Some(across) = self.better_across_border(&req, local, now_ms) {
-                    // A neighbour's station is much sooner: let central place it there
-                    // (only a region beating the local best by the margin qualifies);
-                    // if none takes it, the local station is still there.
-                    debug!(vehicle = vehicle_id, request = %req.request_id, local_s = local, across_s = across, "asking central across the border");
-                    self.count_reroute("border");
-                    let margin = f64::from(self.reroute.border_margin_s);
-                    let out = self.ask_central(vehicle_id, req, Some(local - margin), now_ms);
-                    fx.send(out);
-                    return;
-                }
+                let across = self.better_across_border(&req, local, now_ms);
                 let answer = self.assign(
                     vehicle_id,
                     &req,
@@ -86,7 +77,23 @@ impl Region {
                     None,
                 );
                 fx.planned = true;
+                let held = answer.reservation_id.clone();
                 self.finish(vehicle_id, &req.request_id, answer, now_ms, fx);
+                if let (Some(across), Some(held)) = (across, held) {
+                    // A neighbour's station looks much sooner: the vehicle has the
+                    // local one, and central may place it there instead (only a region
+                    // beating the local best by the margin qualifies), as a revision.
+                    debug!(vehicle = vehicle_id, request = %req.request_id, local_s = local, across_s = across, "asking central across the border");
+                    self.count_reroute("border");
+                    let margin = f64::from(self.reroute.border_margin_s);
+                    let local = LocalBest {
+                        total_s: local - margin,
+                        held: Some(held),
+                        border: true,
+                    };
+                    let out = self.ask_central(vehicle_id, req, Some(local), now_ms);
+                    fx.send(out);
+                }
             }
             Err(no) => self.on_saturated(vehicle_id, req, &no, now_ms, fx),
         }
@@ -111,11 +118,15 @@ impl Region {
         }
         match self.why_not_ask_central(&req, now_ms) {
             None => {
-                let local_best_total_s = match no {
-                    NoChoice::TooSlow { best } => Some(best.total_s()),
+                let local = match no {
+                    NoChoice::TooSlow { best } => Some(LocalBest {
+                        total_s: best.total_s(),
+                        held: self.hold(vehicle_id, &req, best, now_ms),
+                        border: false,
+                    }),
                     NoChoice::NothingReachable { .. } => None,
                 };
-                let out = self.ask_central(vehicle_id, req, local_best_total_s, now_ms);
+                let out = self.ask_central(vehicle_id, req, local, now_ms);
                 fx.send(out);
             }
             Some(why) => {
@@ -123,6 +134,22 @@ impl Region {
                 self.finish_saturated(vehicle_id, &req, &why, now_ms, fx);
             }
         }
+    }
+
+    /// Reserves `choice` for a request that central is asked about (see
+    /// [`PendingReroute::held`](super::reroute::PendingReroute)); its id.
+    fn hold(
+        &mut self,
+        vehicle_id: &str,
+        req: &ChargeRequest,
+        choice: &Choice,
+        now_ms: u64,
+    ) -> Option<String> {
+        let id = self.next_id("");
+        let trip = Some(Trip::new(req, now_ms));
+        let held = self.planner.reserve(id, vehicle_id, choice, now_ms, trip)?;
+        self.dirty = true;
+        Some(held.reservation_id.clone())
     }
 
     /// A request that did not parse: answered `rejected`, saying why.

@@ -67,6 +67,15 @@ pub(super) struct PendingReroute {
     pub(super) request: ChargeRequest,
     /// When to stop waiting (clock ms): the deadline central was given.
     deadline_ms: u64,
+    /// The local reservation held for the vehicle while central is asked: requests
+    /// after it see the local station as it will be if central finds nothing better
+    /// (not as if every request asking at once could have it). Ended when central
+    /// reroutes the vehicle; its answer otherwise.
+    pub(super) held: Option<String>,
+    /// Asked although a local station serves it (a neighbour's looks sooner): the
+    /// vehicle has its answer already (the held reservation), and a reroute comes to
+    /// it as a revision.
+    border: bool,
 }
 
 /// Central said that no region that can take vehicles lists a station within `km` of
@@ -79,6 +88,17 @@ pub(super) struct NoRegionHint {
     km: f64,
     at_ms: u64,
     until_ms: u64,
+}
+
+/// The region's own best for a request it asks central about.
+#[derive(Debug, Clone)]
+pub(super) struct LocalBest {
+    /// Only regions whose total (drive + wait + charge) beats this qualify, s.
+    pub(super) total_s: f64,
+    /// The reservation held locally meanwhile ([`PendingReroute::held`]).
+    pub(super) held: Option<String>,
+    /// A border ask: `held` has been answered already ([`PendingReroute::border`]).
+    pub(super) border: bool,
 }
 
 /// What the fog knows of central when a request is saturated.
@@ -232,8 +252,9 @@ impl Region {
     }
 
     /// A request still with central is superseded by a new one of the same vehicle: it
-    /// is answered `unavailable` (at the next tick) and central's late reply will be
-    /// ignored, so that it cannot replace the reservation the new request gets.
+    /// is answered `unavailable` (at the next tick; a border ask had its answer) and
+    /// central's late reply will be ignored, so that it cannot replace the reservation
+    /// the new request gets.
     pub(super) fn supersede_pending(&mut self, vehicle_id: &str, new_request: &str, now_ms: u64) {
         let mut superseded: Vec<(u64, String)> = self
             .pending
@@ -245,6 +266,14 @@ impl Region {
         superseded.sort();
         for (_, id) in superseded {
             if let Some(p) = self.pending.remove(&id) {
+                if let Some(held) = &p.held {
+                    if self.planner.end(held, vehicle_id).is_ok() {
+                        self.count_ended("replaced", 1);
+                    }
+                }
+                if p.border {
+                    continue;
+                }
                 let answer = Recommendation::refusal(
                     p.request.request_id.clone(),
                     RecommendationStatus::Unavailable,
@@ -302,9 +331,12 @@ impl Region {
         &mut self,
         vehicle_id: &str,
         req: ChargeRequest,
-        local_best_total_s: Option<f64>,
+        local: Option<LocalBest>,
         now_ms: u64,
     ) -> Outgoing {
+        let local_best_total_s = local.as_ref().map(|l| l.total_s);
+        let border = local.as_ref().is_some_and(|l| l.border);
+        let held = local.and_then(|l| l.held);
         let reroute_id = self.next_id("rr-");
         let deadline_ms = now_ms + self.reroute.clock_ms(self.reroute.timeout);
         let message = RerouteRequest {
@@ -324,6 +356,8 @@ impl Region {
                 vehicle_id: vehicle_id.to_owned(),
                 request: req,
                 deadline_ms,
+                held,
+                border,
             },
         );
         Outgoing {
@@ -354,13 +388,21 @@ impl Region {
                 until_ms: now_ms + self.reroute.clock_ms(hold),
             });
         }
-        let (vehicle_id, req) = (pending.vehicle_id, pending.request);
         match reply.recommendation {
+            Some(rec) if reply.ok && rec.station.is_some() && pending.border => {
+                self.improve(pending, rec, now_ms, fx);
+            }
             Some(mut rec) if reply.ok && rec.station.is_some() => {
+                let (vehicle_id, req) = (&pending.vehicle_id, &pending.request);
+                if let Some(held) = &pending.held {
+                    if self.planner.end(held, vehicle_id).is_ok() {
+                        self.count_ended("rerouted", 1);
+                    }
+                }
                 rec.request_id = req.request_id.clone();
                 rec.status = RecommendationStatus::Rerouted;
                 self.count_reroute("succeeded");
-                self.finish(&vehicle_id, &req.request_id, rec, now_ms, fx);
+                self.finish(vehicle_id, &req.request_id, rec, now_ms, fx);
             }
             _ => {
                 self.count_reroute("failed");
@@ -368,9 +410,84 @@ impl Region {
                     "no other region could take the vehicle: {}",
                     reply.reason.as_deref().unwrap_or("central gave no reason")
                 );
-                self.finish_saturated(&vehicle_id, &req, &why, now_ms, fx);
+                self.finish_unrerouted(pending, &why, now_ms, fx);
             }
         }
+    }
+
+    /// A border ask that central rerouted: the vehicle's local reservation ends and
+    /// its answer is revised to the neighbour's station. If that reservation ended
+    /// meanwhile (the vehicle arrived, cancelled or asked again, or a re-plan moved
+    /// it), the vehicle keeps what it has; the neighbour's reservation expires unused.
+    fn improve(
+        &mut self,
+        pending: PendingReroute,
+        mut rec: Recommendation,
+        now_ms: u64,
+        fx: &mut Effects,
+    ) {
+        let vehicle_id = pending.vehicle_id.as_str();
+        let Some(held) = pending.held.filter(|id| {
+            self.planner
+                .reservation(id)
+                .is_some_and(|r| r.vehicle_id == vehicle_id)
+        }) else {
+            info!(vehicle = vehicle_id, request = %pending.request.request_id, "reroute across the border came after the local reservation ended: not passed on");
+            self.count_reroute("too_late");
+            return;
+        };
+        self.count_reroute("succeeded");
+        rec.status = RecommendationStatus::Rerouted;
+        rec.reason.get_or_insert_with(|| {
+            "a station across the border gets you charged sooner".to_owned()
+        });
+        // Found by the answer that names the local reservation, before it ends.
+        self.deliver(vehicle_id, &held, rec, "rerouted", now_ms, fx);
+        if self.planner.end(&held, vehicle_id).is_ok() {
+            self.count_ended("rerouted", 1);
+        }
+    }
+
+    /// Answers a request central did not reroute (`why`): with the reservation held
+    /// for it while central was asked, if it still stands, else as a saturated
+    /// request. A border ask was answered when it was asked: nothing more to say.
+    fn finish_unrerouted(
+        &mut self,
+        pending: PendingReroute,
+        why: &str,
+        now_ms: u64,
+        fx: &mut Effects,
+    ) {
+        if pending.border {
+            debug!(vehicle = %pending.vehicle_id, request = %pending.request.request_id, why, "no better station across the border");
+            return;
+        }
+        let held = pending.held.as_deref().and_then(|id| {
+            self.planner
+                .reservation(id)
+                .filter(|r| r.vehicle_id == pending.vehicle_id)
+                .cloned()
+        });
+        let Some(r) = held else {
+            self.finish_saturated(&pending.vehicle_id, &pending.request, why, now_ms, fx);
+            return;
+        };
+        let wait_s = r.start_ms.saturating_sub(r.arrival_ms) / 1000;
+        let reason = if wait_s > u64::from(self.planner.params.cost.max_wait_s) {
+            Some(format!(
+                "{why}; best local station despite a predicted wait of {wait_s} s"
+            ))
+        } else {
+            Some(format!("{why}; a local station has room again"))
+        };
+        let request_id = pending.request.request_id;
+        let mut answer = self.answer_for(&r, now_ms, reason);
+        answer.request_id = request_id.clone();
+        answer.status = RecommendationStatus::Assigned;
+        answer.revised = false;
+        self.finish(&pending.vehicle_id, &request_id, answer, now_ms, fx);
+        // The station and the journal learn which request the reservation answers.
+        self.answered_held(&r, request_id);
     }
 
     /// Answers locally the reroutes whose deadline has passed.
@@ -394,7 +511,7 @@ impl Region {
                 "central unreachable (no reroute answer within {} ms)",
                 self.reroute.timeout.as_millis()
             );
-            self.finish_saturated(&pending.vehicle_id, &pending.request, &why, now_ms, fx);
+            self.finish_unrerouted(pending, &why, now_ms, fx);
         }
     }
 

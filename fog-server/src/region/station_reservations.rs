@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::{Effects, Outgoing, Region};
 use crate::metrics::Update;
-use crate::planner::ReservationChange;
+use crate::planner::{Reservation, ReservationChange};
 
 /// A reservation a station was told about.
 #[derive(Debug, Clone)]
@@ -65,6 +65,18 @@ impl Region {
         } else if status.state.is_in_service() || status.chargers.is_some() {
             // A full status without the flag (not a last will): a plain station.
             known.remove(&status.station_id);
+        }
+    }
+
+    /// A held reservation now answers `request_id`: the station (for a refusal's
+    /// revision) and the journal (for a restart) learn so.
+    pub(super) fn answered_held(&mut self, r: &Reservation, request_id: String) {
+        if let Some(told) = self.station_reservations.told.get_mut(&r.reservation_id) {
+            told.request_id = Some(request_id);
+        }
+        if self.journal {
+            // Journalled again, now with its answer.
+            self.planner.replanned(&r.reservation_id, r.start_ms);
         }
     }
 
