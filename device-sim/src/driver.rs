@@ -76,6 +76,8 @@ struct Followed {
     request_id: String,
     /// The wait it promised (its latest revision's), s.
     wait_s: Option<f64>,
+    /// It sends the vehicle to another region (counted once in the report).
+    rerouted: bool,
 }
 
 struct Pending {
@@ -350,6 +352,7 @@ impl<'w> Driver<'w> {
                     let followed = Followed {
                         request_id: rec.request_id.clone(),
                         wait_s: rec.wait_s.map(f64::from),
+                        rerouted: rec.status == RecommendationStatus::Rerouted,
                     };
                     self.requests.followed.insert(v, followed);
                 }
@@ -387,6 +390,11 @@ impl<'w> Driver<'w> {
                 self.report.revised += 1;
                 if let Some(f) = self.requests.followed.get_mut(&v) {
                     f.wait_s = rec.wait_s.map(f64::from);
+                    if rec.status == RecommendationStatus::Rerouted && !f.rerouted {
+                        // Rerouted by a revision (a border ask central placed).
+                        f.rerouted = true;
+                        self.report.rerouted += 1;
+                    }
                 }
                 let reservation = Reservation {
                     region: st.region.clone(),

@@ -119,7 +119,8 @@ pub struct StrategyReport {
     pub rtt_ms: Option<Rtt>,
     pub wait_s: Wait,
     pub stranded: u32,
-    /// Answers that sent the vehicle to another region's station.
+    /// Vehicles an answer sent to another region's station (at once, or by a
+    /// revision of a local answer).
     pub rerouted: u32,
     /// Answers `unavailable`.
     pub unavailable: u32,
