@@ -36,7 +36,8 @@ pub struct Metrics {
     /// Messages refused, by what they were (`request`, `status`, `reservation`, `telemetry`, `topic`).
     pub invalid_messages: Family<KindLabel, Counter>,
     pub duplicate_requests: Counter,
-    /// Reroutes through central, by outcome (`requested`, `succeeded`, `failed`, `timed_out`).
+    /// Reroutes through central, by outcome (`requested`, `succeeded`, `failed`, `timed_out`,
+    /// `border`, `too_late`, and the reasons not to ask: see docs/fog-central.md).
     pub reroutes: Family<KindLabel, Counter>,
     /// Handoffs from other regions, by outcome (`accepted`, `refused`).
     pub handoffs: Family<KindLabel, Counter>,
