@@ -739,7 +739,8 @@ async fn connect(url: &str) -> Result<Ws> {
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static("ocpp1.6"),
     );
-    let (ws, _) = tokio_tungstenite::connect_async(request)
+    // TCP_NODELAY: a charge point's frames are small and answer the gateway's at once.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
         .await
         .with_context(|| format!("connecting to {url}"))?;
     Ok(ws)
