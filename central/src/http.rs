@@ -5,7 +5,7 @@
 //! - `GET /api/stations/best?lat=&lon=[&k=][&soc=][&battery_kwh=][&kwh_per_km=][&target_soc=]`:
 //!   the `k` (default 5, at most 100) stations listed in the regions' aggregates that
 //!   the vehicle can reach, least estimated total first (the estimate of
-//!   [`crate::regions::estimate`]). The vehicle defaults to 60 kWh, 0.18 kWh/km, soc
+//!   [`cost_model::estimate`]). The vehicle defaults to 60 kWh, 0.18 kWh/km, soc
 //!   0.3 → 0.8. Bad or unknown parameters get a 400 with `{"error": "…"}`.
 //! - `GET /`, `/api/dashboard`, `/api/events`, `/report`, `/api/report`: the live
 //!   dashboard ([`crate::dashboard`]).

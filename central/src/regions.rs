@@ -29,7 +29,7 @@ use protocol::fog::{Aggregate, AggregateStation, Offer};
 use serde::Serialize;
 
 use cost_model::CostParams;
-pub use cost_model::Vehicle;
+pub use cost_model::{Estimate, Vehicle, estimate};
 
 /// What central holds for one region.
 #[derive(Debug, Clone)]
@@ -300,7 +300,7 @@ impl Regions {
                 let stale = self.is_stale(s, now_ms);
                 let age = self.data_age_ms(s, now_ms);
                 s.aggregate.best.iter().filter_map(move |st| {
-                    estimate(vehicle, st, model).map(|e| StationEstimate {
+                    estimate(vehicle, st.into(), model).map(|e| StationEstimate {
                         region: id.to_owned(),
                         station_id: st.station_id.clone(),
                         lat: st.lat,
@@ -334,17 +334,6 @@ pub(crate) fn real_ms(clock_ms: u64, speed: f64) -> u64 {
     (clock_ms as f64 / speed) as u64
 }
 
-/// The predicted cost of sending a vehicle to one station, seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Estimate {
-    pub road_km: f64,
-    pub drive_s: f64,
-    pub wait_s: f64,
-    pub charge_s: f64,
-    /// drive + wait + charge.
-    pub total_s: f64,
-}
-
 /// A station from some region's aggregate, with its estimate for one vehicle.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StationEstimate {
@@ -359,37 +348,6 @@ pub struct StationEstimate {
     /// Whether the region's data is stale.
     pub stale: bool,
     pub data_age_ms: u64,
-}
-
-/// The estimate for `vehicle` at `station`, or `None` when it is out of reach.
-///
-/// road km = great-circle km × road factor; reachable when road km ≤ usable range;
-/// drive = road km / average speed; wait = the station's predicted wait (as its fog
-/// published it); charge = (target soc − soc at arrival) × battery / power (0 when
-/// already above the target; the charging curve taken as flat).
-pub fn estimate(
-    vehicle: &Vehicle,
-    station: &AggregateStation,
-    model: &CostParams,
-) -> Option<Estimate> {
-    let km = protocol::geo::haversine_km(vehicle.lat, vehicle.lon, station.lat, station.lon);
-    let road_km = model.road_km(km);
-    // Written so that NaN (bad data) counts as unreachable / unpowered.
-    let reachable = road_km <= model.usable_range_km(vehicle);
-    let powered = station.power_kw.is_finite() && station.power_kw > 0.0;
-    if !(reachable && powered) {
-        return None;
-    }
-    let drive_s = model.drive_s(road_km);
-    let charge_s = vehicle.charge_s(road_km, station.power_kw);
-    let wait_s = f64::from(station.predicted_wait_s);
-    Some(Estimate {
-        road_km,
-        drive_s,
-        wait_s,
-        charge_s,
-        total_s: drive_s + wait_s + charge_s,
-    })
 }
 
 #[cfg(test)]
@@ -537,7 +495,7 @@ mod tests {
         let model = CostParams::default();
         // 10 km north (great circle) => 13 road km.
         let s = station("s", 10.0 / 111.195, 0.0, 300);
-        let e = estimate(&CAR, &s, &model).unwrap();
+        let e = estimate(&CAR, (&s).into(), &model).unwrap();
         assert!((e.road_km - 13.0).abs() < 0.01, "{e:?}");
         assert!((e.drive_s - 13.0 / 40.0 * 3600.0).abs() < 2.0);
         assert_eq!(e.wait_s, 300.0);
@@ -545,8 +503,10 @@ mod tests {
         assert!((e.charge_s - (0.8 - 0.261) * 60.0 / 50.0 * 3600.0).abs() < 3.0);
         assert!((e.total_s - (e.drive_s + e.wait_s + e.charge_s)).abs() < 1e-9);
         // Range: 0.3*60/0.18 = 100 km, 90 usable => 69.2 great-circle km.
-        assert!(estimate(&CAR, &station("near", 69.0 / 111.195, 0.0, 0), &model).is_some());
-        assert!(estimate(&CAR, &station("far", 69.5 / 111.195, 0.0, 0), &model).is_none());
+        let at =
+            |id: &str, km: f64| estimate(&CAR, (&station(id, km / 111.195, 0.0, 0)).into(), &model);
+        assert!(at("near", 69.0).is_some());
+        assert!(at("far", 69.5).is_none());
     }
 
     #[test]

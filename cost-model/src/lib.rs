@@ -21,6 +21,7 @@
 
 use clap::Args;
 use protocol::ChargeRequest;
+use protocol::fog::{AggregateStation, Offer};
 use serde::{Deserialize, Serialize};
 
 /// The model's parameters, shared by the fog server and central (same flags, same
@@ -176,6 +177,77 @@ impl Vehicle {
         let kwh = (self.target_soc - arrival_soc).max(0.0) * self.battery_kwh;
         kwh / power_kw * 3600.0
     }
+}
+
+/// A station as another region listed it (in an aggregate, or an offer on central's
+/// heartbeat): where it is, its power and the wait its fog predicted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Listed {
+    pub lat: f64,
+    pub lon: f64,
+    pub power_kw: f64,
+    pub predicted_wait_s: u32,
+}
+
+impl From<&AggregateStation> for Listed {
+    fn from(s: &AggregateStation) -> Self {
+        Self {
+            lat: s.lat,
+            lon: s.lon,
+            power_kw: s.power_kw,
+            predicted_wait_s: s.predicted_wait_s,
+        }
+    }
+}
+
+impl From<&Offer> for Listed {
+    fn from(o: &Offer) -> Self {
+        Self {
+            lat: o.lat,
+            lon: o.lon,
+            power_kw: o.power_kw,
+            predicted_wait_s: o.wait_s,
+        }
+    }
+}
+
+/// The predicted cost of sending a vehicle to one listed station, seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Estimate {
+    pub road_km: f64,
+    pub drive_s: f64,
+    pub wait_s: f64,
+    pub charge_s: f64,
+    /// drive + wait + charge.
+    pub total_s: f64,
+}
+
+/// The estimate for `vehicle` at a station another region listed, or `None` when it
+/// is out of reach (or its power is not a positive number).
+///
+/// road km = great-circle km × road factor; reachable when road km ≤ usable range;
+/// drive = road km / average speed; wait = the station's predicted wait (as its fog
+/// published it); charge = (target soc − soc at arrival) × battery / power (0 when
+/// already above the target; the charging curve taken as flat).
+pub fn estimate(vehicle: &Vehicle, station: Listed, model: &CostParams) -> Option<Estimate> {
+    let km = protocol::geo::haversine_km(vehicle.lat, vehicle.lon, station.lat, station.lon);
+    let road_km = model.road_km(km);
+    // Written so that NaN (bad data) counts as unreachable / unpowered.
+    let reachable = road_km <= model.usable_range_km(vehicle);
+    let powered = station.power_kw.is_finite() && station.power_kw > 0.0;
+    if !(reachable && powered) {
+        return None;
+    }
+    let drive_s = model.drive_s(road_km);
+    let charge_s = vehicle.charge_s(road_km, station.power_kw);
+    let wait_s = f64::from(station.predicted_wait_s);
+    Some(Estimate {
+        road_km,
+        drive_s,
+        wait_s,
+        charge_s,
+        total_s: drive_s + wait_s + charge_s,
+    })
 }
 
 /// Seconds a typical session of `session_kwh` lasts at a station of `power_kw`.

@@ -1,13 +1,14 @@
-//! The fog's planner and central's estimate are one cost model: for a station with no
-//! queue, no reservations and a free charger, the total the fog computes for a vehicle
-//! equals the total central estimates for it from the fog's own aggregate, and both
-//! agree on whether the vehicle can reach it.
+//! The fog's planner and the estimate central (and the fog's border check) make from a
+//! listed station are one cost model: for a station with no queue, no reservations and
+//! a free charger, the total the fog computes for a vehicle equals
+//! [`cost_model::estimate`] from the fog's own aggregate, and both agree on whether the
+//! vehicle can reach it.
 //!
 //! The two sides measure the great-circle distance in two ways (the fog from its
 //! R-tree's chord, central by haversine), so totals are compared to 1e-9 relative and
 //! reachability away from the exact edge of the range.
 
-use central::regions::{Vehicle, estimate};
+use cost_model::{Vehicle, estimate};
 use fog_server::index::{Station, StationIndex};
 use fog_server::planner::{CostParams, NoChoice, PlannerParams};
 use fog_server::region::Region;
@@ -99,7 +100,7 @@ proptest! {
         let aggregate = region.aggregate(NOW);
         prop_assert_eq!(aggregate.max_wait_s, Some(cost.max_wait_s));
         prop_assert_eq!(aggregate.best.len(), 1);
-        let central = estimate(&Vehicle::from(&req), &aggregate.best[0], &cost);
+        let central = estimate(&Vehicle::from(&req), (&aggregate.best[0]).into(), &cost);
 
         let vehicle = Vehicle::from(&req);
         let road_km = cost.road_km(haversine_km(req.lat, req.lon, lat, lon));

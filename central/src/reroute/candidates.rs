@@ -81,7 +81,7 @@ pub fn candidates(
             .aggregate
             .best
             .iter()
-            .filter_map(|s| crate::regions::estimate(vehicle, s, model).map(|e| (s, e)))
+            .filter_map(|s| cost_model::estimate(vehicle, s.into(), model).map(|e| (s, e)))
             .min_by(|a, b| a.1.total_s.total_cmp(&b.1.total_s));
         let Some((station, estimate)) = best else {
             continue;

@@ -21,7 +21,7 @@
 //!    ```
 //!
 //!    A region's estimate is the least total among its reachable listed stations (see
-//!    [`crate::regions::estimate`]). When the request carries `local_best_total_s`,
+//!    [`cost_model::estimate`]). When the request carries `local_best_total_s`,
 //!    only regions whose estimate beats it qualify: moving a vehicle to another region
 //!    must save it time. Candidates are sorted by estimate, least first (ties by
 //!    region id).

@@ -307,19 +307,10 @@ impl Region {
         let (_, hb) = self.central.as_ref()?;
         let cost = &self.planner.params.cost;
         let vehicle = cost_model::Vehicle::from(req);
-        let range_km = cost.usable_range_km(&vehicle);
         hb.offers
             .iter()
             .filter(|o| o.region != self.name)
-            .filter_map(|o| {
-                let road_km =
-                    cost.road_km(protocol::geo::haversine_km(req.lat, req.lon, o.lat, o.lon));
-                (road_km <= range_km).then(|| {
-                    cost.drive_s(road_km)
-                        + f64::from(o.wait_s)
-                        + vehicle.charge_s(road_km, o.power_kw)
-                })
-            })
+            .filter_map(|o| cost_model::estimate(&vehicle, o.into(), cost).map(|e| e.total_s))
             .min_by(f64::total_cmp)
             .filter(|best| best + margin < local_total_s)
     }
