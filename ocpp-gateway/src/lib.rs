@@ -331,6 +331,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let mut link = Link::connect(&settings, subscriptions, &shutdown).await?;
     let metrics = Metrics::default();
     let reconnects = metrics.mqtt_reconnects.clone();
+    let takeovers = metrics.mqtt_takeovers.clone();
+    link.on_takeover = Some(Box::new(move || {
+        takeovers.inc();
+    }));
     // Reservation ids distinct across restarts of the gateway (chargers keep theirs).
     let base = (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -36,6 +36,8 @@ pub struct Metrics {
     /// Calls to charge points that were not answered in time.
     pub call_timeouts: Counter,
     pub mqtt_reconnects: Counter,
+    /// Broker connections taken over by another client with the gateway's client id.
+    pub mqtt_takeovers: Counter,
     pub registry_reloads: Family<Label, Counter>,
 }
 
@@ -81,6 +83,11 @@ impl Metrics {
             "mqtt_reconnects",
             "Reconnections to the broker",
             self.mqtt_reconnects.clone(),
+        );
+        r.register(
+            "mqtt_takeovers",
+            "Connections to the regional broker taken over by another client with the same client id (a second instance)",
+            self.mqtt_takeovers.clone(),
         );
         r.register(
             "registry_reloads",

@@ -20,9 +20,9 @@ use tokio::process::{Child, Command};
 const T: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(20);
 
-/// Starts the `ocpp-gateway` binary and waits until it is connected to the broker.
-async fn gateway(broker: &str, listen: u16, http: u16, chargers: &Path) -> Result<Child> {
-    let child = Command::new(env!("CARGO_BIN_EXE_ocpp-gateway"))
+/// Starts the `ocpp-gateway` binary.
+fn spawn_gateway(broker: &str, listen: u16, http: u16, chargers: &Path) -> Result<Child> {
+    Command::new(env!("CARGO_BIN_EXE_ocpp-gateway"))
         .args(["--region", REGION, "--broker", broker])
         .args(["--listen", &format!("127.0.0.1:{listen}")])
         .args(["--http", &format!("127.0.0.1:{http}")])
@@ -30,7 +30,12 @@ async fn gateway(broker: &str, listen: u16, http: u16, chargers: &Path) -> Resul
         .arg(chargers)
         .kill_on_drop(true)
         .spawn()
-        .context("starting ocpp-gateway")?;
+        .context("starting ocpp-gateway")
+}
+
+/// Starts the `ocpp-gateway` binary and waits until it is connected to the broker.
+async fn gateway(broker: &str, listen: u16, http: u16, chargers: &Path) -> Result<Child> {
+    let child = spawn_gateway(broker, listen, http, chargers)?;
     let ready = format!("http://127.0.0.1:{http}/readyz");
     wait_until("the gateway is ready", T, POLL, || async {
         let r = reqwest::get(&ready).await.ok()?;
@@ -119,4 +124,46 @@ async fn a_killed_gateway_takes_its_chargers_offline_and_a_new_one_brings_them_b
     assert!(!presence(&mut watcher).await.unwrap().online);
     state(&fog, "CP-001", "offline").await.unwrap();
     cp.exit().await.unwrap();
+}
+
+/// `series`'s value on the gateway's `/metrics` at `http`.
+async fn metric(http: u16, series: &str) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{http}/metrics");
+    let body = reqwest::get(&url).await.ok()?.text().await.ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_of_the_region_is_counted_as_a_takeover() {
+    testkit::init_tracing();
+    let broker = Mosquitto::start(MosquittoConfig::new()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let chargers = dir.path().join("chargers.toml");
+    std::fs::write(&chargers, charger("CP-001", 1, None)).unwrap();
+    let (listen, http) = (free_port().unwrap(), free_port().unwrap());
+    let _first = gateway(&broker.url(), listen, http, &chargers)
+        .await
+        .unwrap();
+    assert_eq!(metric(http, "ocpp_mqtt_takeovers_total").await, Some(0.0));
+    // The same region, so the same client id, on other ports: the two take the
+    // broker's connection from each other, and the link says so.
+    let (listen2, http2) = (free_port().unwrap(), free_port().unwrap());
+    let _second = spawn_gateway(&broker.url(), listen2, http2, &chargers).unwrap();
+    wait_until(
+        "a takeover counted",
+        Duration::from_secs(30),
+        POLL,
+        || async {
+            let a = metric(http, "ocpp_mqtt_takeovers_total")
+                .await
+                .unwrap_or(0.0);
+            let b = metric(http2, "ocpp_mqtt_takeovers_total")
+                .await
+                .unwrap_or(0.0);
+            (a + b >= 1.0).then_some(())
+        },
+    )
+    .await
+    .unwrap();
 }
