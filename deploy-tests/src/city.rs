@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use protocol::api::RegionView;
+use protocol::topics::{VehicleChannel, filters};
 use protocol::{ChargeRequest, Recommendation, RecommendationStatus, StationStatus, topics};
 use serde_json::Value;
 use testkit::TestClient;
@@ -73,8 +74,11 @@ impl City {
         let password = self.users.password(&user).context("no fleet user")?;
         let c =
             TestClient::connect_as(&self.broker_url(region), client_id, &user, password).await?;
-        c.subscribe(&format!("ev/{region}/vehicles/+/recommendation"), 1)
-            .await?;
+        c.subscribe(
+            &filters::vehicles(region, VehicleChannel::Recommendation),
+            1,
+        )
+        .await?;
         Ok(c)
     }
 

@@ -179,6 +179,27 @@ pub mod filters {
 
     /// What central subscribes to on the central broker: `regions/+/up/#`.
     pub const CENTRAL_UP: &str = "regions/+/up/#";
+
+    /// Every fog ↔ central topic on a regional broker (the fog's own and the lease):
+    /// `fog/#`.
+    pub const FOG_ALL: &str = "fog/#";
+
+    /// Every region's topics on the central broker: `regions/#`.
+    pub const REGIONS_ALL: &str = "regions/#";
+
+    /// One region's topics on the central broker: `regions/{region}/#` (what its
+    /// bridge may carry).
+    pub fn region(region: &str) -> String {
+        format!("regions/{region}/#")
+    }
+}
+
+/// The prefixes a region's bridge maps between the regional broker and the central
+/// one (Mosquitto's `topic # {direction} {qos} {local prefix} {remote prefix}`):
+/// `fog/up/` → `regions/{region}/up/` and `fog/down/` ← `regions/{region}/down/`.
+pub fn bridge_prefixes(region: &str, direction: Direction) -> (String, String) {
+    let d = dir(direction);
+    (format!("fog/{d}/"), format!("regions/{region}/{d}/"))
 }
 
 /// A region's latest state, published retained by its fog server every few seconds

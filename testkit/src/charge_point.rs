@@ -76,7 +76,7 @@ pub async fn boot_as_station(
 ) -> anyhow::Result<serde_json::Value> {
     let mut fog =
         crate::TestClient::connect_as(broker_url, "test-fog", fog_user, fog_password).await?;
-    let topic = format!("ev/{region}/stations/{id}/status");
+    let topic = protocol::topics::station_status(region, id);
     fog.subscribe(&topic, 1).await?;
     let status = open(port, id, Some(password), &BOOT_AND_STATUS);
     anyhow::ensure!(status.contains(" 101 "), "the handshake of {id}: {status}");

@@ -19,10 +19,17 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use protocol::fog;
+use protocol::incoming::BRIDGE_STATE_FILTER;
+use protocol::topics::{self, StationChannel, VehicleChannel, filters};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
 use crate::{Topology, TopologyError};
+
+/// What the `health` user may read: the broker's uptime (the container health checks
+/// subscribe to it).
+pub const HEALTH_TOPIC: &str = "$SYS/broker/uptime";
 
 /// What a user is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,43 +199,48 @@ impl Credentials {
         for u in self.on_broker(region) {
             let _ = writeln!(out, "\nuser {}", u.name);
             let r = region.unwrap_or_default();
+            let (w, rd) = (
+                |t: String| format!("write {t}"),
+                |t: String| format!("read {t}"),
+            );
+            let n = u.name.as_str();
+            // A gateway for many stations (OCPP, or the simulator's shared connection).
+            let gateway = || {
+                vec![
+                    w(topics::gateway_status(r, n)),
+                    w(filters::station_status(r)),
+                    w(filters::stations(r, StationChannel::ReservationEvents)),
+                    rd(filters::stations(r, StationChannel::Reservations)),
+                ]
+            };
             let rules: Vec<String> = match &u.role {
-                Role::Central => vec!["readwrite regions/#".into()],
-                Role::Health => vec!["read $SYS/broker/uptime".into()],
-                Role::Bridge { region } => vec![format!("readwrite regions/{region}/#")],
+                Role::Central => vec![format!("readwrite {}", fog::filters::REGIONS_ALL)],
+                Role::Health => vec![rd(HEALTH_TOPIC.into())],
+                Role::Bridge { region } => {
+                    vec![format!("readwrite {}", fog::filters::region(region))]
+                }
                 Role::Fog { .. } => vec![
-                    format!("readwrite ev/{r}/#"),
-                    "readwrite fog/#".into(),
-                    "read $SYS/broker/connection/+/state".into(),
+                    format!("readwrite {}", filters::region_devices(r)),
+                    format!("readwrite {}", fog::filters::FOG_ALL),
+                    rd(BRIDGE_STATE_FILTER.into()),
                 ],
                 Role::Fleet { .. } => vec![
-                    format!("write ev/{r}/vehicles/+/request"),
-                    format!("write ev/{r}/vehicles/+/reservation"),
-                    format!("write ev/{r}/vehicles/+/telemetry"),
-                    format!("read ev/{r}/vehicles/+/recommendation"),
+                    w(filters::vehicles(r, VehicleChannel::Request)),
+                    w(filters::vehicles(r, VehicleChannel::Reservation)),
+                    w(filters::vehicles(r, VehicleChannel::Telemetry)),
+                    rd(filters::vehicles(r, VehicleChannel::Recommendation)),
                 ],
                 Role::Station { .. } => vec![
-                    format!("write ev/{r}/stations/{}/status", u.name),
-                    format!("write ev/{r}/stations/{}/reservation-events", u.name),
-                    format!("read ev/{r}/stations/{}/reservations", u.name),
+                    w(topics::station_status(r, n)),
+                    w(topics::station_reservation_events(r, n)),
+                    rd(topics::station_reservations(r, n)),
                 ],
-                Role::Ocpp { .. } => vec![
-                    format!("write ev/{r}/gateways/{}/status", u.name),
-                    format!("write ev/{r}/stations/+/status"),
-                    format!("write ev/{r}/stations/+/reservation-events"),
-                    format!("read ev/{r}/stations/+/reservations"),
-                ],
-                Role::Stations { .. } => vec![
-                    format!("write ev/{r}/gateways/{}/status", u.name),
-                    format!("write ev/{r}/stations/+/status"),
-                    format!("write ev/{r}/stations/+/reservation-events"),
-                    format!("read ev/{r}/stations/+/reservations"),
-                ],
+                Role::Ocpp { .. } | Role::Stations { .. } => gateway(),
                 Role::Vehicle => vec![
-                    format!("write ev/{r}/vehicles/{}/request", u.name),
-                    format!("write ev/{r}/vehicles/{}/reservation", u.name),
-                    format!("write ev/{r}/vehicles/{}/telemetry", u.name),
-                    format!("read ev/{r}/vehicles/{}/recommendation", u.name),
+                    w(topics::request(r, n)),
+                    w(topics::reservation(r, n)),
+                    w(topics::telemetry(r, n)),
+                    rd(topics::recommendation(r, n)),
                 ],
             };
             for rule in rules {

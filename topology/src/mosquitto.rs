@@ -5,6 +5,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use protocol::fog::{self, Direction};
+
 use crate::{Broker, MosquittoSettings, Topology, TopologyError, auth, deploy};
 
 /// How configs are rendered for one kind of deployment.
@@ -296,12 +298,14 @@ pub fn bridge_conf(
         "# a network cut that keeps the TCP connection is noticed by this keepalive, not TCP's minutes"
     );
     let _ = writeln!(out, "keepalive_interval 5");
-    let _ = writeln!(out, "topic # out 1 fog/up/ regions/{id}/up/");
+    let (local, remote) = fog::bridge_prefixes(id, Direction::Up);
+    let _ = writeln!(out, "topic # out 1 {local} {remote}");
     let _ = writeln!(
         out,
         "# QoS 0 down: a QoS 1 PUBACK on this (Nagle) socket holds the next message up to 40 ms"
     );
-    let _ = writeln!(out, "topic # in 0 fog/down/ regions/{id}/down/");
+    let (local, remote) = fog::bridge_prefixes(id, Direction::Down);
+    let _ = writeln!(out, "topic # in 0 {local} {remote}");
     Ok(out)
 }
 

@@ -143,7 +143,8 @@ pub fn secret_key(path: &str) -> String {
 /// The broker health check: a login as the health user and one `$SYS` message.
 fn health_check_script(secrets: &str) -> String {
     format!(
-        "mosquitto_sub -u health -P \"$(cat {secrets}/health.password)\" -t '$SYS/broker/uptime' -C 1 -W 3 >/dev/null"
+        "mosquitto_sub -u health -P \"$(cat {secrets}/health.password)\" -t '{}' -C 1 -W 3 >/dev/null",
+        crate::auth::HEALTH_TOPIC
     )
 }
 
