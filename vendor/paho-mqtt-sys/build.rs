@@ -283,6 +283,19 @@ mod build {
                 .status();
         }
 
+        // fogcharge patch: say what to install when CMake is missing, instead of the
+        // cmake crate's "failed to execute command: No such file or directory".
+        let cmake = env::var_os("CMAKE").unwrap_or_else(|| "cmake".into());
+        if Command::new(&cmake).arg("--version").output().is_err() {
+            panic!(
+                "\n\nBuilding the MQTT client library (paho.mqtt.c) needs CMake and a C \
+                 compiler, and `{}` could not be run.\n\
+                 On Debian or Ubuntu: apt-get install -y cmake build-essential libssl-dev \
+                 pkg-config (as root; `./dev deps` does it when run as root).\n\n",
+                cmake.to_string_lossy()
+            );
+        }
+
         // Configure cmake to build the Paho C lib
         let ssl = if cfg!(feature = "ssl") { "on" } else { "off" };
 
