@@ -8,27 +8,10 @@ use std::path::Path;
 use clap::Parser;
 use device_sim::{Config, Report, StrategyReport};
 use tokio_util::sync::CancellationToken;
-use topology::{Bounds, Topology};
 
 /// Three regions side by side at the equator, each ~13 × 33 km, on free ports.
 fn three_regions(dir: &Path) -> std::path::PathBuf {
-    let band = |i: u32| Bounds {
-        min_lat: -0.15,
-        min_lon: f64::from(i) * 0.12,
-        max_lat: 0.15,
-        max_lon: f64::from(i + 1) * 0.12,
-    };
-    let ports: Vec<u16> = (0..4).map(|_| testkit::free_port().unwrap()).collect();
-    let t = Topology::local(
-        "arch-test",
-        &[("west", band(0)), ("middle", band(1)), ("east", band(2))],
-        ports[0],
-        &ports[1..],
-    )
-    .unwrap();
-    let path = dir.join("topology.toml");
-    std::fs::write(&path, t.to_toml()).unwrap();
-    path
+    testkit::city::three_band_topology_file("arch-test", dir).unwrap()
 }
 
 /// device-sim's arguments: a small city for a simulated hour at 600x, what `args` does

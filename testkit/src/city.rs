@@ -53,6 +53,28 @@ impl CitySpec {
     }
 }
 
+/// Three regions side by side at the equator (`west`, `middle`, `east`), each 0.12° ×
+/// 0.3° (~13 × 33 km), their brokers and central's on free ports: written as
+/// `topology.toml` in `dir` for a local run of device-sim (`name`: the city's).
+pub fn three_band_topology_file(name: &str, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let band = |i: u32| Bounds {
+        min_lat: -0.15,
+        min_lon: f64::from(i) * 0.12,
+        max_lat: 0.15,
+        max_lon: f64::from(i + 1) * 0.12,
+    };
+    let ports = (0..4).map(|_| free_port()).collect::<Result<Vec<u16>>>()?;
+    let t = Topology::local(
+        name,
+        &[("west", band(0)), ("middle", band(1)), ("east", band(2))],
+        ports[0],
+        &ports[1..],
+    )?;
+    let path = dir.join("topology.toml");
+    std::fs::write(&path, t.to_toml()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 /// A running in-process central server.
 pub struct CentralServer {
     pub http: SocketAddr,
