@@ -121,7 +121,10 @@ impl Region {
                 let local = match no {
                     NoChoice::TooSlow { best } => Some(LocalBest {
                         total_s: best.total_s(),
-                        held: self.hold(vehicle_id, &req, best, now_ms),
+                        // Held while central is asked (see `PendingReroute::held`).
+                        held: self
+                            .reserve(vehicle_id, &req, best, now_ms)
+                            .map(|(id, _)| id),
                         border: false,
                     }),
                     NoChoice::NothingReachable { .. } => None,
@@ -136,20 +139,21 @@ impl Region {
         }
     }
 
-    /// Reserves `choice` for a request that central is asked about (see
-    /// [`PendingReroute::held`](super::reroute::PendingReroute)); its id.
-    fn hold(
+    /// Reserves `choice` for the vehicle of `req`: the reservation's id and expiry
+    /// (clock ms); `None` if the chosen station vanished.
+    fn reserve(
         &mut self,
         vehicle_id: &str,
         req: &ChargeRequest,
         choice: &Choice,
         now_ms: u64,
-    ) -> Option<String> {
+    ) -> Option<(String, u64)> {
         let id = self.next_id("");
         let trip = Some(Trip::new(req, now_ms));
-        let held = self.planner.reserve(id, vehicle_id, choice, now_ms, trip)?;
+        let r = self.planner.reserve(id, vehicle_id, choice, now_ms, trip)?;
+        let made = (r.reservation_id.clone(), r.expires_ms);
         self.dirty = true;
-        Some(held.reservation_id.clone())
+        Some(made)
     }
 
     /// A request that did not parse: answered `rejected`, saying why.
@@ -272,7 +276,7 @@ impl Region {
         status: RecommendationStatus,
         reason: Option<String>,
     ) -> Recommendation {
-        let reservation_id = self.next_id("");
+        let reserved = self.reserve(vehicle_id, req, choice, now_ms);
         let refusal = |reason: &str| {
             Recommendation::refusal(
                 req.request_id.clone(),
@@ -281,20 +285,9 @@ impl Region {
                 self.name.clone(),
             )
         };
-        let Some((reservation_id, expires_ms)) = self
-            .planner
-            .reserve(
-                reservation_id,
-                vehicle_id,
-                choice,
-                now_ms,
-                Some(Trip::new(req, now_ms)),
-            )
-            .map(|r| (r.reservation_id.clone(), r.expires_ms))
-        else {
+        let Some((reservation_id, expires_ms)) = reserved else {
             return refusal("internal error: chosen station vanished");
         };
-        self.dirty = true;
         let Some(station) = self.planner.stations.get(choice.slot) else {
             return refusal("internal error: chosen station vanished");
         };
