@@ -53,7 +53,9 @@ fn start_servers(
 async fn query_until(line: &str, done: impl Fn(&str) -> bool) {
     let mut last = String::new();
     let every = Duration::from_millis(200);
-    let answered = testkit::wait_until(line, Duration::from_secs(20), every, || {
+    // 60 s: a server whose broker connection dropped waits out one back-off (up to
+    // ~20 s) before it answers again; in one full-suite run it did.
+    let answered = testkit::wait_until(line, Duration::from_secs(60), every, || {
         let out = tokio::task::block_in_place(|| by_hand::shell(line).output().unwrap());
         last = String::from_utf8_lossy(&out.stdout).into_owned();
         let ok = out.status.success() && done(&last);
